@@ -1,0 +1,195 @@
+"""The MD5 ``Sign`` of the 1BitPay API (DESIGN section 1), as pure functions.
+
+The signed parameters are the public parameters (the headers, without ``Sign``)
+merged with the JSON body's top-level fields; ``None`` and ``""`` are dropped.
+Keys are sorted case-insensitively (``casefold``, the API doc's worked example)
+or by plain byte order (``ascii``), joined as ``key=value`` with ``&``, the API
+secret is appended with no separator, and the result is md5 in 32 lowercase hex.
+
+Value text: strings as they are; integers in decimal; booleans ``true`` /
+``false``; Decimals (and exact JSON number literals) in plain notation, never an
+exponent; nested objects and lists as compact JSON.  Binary floats are refused:
+money must never pass through one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import string
+import time
+from collections.abc import Callable, Generator, Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+import httpx
+
+from cosigner.models import JsonNumber, dumps_exact, loads_exact
+
+SignSort = Literal["casefold", "ascii"]
+SIGN_SORTS: tuple[SignSort, ...] = ("casefold", "ascii")
+
+#: The public parameters, carried as HTTP headers (``Sign`` is computed last).
+PUBLIC_HEADERS = ("Nonce", "TimeStamp", "MerchantNo", "SignType", "Lang", "ApiKey")
+
+_NONCE_ALPHABET = string.ascii_letters + string.digits
+
+
+def format_value(value: Any) -> str | None:
+    """The text a parameter value contributes to the signed string, None when dropped."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, JsonNumber):
+        return _plain_decimal(Decimal(value), str(value))
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Decimal):
+        return _plain_decimal(value, str(value))
+    if isinstance(value, float):
+        raise TypeError("float parameter refused: use Decimal or str for amounts")
+    if isinstance(value, Mapping | list | tuple):
+        return dumps_exact(value)
+    raise TypeError(f"cannot sign a parameter of type {type(value).__name__}")
+
+
+def _plain_decimal(value: Decimal, text: str) -> str:
+    if not value.is_finite():
+        raise ValueError(f"non-finite number {text!r} cannot be signed")
+    return format(value, "f")
+
+
+def _sort_key(sort: SignSort) -> Callable[[str], Any]:
+    if sort == "casefold":
+        return lambda k: (k.casefold(), k)
+    if sort == "ascii":
+        return lambda k: k.encode("utf-8")
+    raise ValueError(f"COSIGNER_SIGN_SORT must be casefold or ascii, not {sort!r}")
+
+
+def canonical_string(params: Mapping[str, Any], sort: SignSort = "casefold") -> str:
+    """``k1=v1&k2=v2...`` over the non-empty parameters, ``Sign`` excluded, sorted."""
+    pairs = []
+    for key in sorted(params, key=_sort_key(sort)):
+        if key == "Sign":
+            continue
+        text = format_value(params[key])
+        if text is not None:
+            pairs.append(f"{key}={text}")
+    return "&".join(pairs)
+
+
+def compute_sign(params: Mapping[str, Any], secret: str, sort: SignSort = "casefold") -> str:
+    """The 32-character lowercase md5 ``Sign`` of ``params`` under ``secret``."""
+    text = canonical_string(params, sort) + secret
+    # md5 is the provider's choice for request signing, not ours.
+    return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def signs_equal(a: str, b: str) -> bool:
+    """Constant-time comparison of two signatures (case-insensitive hex)."""
+    return hmac.compare_digest(a.lower().encode(), b.lower().encode())
+
+
+def verify_sign(params: Mapping[str, Any], sign: str, secret: str,
+                sort: SignSort = "casefold") -> bool:
+    """True when ``sign`` is the ``Sign`` of ``params`` (``Sign`` itself ignored)."""
+    try:
+        expected = compute_sign(params, secret, sort)
+    except (TypeError, ValueError, InvalidOperation):
+        return False
+    return signs_equal(expected, sign)
+
+
+def verify_callback(body: bytes | str | Mapping[str, Any], secret: str,
+                    sort: SignSort = "casefold") -> bool:
+    """Check the ``signature`` of a C2C order callback (the API doc's "Order Callback").
+
+    The signature covers every other field of the callback body under the same
+    rules as ``Sign``.  Pass the raw body so number literals such as
+    ``"dealAmount": 10.11`` are signed as their exact text.
+    """
+    if isinstance(body, bytes | str):
+        try:
+            data = loads_exact(body)
+        except ValueError:
+            return False
+    else:
+        data = body
+    if not isinstance(data, Mapping):
+        return False
+    signature = data.get("signature")
+    if not isinstance(signature, str) or not signature:
+        return False
+    fields = {k: v for k, v in data.items() if k != "signature"}
+    return verify_sign(fields, signature, secret, sort)
+
+
+def sign_callback(fields: Mapping[str, Any], secret: str, sort: SignSort = "casefold") -> str:
+    """The ``signature`` a provider puts on a callback carrying ``fields``."""
+    return compute_sign({k: v for k, v in fields.items() if k != "signature"}, secret, sort)
+
+
+def new_nonce() -> str:
+    """8 random letters and digits (DESIGN section 1)."""
+    return "".join(secrets.choice(_NONCE_ALPHABET) for _ in range(8))
+
+
+def timestamp_ms() -> int:
+    """The 13-digit millisecond ``TimeStamp``."""
+    return time.time_ns() // 1_000_000
+
+
+class SignAuth(httpx.Auth):
+    """httpx auth flow adding the six public headers and the ``Sign`` to each request.
+
+    The JSON body must already be encoded on the request; it is parsed back
+    with exact numbers so the signature covers exactly the bytes that are sent.
+    """
+
+    def __init__(self, merchant_no: str, api_key: str, secret: str, *, lang: str = "en",
+                 sort: SignSort = "casefold",
+                 clock: Callable[[], int] = timestamp_ms,
+                 nonce: Callable[[], str] = new_nonce) -> None:
+        _sort_key(sort)  # validate early
+        self._merchant_no = merchant_no
+        self._api_key = api_key
+        self._secret = secret
+        self._lang = lang
+        self._sort: SignSort = sort
+        self._clock = clock
+        self._nonce = nonce
+
+    def __repr__(self) -> str:
+        return f"SignAuth(merchant_no={self._merchant_no!r}, secret=**********)"
+
+    def public_params(self) -> dict[str, str]:
+        return {
+            "Nonce": self._nonce(),
+            "TimeStamp": str(self._clock()),
+            "MerchantNo": self._merchant_no,
+            "SignType": "1",
+            "Lang": self._lang,
+            "ApiKey": self._api_key,
+        }
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        body = request.content
+        fields = loads_exact(body) if body else {}
+        if not isinstance(fields, Mapping):
+            raise TypeError("1BitPay request bodies are JSON objects")
+        headers = self.public_params()
+        headers["Sign"] = compute_sign({**fields, **headers}, self._secret, self._sort)
+        request.headers.update(headers)
+        yield request
+
+
+def encode_body(fields: Mapping[str, Any]) -> bytes:
+    """The JSON request body for ``fields`` (Decimals as plain strings, exact numbers kept)."""
+    return dumps_exact(fields).encode("utf-8")
+
+

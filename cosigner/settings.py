@@ -1,0 +1,155 @@
+"""Settings (DESIGN section 6): environment with prefix ``COSIGNER_`` and a ``.env`` file.
+
+Read once, in the composition root, and passed down as plain values.  Every
+secret is a :class:`SecretStr` and also accepts ``COSIGNER_<NAME>_FILE`` (read
+from a mounted file).  Errors are one line per problem naming the setting,
+never its value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cosigner.errors import SettingsError
+
+PREFIX = "COSIGNER_"
+#: Secrets: each has a ``*_FILE`` twin.
+SECRET_FIELDS = ("api_secret", "pfx_password", "database_url")
+
+
+def env_name(field: str) -> str:
+    return PREFIX + field.upper()
+
+
+class Settings(BaseSettings):
+    """Every setting of the daemon and its commands.  See ``.env.example``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        hide_input_in_errors=True, validate_default=True)
+
+    api_base_url: str | None = None
+    merchant_no: str | None = None
+    api_key: str | None = None
+    api_secret: SecretStr | None = None
+    api_secret_file: Path | None = None
+    lang: Literal["en", "zh"] = "en"
+    sign_sort: Literal["casefold", "ascii"] = "casefold"
+    pfx_path: Path | None = None
+    pfx_password: SecretStr | None = None
+    pfx_password_file: Path | None = None
+    sign_scheme: Literal["java-rsa", "rsa-sha256"] = "java-rsa"
+    policy_path: Path | None = None
+    database_url: SecretStr = SecretStr("sqlite:///var/lib/cosigner/journal.db")
+    database_url_file: Path | None = None
+    poll_interval: float = Field(120.0, gt=0)
+    collect_interval: float = Field(300.0, gt=0)
+    collect_is_main: str = "1,0"
+    page_size: int = Field(50, ge=1, le=1000)
+    max_pending: int = Field(10000, ge=1)
+    concurrency: int = Field(8, ge=1, le=256)
+    http_addr: str = "127.0.0.1:9464"
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    request_timeout: float = Field(10.0, gt=0)
+    mode: Literal["enforce", "shadow"] = "enforce"
+    pause_file: Path | None = None
+
+    @field_validator("log_level", "log_format", "mode", "sign_sort", "sign_scheme", "lang",
+                     mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @field_validator("collect_is_main")
+    @classmethod
+    def _is_main(cls, v: str) -> str:
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+        if not parts or any(p not in ("0", "1") for p in parts) or len(set(parts)) != len(parts):
+            raise ValueError("must be a comma-separated list of 1 and/or 0, e.g. 1,0")
+        return ",".join(parts)
+
+    @field_validator("http_addr")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464")
+        return v
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Settings:
+        for name in SECRET_FIELDS:
+            file_path: Path | None = getattr(self, f"{name}_file")
+            if file_path is None:
+                continue
+            if name in self.model_fields_set and name != "database_url":
+                raise ValueError(f"set either {env_name(name)} or {env_name(name)}_FILE, "
+                                 f"not both")
+            try:
+                text = file_path.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(f"{env_name(name)}_FILE: cannot read {file_path}: "
+                                 f"{exc.strerror}") from None
+            if not text:
+                raise ValueError(f"{env_name(name)}_FILE: {file_path} is empty")
+            setattr(self, name, SecretStr(text))
+        return self
+
+    # -- derived values -------------------------------------------------------------
+
+    @property
+    def collect_is_main_values(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.collect_is_main.split(","))
+
+    @property
+    def http_host_port(self) -> tuple[str, int]:
+        host, _, port = self.http_addr.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def shard_password(self) -> str:
+        """``COSIGNER_PFX_PASSWORD``, else ``"1bitpay" + COSIGNER_MERCHANT_NO``."""
+        if self.pfx_password is not None:
+            return self.pfx_password.get_secret_value()
+        self.require("merchant_no", why="to derive the shard password")
+        return "1bitpay" + (self.merchant_no or "")
+
+    def require(self, *names: str, why: str = "") -> None:
+        """Raise SettingsError naming every missing setting among ``names``."""
+        missing = [env_name(n) for n in names if getattr(self, n) in (None, "")]
+        if missing:
+            suffix = f" {why}" if why else ""
+            raise SettingsError(f"{', '.join(missing)} must be set{suffix}")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings once; raise SettingsError with one line per problem."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = err.get("loc") or ()
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if loc:
+            lines.append(f"{env_name(str(loc[0]))}: {msg}")
+        else:
+            lines.append(msg)
+    return "; ".join(lines) if lines else "invalid settings"
