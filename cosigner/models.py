@@ -99,7 +99,7 @@ class PendingItem:
         object.__setattr__(self, "content_hash", item_content_hash(self.raw))
 
     @classmethod
-    def from_fields(cls, id: int, fromAddress: str, toAddress: str, amount: str,  # noqa: N803
+    def from_fields(cls, id: int, fromAddress: str, toAddress: str, amount: str,
                     chainId: str) -> PendingItem:
         """Build an item the way the API would list it (tests, sandbox, demo)."""
         return cls({"id": id, "fromAddress": fromAddress, "toAddress": toAddress,

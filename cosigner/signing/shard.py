@@ -136,7 +136,8 @@ def _check_mode(path: Path) -> None:
 
 def load_shard(path: str | os.PathLike[str], password: str, *, scheme: SignScheme = "java-rsa",
                now: datetime | None = None, check_mode: bool = True,
-               password_setting: str = "COSIGNER_PFX_PASSWORD") -> Shard:
+               password_setting: str = "COSIGNER_PFX_PASSWORD",  # noqa: S107 - a setting name
+               ) -> Shard:
     """Load and check the PKCS#12 shard at ``path``.
 
     Raises :class:`ShardError` naming the file and the cause (never the password):
