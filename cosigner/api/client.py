@@ -1,0 +1,309 @@
+"""The 1BitPay API client: signed requests, the envelope, retries, typed answers.
+
+Network I/O sits behind httpx's transport interface: tests pass a real local
+server's URL or ``transport=``.  Foreign exceptions are translated once, here,
+into the tree of :mod:`cosigner.errors`:
+
+* ``code == 200`` in the envelope is the only success;
+* any other code → :class:`ApiResponseError` (:class:`AlreadyProcessedError` for
+  the "already processed" codes), keeping code and message;
+* a non-2xx status → :class:`ApiHTTPError`; a body that is not the JSON envelope
+  → :class:`ApiProtocolError`;
+* connection failures before the request was sent → :class:`ApiConnectError`;
+  timeouts and broken exchanges → :class:`ApiTimeoutError` / :class:`ApiTransportError`.
+
+Reads (``rate``, ``pending``) are retried with exponential backoff and jitter.
+Writes (``approve``, ``collect``, ``create_order``) are retried only when the
+request provably never reached the server; anything else is left to the
+daemon's journal, which re-posts the *recorded* decision on the next cycle.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from decimal import Decimal, InvalidOperation
+from types import TracebackType
+from typing import Any, Protocol
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from cosigner.api.auth import SignAuth, SignSort, encode_body
+from cosigner.api.models import CreatedOrder, PendingPage, PendingSnapshot, Rate
+from cosigner.errors import (
+    AlreadyProcessedError,
+    ApiConnectError,
+    ApiError,
+    ApiHTTPError,
+    ApiProtocolError,
+    ApiResponseError,
+    ApiTimeoutError,
+    ApiTransportError,
+    ConfigError,
+)
+from cosigner.models import JsonNumber, PendingItem, loads_exact
+
+ENDPOINTS = {
+    "rate": "/api/otc/rate",
+    "create": "/api/otc/create",
+    "pending": "/api/transaction/pending",
+    "approve": "/api/transaction/approve",
+    "collect": "/api/transaction/assets/collect",
+}
+
+#: Fields the API doc marks required for ``/api/otc/create``.
+ORDER_REQUIRED = ("userName", "areaCode", "phone", "cryptoAmount", "cryptoCurrency",
+                  "legalCurrency", "idCardType", "idCard", "kyc", "merchantOrderNo",
+                  "orderType", "payWay", "h5")
+
+
+class ApiObserver(Protocol):
+    """Receives one call per HTTP exchange (the daemon turns these into metrics)."""
+
+    def observe(self, endpoint: str, seconds: float, error_kind: str | None) -> None: ...
+
+
+def error_kind(exc: BaseException) -> str:
+    """A bounded label for an API error (``api_errors_total{kind}``)."""
+    if isinstance(exc, AlreadyProcessedError):
+        return "already_processed"
+    if isinstance(exc, ApiResponseError):
+        return "api_code"
+    if isinstance(exc, ApiHTTPError):
+        return "rate_limited" if exc.status == 429 else "http_status"
+    if isinstance(exc, ApiProtocolError):
+        return "protocol"
+    if isinstance(exc, ApiConnectError):
+        return "connect"
+    if isinstance(exc, ApiTimeoutError):
+        return "timeout"
+    if isinstance(exc, ApiTransportError):
+        return "transport"
+    return "other"
+
+
+def _retry_read(exc: BaseException) -> bool:
+    if isinstance(exc, ApiHTTPError):
+        return exc.status == 429 or exc.status >= 500
+    return isinstance(exc, ApiTransportError | ApiProtocolError)
+
+
+def _retry_write(exc: BaseException) -> bool:
+    return isinstance(exc, ApiConnectError)
+
+
+class ApiClient:
+    """Async client for the five endpoints of the API doc.  Use as an async context manager."""
+
+    def __init__(self, base_url: str, merchant_no: str, api_key: str, api_secret: str, *,
+                 lang: str = "en", sort: SignSort = "casefold", timeout: float = 10.0,
+                 transport: httpx.AsyncBaseTransport | None = None, page_size: int = 50,
+                 max_pending: int = 10000, retries: int = 3,
+                 already_processed_codes: tuple[int, ...] = (4091,),
+                 observer: ApiObserver | None = None,
+                 backoff: tuple[float, float] = (0.2, 5.0),
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self._auth = SignAuth(merchant_no, api_key, api_secret, lang=lang, sort=sort)
+        self._http = httpx.AsyncClient(
+            base_url=base_url, transport=transport, timeout=timeout, auth=self._auth,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            follow_redirects=False)
+        self.page_size = page_size
+        self.max_pending = max_pending
+        self._retries = max(1, retries)
+        self._already = already_processed_codes
+        self._observer = observer
+        self._backoff = backoff
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"ApiClient(base_url={str(self._http.base_url)!r})"
+
+    async def __aenter__(self) -> ApiClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- transport and envelope ------------------------------------------------------
+
+    async def _exchange(self, endpoint: str, fields: Mapping[str, Any]) -> Any:
+        """One signed POST; returns the envelope's ``data`` or raises an ApiError."""
+        path = ENDPOINTS[endpoint]
+        started = self._clock()
+        try:
+            try:
+                response = await self._http.post(path, content=encode_body(fields))
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                raise ApiConnectError(endpoint, f"could not connect: {type(exc).__name__}"
+                                      ) from exc
+            except httpx.TimeoutException as exc:
+                raise ApiTimeoutError(endpoint, f"timed out ({type(exc).__name__})") from exc
+            except httpx.HTTPError as exc:
+                raise ApiTransportError(endpoint, f"exchange failed: {type(exc).__name__}"
+                                        ) from exc
+            data = self._envelope(endpoint, response)
+        except ApiError as exc:
+            self._observe(endpoint, started, error_kind(exc))
+            raise
+        self._observe(endpoint, started, None)
+        return data
+
+    def _observe(self, endpoint: str, started: float, kind: str | None) -> None:
+        if self._observer is not None:
+            self._observer.observe(endpoint, self._clock() - started, kind)
+
+    def _envelope(self, endpoint: str, response: httpx.Response) -> Any:
+        try:
+            body = loads_exact(response.content) if response.content else None
+        except ValueError:
+            body = None
+        if not 200 <= response.status_code < 300:
+            message = ""
+            if isinstance(body, dict) and isinstance(body.get("message"), str):
+                message = body["message"][:200]
+            raise ApiHTTPError(endpoint, response.status_code, message)
+        if not isinstance(body, dict):
+            raise ApiProtocolError(endpoint, "answer is not a JSON object")
+        if "code" not in body:
+            raise ApiProtocolError(endpoint, "answer has no 'code' field")
+        code = body["code"]
+        raw_message = body.get("message")
+        message = raw_message[:200] if isinstance(raw_message, str) else ""
+        if isinstance(code, bool) or code != 200 or not isinstance(code, int):
+            if isinstance(code, int) and not isinstance(code, bool) and code in self._already:
+                raise AlreadyProcessedError(endpoint, code, message)
+            raise ApiResponseError(endpoint, code, message)
+        return body.get("data")
+
+    async def _call(self, endpoint: str, fields: Mapping[str, Any], *, read: bool) -> Any:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retries),
+            wait=wait_random_exponential(multiplier=self._backoff[0], max=self._backoff[1]),
+            retry=retry_if_exception(_retry_read if read else _retry_write),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._exchange(endpoint, fields)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- endpoints -------------------------------------------------------------------
+
+    async def rate(self, crypto: str, legal: str) -> Rate:
+        """The latest buy and sell rates for ``crypto`` against ``legal``."""
+        data = await self._call("rate", {"cryptoCurrency": crypto, "legalCurrency": legal},
+                                read=True)
+        if not isinstance(data, dict):
+            raise ApiProtocolError("rate", "data is not an object")
+        buy, buy_text = _decimal_field("rate", data, "buyRate")
+        sell, sell_text = _decimal_field("rate", data, "sellRate")
+        return Rate(crypto, legal, buy, sell, buy_text, sell_text)
+
+    async def create_order(self, order: Mapping[str, Any]) -> CreatedOrder:
+        """Create a C2C order (never retried once it may have reached the server)."""
+        missing = [k for k in ORDER_REQUIRED if order.get(k) in (None, "")]
+        if missing:
+            raise ConfigError(f"order is missing required field(s): {', '.join(missing)}")
+        if str(order.get("orderType")) == "2":
+            absent = [k for k in ("bank", "bankAccount") if order.get(k) in (None, "")]
+            if absent:
+                raise ConfigError(f"a sell order needs {', '.join(absent)}")
+        data = await self._call("create", order, read=False)
+        if not isinstance(data, dict):
+            raise ApiProtocolError("create", "data is not an object")
+        url, is_new, order_no = data.get("url"), data.get("isNew"), data.get("orderNo")
+        if not isinstance(url, str) or not isinstance(is_new, bool):
+            raise ApiProtocolError("create", "data lacks url/isNew")
+        if isinstance(order_no, int) and not isinstance(order_no, bool):
+            order_no = str(order_no)
+        if not isinstance(order_no, str):
+            raise ApiProtocolError("create", "data lacks orderNo")
+        return CreatedOrder(url=url, is_new=is_new, order_no=order_no)
+
+    async def pending_page(self, page_num: int, page_size: int) -> PendingPage:
+        """One page of the pending list."""
+        data = await self._call("pending", {"pageNum": page_num, "pageSize": page_size},
+                                read=True)
+        if not isinstance(data, dict):
+            raise ApiProtocolError("pending", "data is not an object")
+        total, entries = data.get("total"), data.get("list")
+        if entries is None:
+            entries = []
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise ApiProtocolError("pending", "total is not a non-negative integer")
+        if not isinstance(entries, list):
+            raise ApiProtocolError("pending", "list is not a list")
+        items = [PendingItem(e) for e in entries if isinstance(e, dict)]
+        return PendingPage(page_num, total, items, malformed=len(entries) - len(items))
+
+    async def pending(self) -> PendingSnapshot:
+        """Every page read into one snapshot, deduplicated by id, capped at ``max_pending``.
+
+        Nothing is decided while paging: approving while paging would shift pages.
+        """
+        size = self.page_size
+        first = await self.pending_page(1, size)
+        total = first.total
+        max_pages = math.ceil(self.max_pending / size) + 1
+        pages_needed = min(math.ceil(total / size), max_pages) if total else 1
+        items: list[PendingItem] = []
+        seen: set[int] = set()
+        duplicates = malformed = 0
+        truncated = False
+        page, pages_read = first, 1
+        while True:
+            malformed += page.malformed
+            for item in page.items:
+                item_id = item.id
+                if item_id is not None:
+                    if item_id in seen:
+                        duplicates += 1
+                        continue
+                    seen.add(item_id)
+                if len(items) >= self.max_pending:
+                    truncated = True
+                    break
+                items.append(item)
+            if truncated or pages_read >= pages_needed or not page.items:
+                break
+            page = await self.pending_page(pages_read + 1, size)
+            pages_read += 1
+        if total > self.max_pending:
+            truncated = True
+        return PendingSnapshot(items=items, total=total, pages=pages_read, truncated=truncated,
+                               duplicates=duplicates, malformed=malformed,
+                               ids=frozenset(seen))
+
+    async def approve(self, fields: Mapping[str, Any], data: str) -> None:
+        """Post one decision: the signed fields plus ``data``.  Never blindly retried."""
+        await self._call("approve", {**fields, "data": data}, read=False)
+
+    async def collect(self, is_main: int, data: str) -> None:
+        """Trigger fund collection for ``isMain`` with the signed ``{"isMain":..}``."""
+        await self._call("collect", {"isMain": is_main, "data": data}, read=False)
+
+
+def _decimal_field(endpoint: str, data: Mapping[str, Any], name: str) -> tuple[Decimal, str]:
+    value = data.get(name)
+    if isinstance(value, bool) or not isinstance(value, str | int | JsonNumber):
+        raise ApiProtocolError(endpoint, f"{name} is missing or not a number")
+    text = str(value)
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise ApiProtocolError(endpoint, f"{name} is not a decimal number") from None
+    if not number.is_finite():
+        raise ApiProtocolError(endpoint, f"{name} is not finite")
+    return number, text
