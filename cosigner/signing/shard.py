@@ -56,9 +56,21 @@ class ShardInfo:
 
     @property
     def expires_in(self) -> timedelta:
+        """Time left until ``not_after`` (negative once expired)."""
         return self.not_after - datetime.now(UTC)
 
+    @property
+    def expiry_timestamp(self) -> float:
+        """``not_after`` in Unix seconds (the ``shard_cert_expiry_timestamp_seconds`` gauge)."""
+        return self.not_after.timestamp()
+
+    def expires_soon(self, now: datetime | None = None,
+                     days: int = EXPIRY_WARNING_DAYS) -> bool:
+        """True when the certificate expires within ``days`` of ``now``."""
+        return self.not_after - (now or datetime.now(UTC)) <= timedelta(days=days)
+
     def lines(self) -> list[str]:
+        """Human-readable ``label: value`` lines (what ``cosigner shard inspect`` prints)."""
         return [
             f"file:        {self.path}",
             f"subject:     {self.subject}",
@@ -160,7 +172,7 @@ def load_shard(path: str | os.PathLike[str], password: str, *, scheme: SignSchem
     except PermissionError:
         raise ShardError(f"{p}: shard file is not readable by this user") from None
     try:
-        key, cert, _extra = pkcs12.load_key_and_certificates(blob, password.encode("utf-8"))
+        key, cert, extra = pkcs12.load_key_and_certificates(blob, password.encode("utf-8"))
     except ValueError:
         # Deliberately no detail from the library and never the password itself.
         raise ShardError(
@@ -174,10 +186,18 @@ def load_shard(path: str | os.PathLike[str], password: str, *, scheme: SignSchem
     if key.key_size < MIN_KEY_BITS:
         raise ShardError(f"{p}: RSA key is {key.key_size} bits; at least {MIN_KEY_BITS} "
                          f"are required")
+    if cert is None and extra:
+        # The loader pairs the key with the certificate holding its public key; a
+        # file whose certificates are all for other keys comes back this way.
+        raise ShardError(f"{p}: the private key does not match its certificate "
+                         f"(none of the {len(extra)} certificates in the file is for this key)")
     if cert is None:
         raise ShardError(f"{p}: the PKCS#12 file holds no certificate for its key")
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
-        raise ShardError(f"{p}: the private key does not match its certificate")
+    cert_key = cert.public_key()
+    if (not isinstance(cert_key, rsa.RSAPublicKey)
+            or cert_key.public_numbers() != key.public_key().public_numbers()):
+        # Defence in depth: the loader already pairs key and certificate by public key.
+        raise ShardError(f"{p}: the private key does not match its certificate")  # pragma: no cover
     moment = now or datetime.now(UTC)
     if cert.not_valid_after_utc <= moment:
         raise ShardError(f"{p}: certificate expired on {cert.not_valid_after_utc.isoformat()}")

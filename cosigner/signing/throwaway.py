@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import (
     BestAvailableEncryption,
+    KeySerializationEncryption,
     PrivateFormat,
     pkcs12,
 )
@@ -46,6 +47,7 @@ def make_certificate(key: rsa.RSAPrivateKey, common_name: str = "cosigner throwa
 def pfx_bytes(key: rsa.RSAPrivateKey, cert: x509.Certificate, password: str, *,
               encryption: Encryption = "aes", alias: str = "1BitPay") -> bytes:
     """PKCS#12 bytes with modern AES-256 (PBES2) or legacy 3DES (PBES1) protection."""
+    algo: KeySerializationEncryption
     if encryption == "aes":
         algo = BestAvailableEncryption(password.encode("utf-8"))
     else:

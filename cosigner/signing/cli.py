@@ -1,0 +1,90 @@
+"""``cosigner shard inspect|sign``: look at the shard and sign a payload for support cases.
+
+Neither command ever prints key bytes or the password.  A shard that cannot be
+used (every refusal of :func:`load_shard`) is a configuration error: exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from cosigner.errors import ConfigError, SigningError
+from cosigner.settings import load_settings
+from cosigner.signing.shard import EXPIRY_WARNING_DAYS, SIGN_SCHEMES, Shard, load_shard
+
+
+def register(subparsers: Any) -> None:
+    """Add ``shard inspect`` and ``shard sign`` to the ``cosigner`` parser."""
+    shard = subparsers.add_parser("shard", help="inspect the PKCS#12 shard or sign a payload")
+    sub = shard.add_subparsers(dest="shard_command", metavar="SUBCOMMAND", required=True)
+
+    inspect = sub.add_parser(
+        "inspect", help="subject, key size, fingerprint and validity (never a secret)")
+    _add_common(inspect)
+    inspect.set_defaults(func=_inspect)
+
+    sign = sub.add_parser("sign", help="print the `data` signature of PAYLOAD")
+    _add_common(sign)
+    sign.add_argument("payload", metavar="PAYLOAD",
+                      help="the exact text to sign, or - to read it from stdin "
+                           "(one trailing newline is dropped)")
+    sign.set_defaults(func=_sign)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pfx", type=Path, metavar="PATH",
+                        help="the shard file (default: COSIGNER_PFX_PATH)")
+    parser.add_argument("--scheme", choices=SIGN_SCHEMES,
+                        help="signature scheme (default: COSIGNER_SIGN_SCHEME)")
+
+
+def _load(args: argparse.Namespace) -> Shard:
+    settings = load_settings()
+    path: Path | None = args.pfx
+    if path is None:
+        settings.require("pfx_path", why="(or pass --pfx PATH)")
+        path = settings.pfx_path
+    assert path is not None  # checked by require
+    return load_shard(path, settings.shard_password(),
+                      scheme=args.scheme or settings.sign_scheme)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    shard = _load(args)
+    info = shard.info
+    for line in info.lines():
+        print(line)
+    if info.expires_soon():
+        days = max(info.expires_in.days, 0)
+        print(f"warning: the certificate expires in {days} days, within "
+              f"{EXPIRY_WARNING_DAYS} ({info.not_after.isoformat()}); "
+              f"download a new shard from the merchant system")
+    return 0
+
+
+def _read_payload(arg: str) -> str:
+    if arg != "-":
+        return arg
+    raw = sys.stdin.buffer.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("PAYLOAD: stdin is not UTF-8 text") from None
+    # `echo '{...}' | cosigner shard sign -` must sign the object, not its newline.
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+def _sign(args: argparse.Namespace) -> int:
+    payload = _read_payload(args.payload)
+    shard = _load(args)
+    try:
+        data = shard.sign(payload)
+    except SigningError as exc:
+        # A payload the key cannot carry is bad input, not a runtime failure.
+        print(f"cosigner: PAYLOAD: {exc}", file=sys.stderr)
+        return 2
+    print(data)
+    return 0
