@@ -1,0 +1,136 @@
+"""The hash chain every store shares: canonical entry payloads, hashes, verification.
+
+An entry's ``record_hash`` is the sha256 of the canonical JSON of its *payload*
+(sorted keys, no whitespace, UTF-8), and the payload holds every field of the
+entry including ``seq``, ``kind`` and ``prev_hash``.  So changing any field,
+removing an entry or re-ordering entries breaks either a hash or a link.
+
+Pure functions: the stores turn their rows into payloads and call these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cosigner.store.base import GENESIS_HASH, NewDecision, NewOutcome, VerifyResult
+
+DECISION = "decision"
+OUTCOME = "outcome"
+
+#: The payload keys of each kind of entry, in the stores' column order.
+DECISION_KEYS = ("seq", "kind", "prev_hash", "item_id", "content_hash", "chain_id",
+                 "from_address", "to_address", "amount_text", "action", "rule", "reasons",
+                 "policy_name", "policy_sha256", "mode", "created_at")
+OUTCOME_KEYS = ("seq", "kind", "prev_hash", "decision_seq", "item_id", "state", "api_code",
+                "api_message", "created_at")
+KEYS = {DECISION: DECISION_KEYS, OUTCOME: OUTCOME_KEYS}
+
+
+def timestamp_text(at: datetime) -> str:
+    """The stored form of a time: UTC, microseconds, fixed width (sorts as text).
+
+    Raises:
+        ValueError: ``at`` is naive.
+    """
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"a naive datetime is ambiguous: {at.isoformat()} (give a timezone)")
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def parse_timestamp(text: str) -> datetime:
+    """The inverse of :func:`timestamp_text`."""
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def decision_payload(seq: int, prev_hash: str, decision: NewDecision,
+                     created_at: str) -> dict[str, Any]:
+    """The hashed fields of a decision entry."""
+    return {
+        "seq": seq, "kind": DECISION, "prev_hash": prev_hash,
+        "item_id": decision.item_id, "content_hash": decision.content_hash,
+        "chain_id": decision.chain_id, "from_address": decision.from_address,
+        "to_address": decision.to_address, "amount_text": decision.amount_text,
+        "action": decision.action.value, "rule": decision.rule,
+        "reasons": list(decision.reasons), "policy_name": decision.policy_name,
+        "policy_sha256": decision.policy_sha256, "mode": decision.mode,
+        "created_at": created_at,
+    }
+
+
+def outcome_payload(seq: int, prev_hash: str, outcome: NewOutcome,
+                    created_at: str) -> dict[str, Any]:
+    """The hashed fields of an outcome entry."""
+    return {
+        "seq": seq, "kind": OUTCOME, "prev_hash": prev_hash,
+        "decision_seq": outcome.decision_seq, "item_id": outcome.item_id,
+        "state": outcome.state, "api_code": outcome.api_code,
+        "api_message": outcome.api_message, "created_at": created_at,
+    }
+
+
+def entry_hash(payload: Mapping[str, Any]) -> str:
+    """sha256 hex of the canonical JSON of ``payload``.
+
+    Raises:
+        ValueError: the payload holds something JSON cannot represent exactly.
+    """
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """An entry as read back from a store, for verification."""
+
+    seq: int
+    item_id: object
+    payload: Mapping[str, Any]
+    record_hash: str
+
+
+def verify_entries(entries: Iterable[StoredEntry],
+                   head: tuple[int, str] | None = None) -> VerifyResult:
+    """Check hashes, links and contiguous seqs of ``entries`` (in seq order).
+
+    ``head`` is the (seq, record_hash) the store recorded as its last entry, so
+    that removing entries from the end is detected too.
+    """
+    expected = 1
+    prev = GENESIS_HASH
+    for entry in entries:
+        if entry.seq != expected:
+            # seq is the primary key and entries come in order, so a jump is a gap.
+            return _bad(expected, expected - 1, f"record seq {expected} is missing")
+        where = f"record seq {entry.seq} (item {entry.item_id})"
+        try:
+            recomputed = entry_hash(entry.payload)
+        except (TypeError, ValueError):
+            recomputed = ""
+        if recomputed != entry.record_hash:
+            return _bad(entry.seq, expected - 1, f"{where} was edited: hash mismatch")
+        if entry.payload.get("prev_hash") != prev:
+            return _bad(entry.seq, expected - 1, f"{where} does not follow record seq "
+                        f"{entry.seq - 1}: prev_hash mismatch (a record before it was "
+                        "replaced)")
+        prev = entry.record_hash
+        expected += 1
+    count = expected - 1
+    if head is not None:
+        head_seq, head_hash = head
+        if head_seq > count:
+            return _bad(count + 1, count, f"record seq {count + 1} is missing "
+                        f"(the journal's head is seq {head_seq})")
+        if head_seq < count or (count and head_hash != prev):
+            return _bad(count, count, f"record seq {count} does not match the journal's "
+                        f"head (seq {head_seq})")
+    return VerifyResult(ok=True, entries=count)
+
+
+def _bad(seq: int, checked: int, problem: str) -> VerifyResult:
+    return VerifyResult(ok=False, entries=checked, first_bad_seq=seq, problem=problem)
