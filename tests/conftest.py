@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -99,8 +99,7 @@ def shard(shard_factory: ShardFactory) -> ThrowawayShard:
 
 
 @pytest.fixture
-def cosigner_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[
-        Callable[..., None]]:
+def cosigner_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., None]:
     """Clear every ``COSIGNER_*`` variable (but ``COSIGNER_REQUIRE_ALL``), run in an empty
     directory (no stray ``.env``), and return ``set_env(NAME=value, ...)``."""
     for name in list(os.environ):
@@ -114,4 +113,4 @@ def cosigner_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[
         for name, value in values.items():
             monkeypatch.setenv(f"COSIGNER_{name.upper()}", os.fspath(value))
 
-    yield set_env
+    return set_env
