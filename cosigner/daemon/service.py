@@ -1,0 +1,236 @@
+"""The long-running daemon: scheduler, policy hot reload, signals, graceful stop.
+
+APScheduler 3's ``AsyncIOScheduler`` runs the poll every ``POLL_INTERVAL`` and
+the collection every ``COLLECT_INTERVAL``, each with an immediate first run, one
+instance at a time (``max_instances=1``), coalesced misfires and a small jitter.
+SIGHUP or a change of the policy files reloads the policy, keeping the last good
+one.  SIGTERM/SIGINT: the item in flight is finished, nothing new is posted, the
+journal is closed and the process exits 0 within 10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from cosigner.errors import PolicyError
+from cosigner.policy import try_load_policy
+from cosigner.store.base import Journal
+
+from .http import HttpServer, create_app
+from .metrics import Metrics
+from .pipeline import Pipeline, PolicyState, ledger_from_journal
+
+STOP_BUDGET = 8.0  # seconds to let in-flight work finish; the process exits within 10 s
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """The daemon's timing and endpoints (from the settings, or the demo)."""
+
+    poll_interval: float = 120.0
+    collect_interval: float = 300.0
+    http_host: str = "127.0.0.1"
+    http_port: int = 9464
+    policy_path: Path | None = None
+    watch_interval: float = 2.0
+    install_signals: bool = True
+
+
+class Daemon:
+    """Composes a :class:`Pipeline` with a scheduler, the HTTP endpoints and reloads."""
+
+    def __init__(self, pipeline: Pipeline, journal: Journal, metrics: Metrics, log: Any,
+                 config: DaemonConfig, *, shard_ok: bool = True,
+                 on_close: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.pipeline = pipeline
+        self.journal = journal
+        self.metrics = metrics
+        self.log = log
+        self.config = config
+        self.shard_ok = shard_ok
+        self._on_close = on_close
+        self._stop = asyncio.Event()
+        self._lock = asyncio.Lock()  # a reload never swaps the ledger mid-poll
+        self._jobs: set[asyncio.Task[Any]] = set()
+        self._journal_open = True
+        self._watch_stamp = self._stamp()
+        self.http: HttpServer | None = None
+        self.polls = 0
+        self.collections = 0
+
+    # -- readiness -------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, bool]:
+        last = self.pipeline.last_poll_ok
+        fresh = last is not None and time.time() - last <= 2 * self.config.poll_interval
+        return {"policy_loaded": self.pipeline.state.policy is not None,
+                "shard_loaded": self.shard_ok, "journal_open": self._journal_open,
+                "recent_poll": fresh, "leader": True}
+
+    # -- jobs ------------------------------------------------------------------------
+
+    async def poll_job(self) -> bool:
+        async with self._tracked(), self._lock:
+            result = await self.pipeline.poll()
+            self.polls += 1
+            return result.ok
+
+    async def collect_job(self) -> bool:
+        async with self._tracked():
+            ok = await self.pipeline.collect()
+            self.collections += 1
+            return ok
+
+    @contextlib.asynccontextmanager
+    async def _tracked(self) -> Any:
+        task = asyncio.current_task()
+        if task is not None:
+            self._jobs.add(task)
+        try:
+            yield
+        finally:
+            if task is not None:
+                self._jobs.discard(task)
+
+    # -- policy reload ---------------------------------------------------------------
+
+    def _stamp(self) -> tuple[tuple[str, int, int], ...]:
+        stamps = []
+        for path in self.pipeline.state.policy.sources:
+            try:
+                st = Path(path).stat()
+                stamps.append((str(path), st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamps.append((str(path), -1, -1))
+        return tuple(stamps)
+
+    async def reload_policy(self, trigger: str) -> bool:
+        """Load the policy again; keep the last good one when the new one does not load."""
+        path = self.config.policy_path or self.pipeline.state.path
+        if path is None:
+            return False
+        async with self._lock:
+            candidate = await asyncio.to_thread(try_load_policy, path)
+            if isinstance(candidate, PolicyError):
+                self.metrics.policy_reloads.labels("error").inc()
+                self.log.error("policy.reload_failed", trigger=trigger, path=str(path),
+                               problems=candidate.problems[:20],
+                               kept=self.pipeline.state.policy.name)
+                self._watch_stamp = self._stamp()
+                return False
+            old = self.pipeline.state.policy
+            if candidate.sha256 == old.sha256:
+                self._watch_stamp = self._stamp()
+                self.metrics.policy_reloads.labels("unchanged").inc()
+                self.log.info("policy.unchanged", trigger=trigger, sha256=old.sha256)
+                return True
+            now = datetime.now(UTC)
+            ledger = await asyncio.to_thread(ledger_from_journal, candidate, self.journal, now)
+            self.pipeline.state = PolicyState(candidate, ledger, Path(path))
+            self._watch_stamp = self._stamp()
+            self.metrics.set_policy(candidate.name, candidate.sha256)
+            self.metrics.policy_reloads.labels("ok").inc()
+            self.log.info("policy.reloaded", trigger=trigger, name=candidate.name,
+                          sha256=candidate.sha256, previous=old.sha256)
+            return True
+
+    async def watch_job(self) -> None:
+        if self._stamp() != self._watch_stamp:
+            await self.reload_policy("file_change")
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            self.log.info("daemon.stopping")
+        self.pipeline.stopping.set()
+        self._stop.set()
+
+    async def run_once(self) -> int:
+        """One poll and one collection; 0 when every step succeeded, else 1."""
+        try:
+            poll_ok = await self.poll_job()
+            collect_ok = await self.collect_job()
+        finally:
+            await self.close()
+        self.log.info("daemon.once_done", poll_ok=poll_ok, collect_ok=collect_ok)
+        return 0 if poll_ok and collect_ok else 1
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or :meth:`request_stop`); returns the exit code."""
+        loop = asyncio.get_running_loop()
+        if self.config.install_signals:
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: loop.create_task(self.reload_policy("sighup")))
+        self.http = HttpServer(create_app(self.metrics, self.readiness),
+                               self.config.http_host, self.config.http_port)
+        await self.http.start()
+        self.log.info("daemon.started", http=f"{self.config.http_host}:{self.http.port}",
+                      policy=self.pipeline.state.policy.name, mode=self.pipeline.mode,
+                      poll_interval=self.config.poll_interval,
+                      collect_interval=self.config.collect_interval)
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        now = datetime.now(UTC)
+        common: dict[str, Any] = {"max_instances": 1, "coalesce": True,
+                                  "misfire_grace_time": None}
+        scheduler.add_job(self.poll_job, IntervalTrigger(
+            seconds=self.config.poll_interval, jitter=_jitter(self.config.poll_interval)),
+            id="poll", next_run_time=now, **common)
+        scheduler.add_job(self.collect_job, IntervalTrigger(
+            seconds=self.config.collect_interval,
+            jitter=_jitter(self.config.collect_interval)),
+            id="collect", next_run_time=now + timedelta(milliseconds=50), **common)
+        if self.config.watch_interval > 0:
+            scheduler.add_job(self.watch_job, IntervalTrigger(
+                seconds=self.config.watch_interval), id="policy-watch", **common)
+        scheduler.start()
+        try:
+            await self._stop.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+            await self._drain()
+            await self.close()
+            if self.config.install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+        self.log.info("daemon.stopped", polls=self.polls, collections=self.collections)
+        return 0
+
+    async def _drain(self) -> None:
+        jobs = [t for t in self._jobs if not t.done()]
+        if not jobs:
+            return
+        _done, pending = await asyncio.wait(jobs, timeout=STOP_BUDGET)
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.log.warning("daemon.cancelled_jobs", count=len(pending))
+            await asyncio.wait(pending, timeout=1)
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
+        if self._on_close is not None:
+            await self._on_close()
+            self._on_close = None
+        if self._journal_open:
+            await asyncio.to_thread(self.journal.close)
+            self._journal_open = False
+
+
+def _jitter(interval: float) -> float:
+    return min(5.0, interval * 0.05)
