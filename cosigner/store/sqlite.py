@@ -103,6 +103,14 @@ LEFT JOIN entries AS o ON o.seq = (
 WHERE d.kind = 'decision'
 """
 
+# What an outcome needs to know of its decision.
+_SELECT_STATES = """
+SELECT d.seq, d.item_id, d.mode, d.action,
+       (SELECT o.state FROM entries AS o WHERE o.decision_seq = d.seq AND o.kind = 'outcome'
+        ORDER BY o.seq DESC LIMIT 1)
+FROM entries AS d WHERE d.kind = 'decision'
+"""
+
 _STATE_SQL = """
 SELECT d.mode, (SELECT o.state FROM entries AS o WHERE o.decision_seq = d.seq
                 AND o.kind = 'outcome' ORDER BY o.seq DESC LIMIT 1) AS outcome_state,
@@ -531,11 +539,10 @@ class SqliteJournal:
         for start in range(0, len(ordered), _CHUNK):
             chunk = ordered[start:start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            for row in conn.execute(_SELECT_RECORDS + f" AND d.seq IN ({marks})",
-                                    chunk):
-                record = self._record_from_row(row)
-                found[record.seq] = ({"item_id": record.item_id, "mode": record.mode,
-                                      "action": record.action.value}, record.state)
+            for seq, item_id, mode, action, outcome_state in conn.execute(
+                    _SELECT_STATES + f" AND d.seq IN ({marks})", chunk):
+                found[seq] = ({"item_id": item_id, "mode": mode, "action": action},
+                              decision_state(mode, outcome_state))
         return found
 
     def _record_from_row(self, row: Sequence[Any]) -> DecisionRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from datetime import timedelta
 
@@ -57,7 +58,7 @@ class TestRecordDecisions:
         b = journal.record_decisions([decision(3)])
         chain = [*a, *b]
         assert chain[0].prev_hash == GENESIS_HASH
-        for before, after in zip(chain, chain[1:], strict=False):
+        for before, after in itertools.pairwise(chain):
             assert after.prev_hash == before.record_hash
         assert len({r.record_hash for r in chain}) == 3
 
@@ -352,7 +353,7 @@ class TestLifecycle:
 class TestThroughput:
     def test_ten_thousand_decisions_then_outcomes(self, journal: Journal,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-        """10,000 decisions in one batch and their outcomes in another work (timing printed only)."""
+        """10,000 decisions in one batch, then their outcomes: timed for the report only."""
         batch = [decision(i) for i in range(10_000)]
         started = time.perf_counter()
         records = journal.record_decisions(batch)
