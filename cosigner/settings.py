@@ -96,7 +96,7 @@ class Settings(BaseSettings):
             file_path: Path | None = getattr(self, f"{name}_file")
             if file_path is None:
                 continue
-            if name in self.model_fields_set and name != "database_url":
+            if name in self.model_fields_set:
                 raise ValueError(f"set either {env_name(name)} or {env_name(name)}_FILE, "
                                  f"not both")
             try:
