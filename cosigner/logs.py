@@ -13,6 +13,7 @@ import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
+from urllib.parse import unquote, urlsplit
 
 import structlog
 
@@ -25,14 +26,28 @@ _registered: set[str] = set()
 
 
 def register_secret(*values: str | None) -> None:
-    """Remember secret values so that :func:`redact_secrets` masks them anywhere."""
+    """Remember secret values so that :func:`redact_secrets` masks them anywhere.
+
+    The password inside a URL (``postgresql://user:pw@host/db``) is registered
+    on its own too: a driver's error message may quote it without the URL.
+    """
     for v in values:
-        if v and len(v) >= 4:
-            _registered.add(v)
+        if not v:
+            continue
+        candidates = [v]
+        if "://" in v:
+            try:
+                password = urlsplit(v).password
+            except ValueError:
+                password = None
+            if password:
+                candidates += [password, unquote(password)]
+        _registered.update(c for c in candidates if len(c) >= 4)
 
 
 def _mask(text: str) -> str:
-    for secret in _registered:
+    # Longest first, so that a secret containing another is masked whole.
+    for secret in sorted(_registered, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text
