@@ -67,6 +67,10 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _read_payload(arg: str) -> str:
     if arg != "-":
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # argv bytes that were not UTF-8 (surrogate escapes)
+            raise ConfigError("PAYLOAD: the argument is not UTF-8 text") from None
         return arg
     raw = sys.stdin.buffer.read()
     try:

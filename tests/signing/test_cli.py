@@ -226,6 +226,14 @@ class TestShardSign:
         assert (code, out) == (2, "")
         assert "UTF-8" in err
 
+    def test_argument_must_be_utf8(self, cosigner_env: SetEnv, shard: ThrowawayShard,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+        """An argv payload that was not UTF-8 (a surrogate escape) exits 2."""
+        cosigner_env(pfx_path=shard.path, pfx_password=shard.password)
+        code, out, err = _run(capsys, "sign", "caf\udce9")
+        assert (code, out) == (2, "")
+        assert "UTF-8" in err
+
     def test_scheme_option(self, cosigner_env: SetEnv, shard: ThrowawayShard,
                            capsys: pytest.CaptureFixture[str]) -> None:
         """``--scheme rsa-sha256`` signs under that scheme."""

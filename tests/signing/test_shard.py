@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -229,6 +230,15 @@ class TestShardRefusals:
         message = _refusal(tmp_path / "nope.pfx")
         assert "not found" in message
         assert "COSIGNER_PFX_PATH" in message
+
+    @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+    def test_unreadable_file(self, shard_factory: ShardFactory) -> None:
+        """A file this user cannot read is refused as such."""
+        made = shard_factory(password=SECRET, mode=0o000)
+        try:
+            assert "not readable by this user" in _refusal(made.path)
+        finally:
+            made.path.chmod(0o600)
 
     def test_directory(self, tmp_path: Path) -> None:
         """A directory is not a shard."""
