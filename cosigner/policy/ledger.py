@@ -1,0 +1,140 @@
+"""Usage of the policy's limits: approvals indexed per (limit, bucket), in time order.
+
+Each (limit, bucket) series keeps the approval times sorted with running
+(prefix) sums of their amounts, so the usage over a rolling window is two
+bisections and a subtraction, never a scan.  Old entries are dropped once they
+are two windows behind the newest approval (one extra window of slack, so a
+clock stepping back a little still sees them).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
+
+from cosigner.models import PendingItem
+from cosigner.policy import addresses
+from cosigner.policy.model import Chain, CompiledPolicy, ItemFacts, Limit
+
+# Amounts that pass validation have at most 76 significant digits; 120 leaves
+# room for summing billions of them.  Any rounding would be a bug: trap it.
+MONEY = Context(prec=120, traps=[InvalidOperation, Overflow, Inexact])
+ZERO = Decimal(0)
+_COMPACT_AFTER = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """An approval that counts toward limits (from the journal, or just decided)."""
+
+    chain_id: str
+    from_address: str
+    to_address: str
+    amount: Decimal
+    at: datetime
+
+    @classmethod
+    def from_item(cls, item: PendingItem, at: datetime) -> Approval:
+        """The approval of a (valid) pending item at *at*; ValueError for a malformed item."""
+        chain_id, source, dest, amount = (item.chain_id, item.from_address, item.to_address,
+                                          item.amount)
+        if chain_id is None or source is None or dest is None or amount is None:
+            raise ValueError(f"{item.label()} is malformed and cannot count as an approval")
+        return cls(chain_id, source, dest, amount, at)
+
+
+class _Series:
+    """Times (sorted) and prefix sums of amounts of one (limit, bucket)."""
+
+    __slots__ = ("cum", "times")
+
+    def __init__(self) -> None:
+        self.times: list[datetime] = []
+        self.cum: list[Decimal] = []
+
+    def add(self, at: datetime, amount: Decimal) -> None:
+        if not self.times or at >= self.times[-1]:
+            self.times.append(at)
+            self.cum.append(MONEY.add(self.cum[-1] if self.cum else ZERO, amount))
+            return
+        # out of order (history given unsorted): shift the sums after it
+        pos = bisect_right(self.times, at)
+        self.times.insert(pos, at)
+        before = self.cum[pos - 1] if pos else ZERO
+        self.cum[pos:] = [MONEY.add(before, amount),
+                          *(MONEY.add(c, amount) for c in self.cum[pos:])]
+
+    def usage(self, since: datetime) -> tuple[Decimal, int]:
+        """Amount and count of entries strictly after *since* (future ones included)."""
+        lo = bisect_right(self.times, since)
+        count = len(self.times) - lo
+        if count == 0:
+            return ZERO, 0
+        return MONEY.subtract(self.cum[-1], self.cum[lo - 1] if lo else ZERO), count
+
+    def compact(self, before: datetime) -> None:
+        """Drop entries at or before *before* once there are many of them."""
+        cut = bisect_right(self.times, before)
+        if cut < _COMPACT_AFTER or cut * 2 < len(self.times):
+            return
+        dropped = self.cum[cut - 1]
+        self.times = self.times[cut:]
+        self.cum = [MONEY.subtract(c, dropped) for c in self.cum[cut:]]
+
+
+def facts_of(policy: CompiledPolicy, chain_id: str, source: str, dest: str,
+             amount: Decimal) -> ItemFacts:
+    """Comparison facts of an approval; a chain the policy no longer knows compares exactly."""
+    chain = policy.chains.get(chain_id) or Chain(chain_id, "?", "other", 0)
+    return ItemFacts(chain, addresses.key(dest, chain.address),
+                     addresses.key(source, chain.address), amount, dest, source)
+
+
+class Ledger:
+    """In-memory usage of approvals for the limits of one policy."""
+
+    def __init__(self, policy: CompiledPolicy, approvals: Iterable[Approval] = ()) -> None:
+        self.policy = policy
+        self._limits: dict[str, Limit] = {lim.name: lim for lim in policy.limits}
+        self._series: dict[tuple[str, str], _Series] = {}
+        for approval in sorted(approvals, key=lambda a: a.at):
+            self.add(approval)
+
+    def add(self, approval: Approval) -> None:
+        """Count *approval* in every limit whose scope it is in."""
+        facts = facts_of(self.policy, approval.chain_id, approval.from_address,
+                         approval.to_address, approval.amount)
+        for limit in self.policy.limits:
+            if limit.scope.mismatch(facts) is not None:
+                continue
+            bucket = limit.bucket(approval.chain_id, facts.to_key, facts.from_key)
+            series = self._series.get((limit.name, bucket))
+            if series is None:
+                series = self._series[(limit.name, bucket)] = _Series()
+            series.add(approval.at, approval.amount)
+            series.compact(approval.at - 2 * limit.window)
+
+    def usage(self, limit_name: str, bucket: str, now: datetime) -> tuple[Decimal, int]:
+        """Amount and count approved in *bucket* of the limit during its window before *now*."""
+        limit = self._limits[limit_name]
+        series = self._series.get((limit_name, bucket))
+        if series is None:
+            return ZERO, 0
+        return series.usage(now - limit.window)
+
+    def ratios(self, now: datetime) -> dict[str, float]:
+        """Per limit, the highest used/max ratio over its buckets (for a gauge)."""
+        out = dict.fromkeys(self._limits, 0.0)
+        for (name, _), series in self._series.items():
+            limit = self._limits[name]
+            amount, count = series.usage(now - limit.window)
+            ratio = 0.0
+            if limit.max_amount is not None:
+                ratio = float(amount) / float(limit.max_amount)
+            if limit.max_count is not None:
+                ratio = max(ratio, count / limit.max_count)
+            out[name] = max(out[name], ratio)
+        return out

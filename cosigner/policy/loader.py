@@ -1,0 +1,497 @@
+"""Load a policy file (DESIGN section 3) into a :class:`CompiledPolicy`, strictly.
+
+Every problem found is collected with ``file:line`` and raised together as one
+:class:`PolicyError`; a policy with a single problem is never returned.  This is
+the only module of ``cosigner.policy`` that reads files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, timedelta, tzinfo
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from cosigner.errors import PolicyError
+from cosigner.models import Action
+from cosigner.policy import addresses
+from cosigner.policy.addresses import FORMATS, Format
+from cosigner.policy.model import (
+    DAY_NAMES,
+    AddressCond,
+    AddressList,
+    AddressSet,
+    AmountRange,
+    Chain,
+    ChainIndex,
+    CompiledPolicy,
+    Limit,
+    Per,
+    Rule,
+    Scope,
+    TimeWindow,
+)
+from cosigner.policy.nodes import Pairs, Reader, line
+from cosigner.policy.shadow import find_shadowed
+
+TOP_KEYS = ("version", "name", "default", "on_invalid", "on_limit", "chains", "lists",
+            "limits", "rules")
+CHAIN_KEYS = ("name", "address", "decimals")
+RULE_KEYS = ("name", "chain", "to", "from", "amount", "time", "action")
+LIMIT_KEYS = ("name", "chain", "to", "from", "window", "max_amount", "max_count", "per")
+MAX_DECIMALS = 36
+MAX_WINDOW = timedelta(days=366)
+
+_LIST_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+_RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_WINDOW = re.compile(r"([1-9][0-9]{0,6})([smhd])")
+_HOURS = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]|24):([0-5][0-9])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_EXPLICIT_ACTIONS = (Action.HOLD.value, Action.REJECT.value)
+
+
+def load_policy(path: str | Path) -> CompiledPolicy:
+    """Load and compile the policy at *path*; raise :class:`PolicyError` with every problem."""
+    return _Loader(Path(path)).load()
+
+
+def try_load_policy(path: str | Path) -> CompiledPolicy | PolicyError:
+    """The reload contract: the compiled policy, or the error; never raises for a bad file."""
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        return exc
+
+
+@dataclass
+class _Sources:
+    """Files read, in order, with their content (for the sha256)."""
+
+    items: list[tuple[str, Path, bytes]] = field(default_factory=list)
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        for label, _, data in self.items:
+            for part in (label.encode("utf-8"), str(len(data)).encode("ascii"), data):
+                h.update(part)
+                h.update(b"\x00")
+        return h.hexdigest()
+
+
+class _Loader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[str] = []
+        self.r = Reader(str(path), self.problems)
+        self.sources = _Sources()
+        self.chains: dict[str, Chain] = {}
+        self.lists: dict[str, AddressList] = {}
+
+    # -- entry -------------------------------------------------------------
+
+    def load(self) -> CompiledPolicy:
+        text = self._read(self.path, "policy", str(self.path))
+        root = self._compose(text) if text is not None else None
+        if root is None:
+            raise PolicyError(self.problems)
+        top = self.r.mapping(root, "the policy", TOP_KEYS, ("version", "name", "chains"))
+        if top is None:
+            raise PolicyError(self.problems)
+        policy = self._compile(top)
+        if self.problems or policy is None:
+            raise PolicyError(self.problems)
+        return policy
+
+    def _read(self, path: Path, label: str, shown: str) -> str | None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            self.problems.append(f"{shown}:1: file not found")
+            return None
+        except OSError as exc:
+            self.problems.append(f"{shown}:1: cannot read: {exc.strerror or exc}")
+            return None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            at = data[: exc.start].count(b"\n") + 1
+            self.problems.append(f"{shown}:{at}: not valid UTF-8")
+            return None
+        self.sources.items.append((label, path, data))
+        return text
+
+    def _compose(self, text: str) -> yaml.Node | None:
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            at = mark.line + 1 if mark is not None else 1
+            self.r.error(at, f"YAML syntax: {exc.problem or exc.context}")
+            return None
+        except yaml.YAMLError as exc:  # pragma: no cover - every PyYAML parse error is marked
+            self.r.error(1, f"YAML: {exc}")
+            return None
+        if root is None:
+            self.r.error(1, "the policy is empty")
+        return root
+
+    def _compile(self, top: Pairs) -> CompiledPolicy | None:
+        r = self.r
+        version = r.each(top, "version", r.integer, "version", 1)
+        if version is not None and version != 1:
+            r.error(top["version"][1], f"unsupported policy version {version} (expected 1)")
+        name = r.each(top, "name", r.string, "name")
+        if name is not None and not name.strip():
+            r.error(top["name"][1], "name must not be empty")
+        default = self._fallback(top, "default")
+        on_invalid = self._fallback(top, "on_invalid")
+        on_limit = self._fallback(top, "on_limit")
+        if "chains" in top:
+            self._chains(top["chains"][1])
+        if "lists" in top:
+            self._lists(top["lists"][1])
+        limits = self._limits(top["limits"][1]) if "limits" in top else []
+        rules = self._rules(top["rules"][1]) if "rules" in top else []
+        for earlier, later in find_shadowed(rules):
+            if earlier is later:
+                r.error(later.line, f"rule {later.name!r} can never match: its not_in excludes "
+                                    f"every address of its in")
+                continue
+            r.error(later.line, f"rule {later.name!r} can never match: the earlier rule "
+                                f"{earlier.name!r} (line {earlier.line}) matches everything "
+                                f"it matches")
+        if self.problems or name is None:
+            return None
+        return CompiledPolicy(
+            name=name, sha256=self.sources.sha256(),
+            sources=tuple(p for _, p, _ in self.sources.items),
+            default=default, on_invalid=on_invalid, on_limit=on_limit,
+            chains=dict(self.chains), lists=dict(self.lists), rules=tuple(rules),
+            limits=tuple(limits), index=_index(self.chains, rules, limits))
+
+    def _fallback(self, top: Pairs, key: str) -> Action:
+        if key not in top:
+            return Action.HOLD
+        node = top[key][1]
+        value = self.r.string(node, key)
+        if value == Action.APPROVE.value:
+            self.r.error(node, f"{key}: approve is refused: only an explicit rule may approve")
+        elif value is not None and value not in _EXPLICIT_ACTIONS:
+            self.r.error(node, f"{key} must be hold or reject, not {value!r}")
+        elif value is not None:
+            return Action(value)
+        return Action.HOLD
+
+    # -- chains and lists --------------------------------------------------
+
+    def _chains(self, node: yaml.Node) -> None:
+        r = self.r
+        pairs = r.mapping(node, "chains", ())
+        if pairs is None:
+            return
+        if not pairs:
+            r.error(node, "chains must declare at least one chain")
+        for chain_id, (key_node, value) in pairs.items():
+            if not chain_id.isascii() or not chain_id.isdigit():
+                r.error(key_node, f"chain id {chain_id!r} must be decimal digits")
+            what = f"chain {chain_id!r}"
+            spec = r.mapping(value, what, CHAIN_KEYS, CHAIN_KEYS)
+            if spec is None:
+                continue
+            name = r.each(spec, "name", r.string, f"name of {what}")
+            fmt = r.each(spec, "address", r.choice, f"address of {what}", FORMATS)
+            decimals = r.each(spec, "decimals",
+                              r.integer, f"decimals of {what}", 0)
+            if decimals is not None and decimals > MAX_DECIMALS:
+                r.error(spec["decimals"][1], f"decimals of {what} must be at most {MAX_DECIMALS}")
+                decimals = None
+            if name is not None and fmt is not None and decimals is not None:
+                self.chains[chain_id] = Chain(chain_id, name, _as_format(fmt), decimals)
+
+    @property
+    def _has_other(self) -> bool:
+        return any(c.address == "other" for c in self.chains.values())
+
+    def _classify(self, reader: Reader, node: yaml.Node | int, text: str,
+                  into: dict[Format, set[str]]) -> None:
+        """Check one list or literal address and add its comparison keys to *into*."""
+        if not addresses.has_clean_chars(text):
+            reader.error(node, f"address {text!r} contains whitespace, control, zero-width or "
+                               f"non-ASCII characters")
+        elif addresses.looks_evm(text):
+            if addresses.is_evm(text):
+                into["evm"].add(addresses.key(text, "evm"))
+                if self._has_other:
+                    into["other"].add(text)
+            else:
+                reader.error(node, f"address {text!r} is not a valid evm address (0x and 40 hex "
+                                   f"digits; mixed case must be a valid EIP-55 checksum)")
+        elif addresses.looks_tron(text):
+            if addresses.is_tron(text):
+                into["tron"].add(text)
+                if self._has_other:
+                    into["other"].add(text)
+            else:
+                reader.error(node, f"address {text!r} fails its tron base58check checksum")
+        elif self._has_other:
+            into["other"].add(text)
+        else:
+            reader.error(node, f"address {text!r} is neither evm nor tron, and no chain uses the "
+                               f"other address format")
+
+    def _lists(self, node: yaml.Node) -> None:
+        r = self.r
+        pairs = r.mapping(node, "lists", ())
+        for list_name, (key_node, value) in (pairs or {}).items():
+            if _LIST_NAME.fullmatch(list_name) is None:
+                r.error(key_node, f"list name {list_name!r} must be lowercase letters, digits, "
+                                  f"'-' or '_', starting with a letter")
+                continue
+            keys: dict[Format, set[str]] = {f: set() for f in FORMATS}
+            if isinstance(value, yaml.MappingNode):
+                spec = r.mapping(value, f"list {list_name!r}", ("file",), ("file",))
+                if spec and "file" in spec:
+                    self._list_file(spec["file"][1], keys)
+            else:
+                for item, text in r.strings(value, f"list {list_name!r}", single_ok=False):
+                    self._classify(r, item, text, keys)
+            self.lists[list_name] = _address_list(list_name, keys)
+
+    def _list_file(self, node: yaml.Node, keys: dict[Format, set[str]]) -> None:
+        relative = self.r.string(node, "list file")
+        if relative is None:
+            return
+        path = self.path.parent / relative
+        if not path.is_file():
+            self.r.error(node, f"list file {relative!r} not found (looked at {path})")
+            return
+        text = self._read(path, relative, str(path))
+        if text is None:
+            return
+        reader = Reader(str(path), self.problems)
+        for number, raw in enumerate(text.splitlines(), start=1):
+            entry = raw.split("#", 1)[0].strip()
+            if entry:
+                self._classify(reader, number, entry, keys)
+
+    # -- conditions --------------------------------------------------------
+
+    def _chain_scope(self, pairs: Pairs, what: str) -> frozenset[str] | None:
+        if "chain" not in pairs:
+            return None
+        out = set()
+        for item, chain_id in self.r.strings(pairs["chain"][1], f"chain of {what}",
+                                             single_ok=True):
+            if chain_id not in self.chains:
+                self.r.error(item, f"{what} names chain {chain_id!r}, which is not declared "
+                                   f"in chains")
+            out.add(chain_id)
+        return frozenset(out)
+
+    def _address_set(self, node: yaml.Node, what: str) -> AddressSet | None:
+        members: list[AddressList] = []
+        literal: dict[Format, set[str]] = {f: set() for f in FORMATS}
+        shown: list[str] = []
+        entries = self.r.strings(node, what, single_ok=False)
+        for item, text in entries:
+            if text in self.lists:
+                members.append(self.lists[text])
+                shown.append(text)
+            elif _LIST_NAME.fullmatch(text):
+                self.r.error(item, f"{what} names list {text!r}, which does not exist")
+            else:
+                self._classify(self.r, item, text, literal)
+                shown.append(text if len(text) <= 14 else text[:8] + "..." + text[-4:])
+        if any(literal.values()):
+            members.append(_address_list("<literal>", literal))
+        if not entries:
+            return None
+        return AddressSet(tuple(members), "[" + ", ".join(shown) + "]")
+
+    def _address_cond(self, pairs: Pairs, key: str, what: str) -> AddressCond | None:
+        if key not in pairs:
+            return None
+        spec = self.r.mapping(pairs[key][1], f"{key} of {what}", ("in", "not_in"))
+        if spec is None:
+            return None
+        if not spec:
+            self.r.error(pairs[key][1], f"{key} of {what} needs in and/or not_in")
+        in_ = self.r.each(spec, "in", self._address_set, f"{key}.in of {what}")
+        not_in = self.r.each(spec, "not_in",
+                             self._address_set, f"{key}.not_in of {what}")
+        return AddressCond(in_, not_in)
+
+    def _scope(self, pairs: Pairs, what: str) -> Scope:
+        return Scope(self._chain_scope(pairs, what), self._address_cond(pairs, "to", what),
+                     self._address_cond(pairs, "from", what))
+
+    def _amount(self, node: yaml.Node, what: str) -> AmountRange | None:
+        r = self.r
+        spec = r.mapping(node, f"amount of {what}", ("min", "max"))
+        if spec is None:
+            return None
+        if not spec:
+            r.error(node, f"amount of {what} needs min and/or max")
+        low = r.each(spec, "min", r.decimal, f"amount.min of {what}")
+        high = r.each(spec, "max", r.decimal, f"amount.max of {what}")
+        if low is not None and high is not None and low > high:
+            r.error(node, f"amount of {what}: min {low} is above max {high}")
+        return AmountRange(low, high)
+
+    def _time(self, node: yaml.Node, what: str) -> TimeWindow | None:
+        r = self.r
+        spec = r.mapping(node, f"time of {what}", ("days", "hours", "tz"))
+        if spec is None:
+            return None
+        if "days" not in spec and "hours" not in spec:
+            r.error(node, f"time of {what} needs days and/or hours")
+        days: frozenset[int] | None = None
+        if "days" in spec:
+            found = set()
+            for item, day in r.strings(spec["days"][1], f"days of {what}", single_ok=False):
+                if day in DAY_NAMES:
+                    found.add(DAY_NAMES.index(day))
+                else:
+                    r.error(item, f"day {day!r} of {what} must be one of {', '.join(DAY_NAMES)}")
+            days = frozenset(found)
+        start = end = None
+        if "hours" in spec:
+            hours = r.string(spec["hours"][1], f"hours of {what}")
+            match = _HOURS.fullmatch(hours) if hours is not None else None
+            if hours is not None and match is None:
+                r.error(spec["hours"][1], f"hours of {what} must look like \"08:00-20:00\", "
+                                          f"not {hours!r}")
+            elif match is not None:
+                h1, m1, h2, m2 = (int(g) for g in match.groups())
+                start, end = h1 * 60 + m1, h2 * 60 + m2
+                if end > 24 * 60 or start == end:
+                    r.error(spec["hours"][1], f"hours of {what}: {hours!r} is not a range")
+        tz_name = "UTC"
+        tz: tzinfo = UTC
+        if "tz" in spec:
+            tz_name = r.string(spec["tz"][1], f"tz of {what}") or "UTC"
+            try:
+                tz = ZoneInfo(tz_name)
+            except (ZoneInfoNotFoundError, ValueError):
+                r.error(spec["tz"][1], f"unknown time zone {tz_name!r} in {what}")
+        return TimeWindow(days, start, end, tz, tz_name)
+
+    # -- rules and limits --------------------------------------------------
+
+    def _named_entries(self, node: yaml.Node, section: str, keys: tuple[str, ...],
+                       required: tuple[str, ...]) -> Iterable[tuple[yaml.Node, Pairs, str]]:
+        seen: dict[str, int] = {}
+        for entry in self.r.sequence(node, section, non_empty=False):
+            pairs = self.r.mapping(entry, f"entry of {section}", keys, required)
+            if pairs is None or "name" not in pairs:
+                continue
+            name = self.r.string(pairs["name"][1], f"name in {section}")
+            if name is None:
+                continue
+            if _RULE_NAME.fullmatch(name) is None:
+                self.r.error(pairs["name"][1], f"name {name!r} in {section} must be letters, "
+                                               f"digits, '.', '-' or '_' (at most 64)")
+                continue
+            if name in seen:
+                self.r.error(pairs["name"][1], f"duplicate name {name!r} in {section} "
+                                               f"(first at line {seen[name]})")
+                continue
+            seen[name] = line(entry)
+            yield entry, pairs, name
+
+    def _rules(self, node: yaml.Node) -> list[Rule]:
+        r = self.r
+        rules: list[Rule] = []
+        for entry, pairs, name in self._named_entries(node, "rules", RULE_KEYS,
+                                                      ("name", "action")):
+            what = f"rule {name!r}"
+            action = r.each(pairs, "action", r.choice, f"action of {what}",
+                                                                tuple(a.value for a in Action))
+            scope = self._scope(pairs, what)
+            amount = r.each(pairs, "amount", self._amount, what)
+            window = r.each(pairs, "time", self._time, what)
+            if action is not None:
+                rules.append(Rule(name, len(rules), line(entry), Action(action), scope, amount,
+                                  window))
+        return rules
+
+    def _limits(self, node: yaml.Node) -> list[Limit]:
+        r = self.r
+        limits: list[Limit] = []
+        for entry, pairs, name in self._named_entries(node, "limits", LIMIT_KEYS,
+                                                      ("name", "window")):
+            what = f"limit {name!r}"
+            window = r.each(pairs, "window", self._window, what)
+            max_amount = r.each(pairs, "max_amount",
+                                r.decimal, f"max_amount of {what}", positive=True)
+            max_count = r.each(pairs, "max_count",
+                               r.integer, f"max_count of {what}", 1)
+            if "max_amount" not in pairs and "max_count" not in pairs:
+                r.error(entry, f"{what} needs max_amount and/or max_count")
+            per = r.each(pairs, "per", r.choice, f"per of {what}",
+                                                          ("chain", "to", "from"))
+            scope = self._scope(pairs, what)
+            if window is not None and (max_amount is not None or max_count is not None):
+                limits.append(Limit(name, line(entry), window, max_amount, max_count,
+                                    _as_per(per or "chain"), scope))
+        return limits
+
+    def _window(self, node: yaml.Node, what: str) -> timedelta | None:
+        text = self.r.string(node, f"window of {what}")
+        match = _WINDOW.fullmatch(text) if text is not None else None
+        if match is None:
+            if text is not None:
+                self.r.error(node, f"window of {what} must look like 30m, 24h or 7d, "
+                                   f"not {text!r}")
+            return None
+        window = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        if window > MAX_WINDOW:
+            self.r.error(node, f"window of {what} is longer than 366d")
+            return None
+        return window
+
+
+def _as_format(value: str) -> Format:
+    for fmt in FORMATS:
+        if fmt == value:
+            return fmt
+    raise AssertionError(value)  # pragma: no cover - choice() checked it
+
+
+def _as_per(value: str) -> Per:
+    return "to" if value == "to" else "from" if value == "from" else "chain"
+
+
+def _address_list(name: str, keys: dict[Format, set[str]]) -> AddressList:
+    plain_other = {o for o in keys["other"]
+                   if not (addresses.looks_evm(o) or addresses.looks_tron(o))}
+    size = len(keys["evm"]) + len(keys["tron"]) + len(plain_other)
+    return AddressList(name, {f: frozenset(v) for f, v in keys.items()}, size)
+
+
+def _index(chains: dict[str, Chain], rules: list[Rule],
+           limits: list[Limit]) -> dict[str, ChainIndex]:
+    """Per chain: generic rule indexes, rule indexes by destination key, and limits in scope."""
+    index = {}
+    for chain_id, chain in chains.items():
+        generic: list[int] = []
+        by_to: dict[str, list[int]] = {}
+        for rule in rules:
+            if rule.scope.chains is not None and chain_id not in rule.scope.chains:
+                continue
+            to = rule.scope.to
+            if to is None or to.in_ is None:
+                generic.append(rule.index)
+                continue
+            for key in to.in_.keys(chain.address):
+                by_to.setdefault(key, []).append(rule.index)
+        in_scope = tuple(lim for lim in limits
+                         if lim.scope.chains is None or chain_id in lim.scope.chains)
+        index[chain_id] = ChainIndex(tuple(generic), {k: tuple(v) for k, v in by_to.items()},
+                                     in_scope)
+    return index
