@@ -43,9 +43,27 @@ from cosigner.store.memory import MemoryJournal
 from cosigner.store.sqlite import SqliteJournal
 
 __all__ = [
-    "DECIDED", "ENFORCE", "FAILED", "MODES", "POSTED", "SHADOW", "SHADOW_STATE", "STATES",
-    "ApprovalRow", "DecisionRecord", "ItemView", "Journal", "MemoryJournal", "NewDecision",
-    "NewOutcome", "SqliteJournal", "VerifyResult", "journal_from_url", "open_journal",
+    "DECIDED",
+    "DEFAULT_URL",
+    "ENFORCE",
+    "FAILED",
+    "MODES",
+    "POSTED",
+    "SETTING",
+    "SHADOW",
+    "SHADOW_STATE",
+    "STATES",
+    "ApprovalRow",
+    "DecisionRecord",
+    "ItemView",
+    "Journal",
+    "MemoryJournal",
+    "NewDecision",
+    "NewOutcome",
+    "SqliteJournal",
+    "VerifyResult",
+    "journal_from_url",
+    "open_journal",
     "redact_url",
 ]
 
