@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cosigner.models import PendingItem
 from cosigner.policy.engine import Decision, evaluate, item_facts, limit_effect
 from cosigner.policy.ledger import Ledger
 from cosigner.policy.model import CompiledPolicy
+
+
+def window_text(window: timedelta) -> str:
+    """A window the way policies write it (``24h``, ``7d``, ``90s``)."""
+    seconds = int(window.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def explain(policy: CompiledPolicy, item: PendingItem, ledger: Ledger,
@@ -32,6 +41,8 @@ def explain(policy: CompiledPolicy, item: PendingItem, ledger: Ledger,
         lines.append(f"rule {rule.name} (line {rule.line}): no match: {why}")
     if matched is None:
         lines.append(f"no rule matched -> default {policy.default.value}")
+    if policy.limits:
+        lines.append("limits (they only change an approval):")
     for limit in policy.limits:
         why = limit.scope.mismatch(facts)
         if why is not None:
@@ -44,7 +55,7 @@ def explain(policy: CompiledPolicy, item: PendingItem, ledger: Ledger,
         if effect.max_count is not None:
             parts.append(f"count {effect.used_count} + 1 of {effect.max_count}")
         verdict = "WOULD EXCEED" if effect.would_exceed else "ok"
-        lines.append(f"limit {limit.name} (bucket {effect.bucket}, window {limit.window}): "
+        lines.append(f"limit {limit.name} (bucket {effect.bucket}, window {window_text(limit.window)}): "
                      f"{', '.join(parts)}: {verdict}")
     lines.append(f"decision: {decision.action.value} (rule {decision.rule}; "
                  f"{', '.join(decision.reasons)})")

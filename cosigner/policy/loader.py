@@ -194,7 +194,7 @@ class _Loader:
         pairs = r.mapping(node, "chains", ())
         if pairs is None:
             return
-        if not pairs:
+        if not node.value:
             r.error(node, "chains must declare at least one chain")
         for chain_id, (key_node, value) in pairs.items():
             if not chain_id.isascii() or not chain_id.isdigit():
@@ -297,6 +297,7 @@ class _Loader:
         members: list[AddressList] = []
         literal: dict[Format, set[str]] = {f: set() for f in FORMATS}
         shown: list[str] = []
+        before = len(self.problems)
         entries = self.r.strings(node, what, single_ok=False)
         for item, text in entries:
             if text in self.lists:
@@ -309,7 +310,7 @@ class _Loader:
                 shown.append(text if len(text) <= 14 else text[:8] + "..." + text[-4:])
         if any(literal.values()):
             members.append(_address_list("<literal>", literal))
-        if not entries:
+        if not entries or len(self.problems) > before:
             return None
         return AddressSet(tuple(members), "[" + ", ".join(shown) + "]")
 
