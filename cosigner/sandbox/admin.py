@@ -10,7 +10,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from cosigner.models import dumps_exact, loads_exact
+from cosigner.models import JsonNumber, dumps_exact, loads_exact
 from cosigner.sandbox.faults import FaultConfig
 
 
@@ -20,6 +20,17 @@ class SandboxAdminError(Exception):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         super().__init__(f"sandbox admin: HTTP {status}: {message}")
+
+
+def _floats(obj: Any) -> Any:
+    """Fault settings are plain numbers: JsonNumber text back to float."""
+    if isinstance(obj, JsonNumber):
+        return float(obj)
+    if isinstance(obj, dict):
+        return {k: _floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_floats(v) for v in obj]
+    return obj
 
 
 def _pem(certificate: x509.Certificate | str) -> str:
@@ -160,7 +171,7 @@ class SandboxAdmin:
     async def set_faults(self, faults: FaultConfig | Mapping[str, Any]) -> dict[str, Any]:
         """Switch faults on (a :class:`FaultConfig` or its camelCase JSON)."""
         body = faults.to_json() if isinstance(faults, FaultConfig) else dict(faults)
-        result: dict[str, Any] = await self._call("POST", "/faults", body)
+        result: dict[str, Any] = _floats(await self._call("POST", "/faults", body))
         return result
 
     async def clear_faults(self) -> None:
@@ -168,5 +179,5 @@ class SandboxAdmin:
 
     async def faults(self) -> dict[str, Any]:
         """The fault configuration and how many of each kind were injected."""
-        result: dict[str, Any] = await self._call("GET", "/faults")
+        result: dict[str, Any] = _floats(await self._call("GET", "/faults"))
         return result

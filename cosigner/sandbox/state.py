@@ -307,6 +307,13 @@ class SqliteState:
         if self.path is not None:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._setup()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _setup(self) -> None:
         self._db.executescript(_SCHEMA)  # executescript commits on its own
         with self._tx() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
