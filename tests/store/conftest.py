@@ -51,7 +51,7 @@ def decision(item_id: int, action: Action | str = Action.APPROVE, *, mode: str =
         "item_id": item_id, "content_hash": content_hash(f"{item_id}:{content}"),
         "chain_id": "56", "from_address": "0x5dC69B1Fbb13Bafd09af88a782F0F285772Ad5f8",
         "to_address": "0x1111111111111111111111111111111111111111", "amount_text": "4.10",
-        "action": Action(action), "rule": "treasury-sweeps", "reasons": ("rule:treasury-sweeps",),
+        "action": action, "rule": "treasury-sweeps", "reasons": ("rule:treasury-sweeps",),
         "policy_name": "treasury-prod", "policy_sha256": content_hash("policy"), "mode": mode,
     }
     values.update(fields)
