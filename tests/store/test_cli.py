@@ -102,6 +102,15 @@ class TestAuditList:
         assert code == 2
         assert err.startswith("cosigner: --since: 'yesterday' is neither")
 
+    def test_bad_limit_is_a_usage_error(self, url: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+        """A --limit that is not a count is refused by the parser (exit 2)."""
+        for bad in ("-1", "ten"):
+            with pytest.raises(SystemExit) as caught:
+                main(["audit", "list", "--limit", bad, "--database-url", url])
+            assert caught.value.code == 2
+            assert "is not a count" in capsys.readouterr().err
+
     def test_untrusted_text_is_escaped(self, db_path: Path, url: str,
                                        capsys: pytest.CaptureFixture[str]) -> None:
         """Terminal escape sequences in an item's fields never reach the screen."""

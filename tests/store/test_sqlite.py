@@ -4,6 +4,7 @@ and detecting rows edited or deleted behind the journal's back."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import stat
 from collections.abc import Iterator
@@ -219,6 +220,53 @@ class TestRefusals:
         journal.marker_path.write_text("garbage\n")
         with pytest.raises(JournalUnavailableError, match="holds no creation_id"):
             journal.open()
+
+
+    def test_marker_that_cannot_be_read_is_refused(self, journal: SqliteJournal) -> None:
+        """A marker that cannot be read (here a directory) is refused, naming it."""
+        journal.close()
+        journal.marker_path.unlink()
+        journal.marker_path.mkdir()
+        with pytest.raises(JournalUnavailableError, match=r"its marker .* is unreadable"):
+            journal.open()
+
+    def test_file_that_cannot_be_created(self, tmp_path: Path) -> None:
+        """A journal file that cannot be created (a dangling symlink is in the way) says so."""
+        (tmp_path / "journal.db").symlink_to(tmp_path / "elsewhere" / "target.db")
+        journal = SqliteJournal(tmp_path / "journal.db", create=True)
+        with pytest.raises(JournalUnavailableError, match="cannot be created"):
+            journal.open()
+        assert "journal.db" in repr(journal)
+
+    @pytest.mark.parametrize(("version", "problem"), [
+        ("abc", "has no valid schema_version ('abc')"),
+        ("0", "has schema version 0, older than 1, and no migration exists"),
+    ])
+    def test_invalid_or_older_schema_is_refused(self, journal: SqliteJournal, db_path: Path,
+                                                version: str, problem: str) -> None:
+        """A schema version that is not a number, or older than known, is refused."""
+        journal.close()
+        tamper(db_path, f"UPDATE meta SET value = '{version}' "  # noqa: S608 - fixed test values
+               "WHERE key = 'schema_version'")
+        with pytest.raises(JournalUnavailableError, match=re.escape(problem)):
+            journal.open()
+
+
+class TestReadErrors:
+    def test_broken_schema_is_a_store_error(self, journal: SqliteJournal,
+                                            db_path: Path) -> None:
+        """When the tables are gone under an open journal, calls raise StoreError."""
+        tamper(db_path, "DROP TABLE entries")
+        with pytest.raises(StoreError, match="cannot be read"):
+            journal.lookup([1], {"enforce"})
+        with pytest.raises(StoreError, match="cannot be written"):
+            journal.record_decisions([decision(1)])
+
+    def test_missing_head_is_reported(self, journal: SqliteJournal, db_path: Path) -> None:
+        """A journal whose recorded head was removed fails verification."""
+        tamper(db_path, "DELETE FROM meta WHERE key = 'head_seq'")
+        result = journal.verify()
+        assert (result.ok, result.first_bad_seq) == (False, 15)
 
 
 class TestTamperDetection:
