@@ -148,17 +148,16 @@ class SqliteJournal:
             if self._conn is not None:
                 return
             marker_id = self._read_marker()
-            exists = self._check_file(marker_id)
-            if not exists:
+            if not self._check_file(marker_id):
                 self._make_file()
             conn = self._connect()
             try:
-                creation_id = self._prepare(conn, new=not exists, marker_id=marker_id)
+                creation_id = self._prepare(conn, marker_id=marker_id)
+                if marker_id is None and self._create:
+                    self._write_marker(creation_id)
             except BaseException:
                 conn.close()
                 raise
-            if marker_id is None and self._create:
-                self._write_marker(creation_id)
             self._conn = conn
 
     def close(self) -> None:
@@ -239,7 +238,7 @@ class SqliteJournal:
             raise self._unavailable(f"is unreadable ({exc})") from exc
         return conn
 
-    def _prepare(self, conn: sqlite3.Connection, *, new: bool, marker_id: str | None) -> str:
+    def _prepare(self, conn: sqlite3.Connection, *, marker_id: str | None) -> str:
         """Set the pragmas, create or validate the schema; return the creation id."""
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -296,7 +295,8 @@ class SqliteJournal:
                 ("head_seq", "0"), ("head_hash", GENESIS_HASH)])
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
             raise
         return creation_id
 
