@@ -21,6 +21,7 @@ daemon's journal, which re-posts the *recorded* decision on the next cycle.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
@@ -276,7 +277,9 @@ class ApiClient:
                     truncated = True
                     break
                 items.append(item)
-            if truncated or pages_read >= pages_needed or not page.items:
+            # Only an empty page ends paging early: a page whose entries are all
+            # malformed still means the list goes on.
+            if truncated or pages_read >= pages_needed or not (page.items or page.malformed):
                 break
             page = await self.pending_page(pages_read + 1, size)
             pages_read += 1
@@ -295,15 +298,19 @@ class ApiClient:
         await self._call("collect", {"isMain": is_main, "data": data}, read=False)
 
 
+_DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
 def _decimal_field(endpoint: str, data: Mapping[str, Any], name: str) -> tuple[Decimal, str]:
     value = data.get(name)
     if isinstance(value, bool) or not isinstance(value, str | int | JsonNumber):
         raise ApiProtocolError(endpoint, f"{name} is missing or not a number")
     text = str(value)
+    # Decimal() alone would also take " 6.47", "6_47" (= 647), "NaN" and "Infinity".
+    if not _DECIMAL_TEXT.fullmatch(text):
+        raise ApiProtocolError(endpoint, f"{name} is not a decimal number")
     try:
         number = Decimal(text)
-    except InvalidOperation:
+    except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
         raise ApiProtocolError(endpoint, f"{name} is not a decimal number") from None
-    if not number.is_finite():
-        raise ApiProtocolError(endpoint, f"{name} is not finite")
     return number, text
