@@ -15,6 +15,7 @@ never an exception.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Final, Literal
 
 import base58
@@ -41,13 +42,31 @@ def has_clean_chars(text: str) -> bool:
     return len(text) <= MAX_ADDRESS_LENGTH and clean_chars(text)
 
 
+# Bit masks over the 40 hex characters, computed with C-level str.translate:
+# "is an upper-case letter", "is a letter", "keccak nibble >= 8".
+_UPPER = str.maketrans("0123456789abcdefABCDEF", "0000000000000000111111")
+_LETTER = str.maketrans("0123456789abcdefABCDEF", "0000000000111111111111")
+_HIGH = str.maketrans("0123456789abcdef", "0000000011111111")
+
+
+def _nibbles(hex_lower: str) -> str:
+    return keccak.new(data=hex_lower.encode("ascii"), digest_bits=256).digest().hex()[:40]
+
+
 def eip55(address: str) -> str:
     """The EIP-55 checksummed spelling of a ``0x`` + 40 hex address."""
     hex_part = address[2:].lower()
-    digest = keccak.new(data=hex_part.encode("ascii"), digest_bits=256).hexdigest()
-    return "0x" + "".join(
-        c.upper() if c.isalpha() and int(digest[i], 16) >= 8 else c
-        for i, c in enumerate(hex_part))
+    digest = _nibbles(hex_part)
+    return "0x" + "".join(c.upper() if d in "89abcdef" else c
+                          for c, d in zip(hex_part, digest, strict=True))
+
+
+@lru_cache(maxsize=65536)  # the same wallets recur in every poll; keccak is the costly part
+def _checksum_ok(hex_part: str) -> bool:
+    upper = int(hex_part.translate(_UPPER), 2)
+    letters = int(hex_part.translate(_LETTER), 2)
+    high = int(_nibbles(hex_part.lower()).translate(_HIGH), 2)
+    return upper == high & letters
 
 
 def is_evm(address: str) -> bool:
@@ -55,15 +74,20 @@ def is_evm(address: str) -> bool:
     if _EVM.fullmatch(address) is None:
         return False
     hex_part = address[2:]
-    if hex_part == hex_part.lower() or hex_part == hex_part.upper():
+    if hex_part.islower() or hex_part.isupper() or hex_part.isdigit():
         return True
-    return eip55(address) == address
+    return _checksum_ok(hex_part)
 
 
 def is_tron(address: str) -> bool:
     """True for a base58check tron address with version byte 0x41."""
     if _TRON.fullmatch(address) is None:
         return False
+    return _tron_checksum_ok(address)
+
+
+@lru_cache(maxsize=65536)  # as for evm: recurring wallets skip the base58 arithmetic
+def _tron_checksum_ok(address: str) -> bool:
     try:
         raw = base58.b58decode_check(address)
     except ValueError:

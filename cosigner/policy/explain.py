@@ -55,8 +55,8 @@ def explain(policy: CompiledPolicy, item: PendingItem, ledger: Ledger,
         if effect.max_count is not None:
             parts.append(f"count {effect.used_count} + 1 of {effect.max_count}")
         verdict = "WOULD EXCEED" if effect.would_exceed else "ok"
-        lines.append(f"limit {limit.name} (bucket {effect.bucket}, window {window_text(limit.window)}): "
-                     f"{', '.join(parts)}: {verdict}")
+        lines.append(f"limit {limit.name} (bucket {effect.bucket}, "
+                     f"window {window_text(limit.window)}): {', '.join(parts)}: {verdict}")
     lines.append(f"decision: {decision.action.value} (rule {decision.rule}; "
                  f"{', '.join(decision.reasons)})")
     return decision, lines

@@ -53,6 +53,8 @@ _WINDOW = re.compile(r"([1-9][0-9]{0,6})([smhd])")
 _HOURS = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]|24):([0-5][0-9])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _EXPLICIT_ACTIONS = (Action.HOLD.value, Action.REJECT.value)
+# libyaml's composer gives the same nodes (tags, styles, marks) about ten times faster.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_policy(path: str | Path) -> CompiledPolicy:
@@ -127,7 +129,7 @@ class _Loader:
 
     def _compose(self, text: str) -> yaml.Node | None:
         try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            root = yaml.compose(text, Loader=_LOADER)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             at = mark.line + 1 if mark is not None else 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -23,7 +24,8 @@ class TestCheck:
         """A good policy exits 0 with a one-line summary."""
         assert main(["policy", "check", str(POLICIES / "treasury.yaml")]) == 0
         out = capsys.readouterr().out
-        assert out.count("\n") == 1 and "5 rules, 5 limits" in out
+        assert out.count("\n") == 1
+        assert "5 rules, 5 limits" in out
 
     def test_bad_policy_lists_every_problem(self, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
@@ -61,7 +63,8 @@ cases:
 """, encoding="utf-8")
         assert main(["policy", "test", str(tmp_path / "m.test.yaml")]) == 1
         out = capsys.readouterr().out
-        assert "FAIL" in out and "expected action approve, rule treasury-sweeps" in out
+        assert "FAIL" in out
+        assert "expected action approve, rule treasury-sweeps" in out
         assert out.strip().endswith("1 passed, 1 failed")
 
     @pytest.mark.parametrize(("body", "fragment"), [
@@ -91,7 +94,8 @@ cases:
     def test_history_defaults_to_item_addresses(self) -> None:
         """run_test_file is usable as a library and returns one result per case."""
         results = run_test_file(POLICIES / "treasury.test.yaml")
-        assert all(r.passed for r in results) and len(results) == 18
+        assert all(r.passed for r in results)
+        assert len(results) == 18
 
     def test_bad_now_option(self, capsys: pytest.CaptureFixture[str]) -> None:
         """--now must be an aware ISO time (exit 2 through the top-level handler)."""
@@ -102,7 +106,8 @@ cases:
 
 
 class TestExplain:
-    ITEM = {"id": 7, "fromAddress": HOT, "toAddress": CUSTOMER, "amount": "2500", "chainId": "56"}
+    ITEM: ClassVar[dict[str, object]] = {"id": 7, "fromAddress": HOT, "toAddress": CUSTOMER,
+                                         "amount": "2500", "chainId": "56"}
 
     def test_explains_rules_and_limits(self, capsys: pytest.CaptureFixture[str]) -> None:
         """Every rule tried, every limit with usage, and the final action are printed."""
@@ -129,7 +134,8 @@ class TestExplain:
         out = capsys.readouterr().out
         assert code == 0
         assert "rule treasury-sweeps (line 60): MATCH -> approve" in out
-        assert "WOULD EXCEED" in out and "limit:bsc-daily" in out
+        assert "WOULD EXCEED" in out
+        assert "limit:bsc-daily" in out
 
     def test_invalid_item(self, capsys: pytest.CaptureFixture[str]) -> None:
         """An invalid item shows its reason."""

@@ -213,14 +213,15 @@ class TestRules:
 
     def test_days_only(self, compile_: Compile) -> None:
         """A window of days alone matches all day on those days."""
-        policy = compile_("rules:\n  - name: r\n    time: {days: [sat, sun]}\n    action: approve\n")
+        policy = compile_("rules:\n  - name: r\n    time: {days: [sat, sun]}\n"
+                          "    action: approve\n")
         assert decide(policy, item(), now=NOW + timedelta(days=5))[0] is Action.APPROVE
         assert decide(policy, item())[0] is Action.HOLD
 
     def test_naive_now_refused(self, open_policy: CompiledPolicy) -> None:
         """A naive now is a caller bug, raised as ValueError."""
         with pytest.raises(ValueError, match="timezone-aware"):
-            evaluate(open_policy, item(), Ledger(open_policy), datetime(2024, 1, 1))  # noqa: DTZ001
+            evaluate(open_policy, item(), Ledger(open_policy), datetime(2024, 1, 1))
 
     def test_ledger_of_another_policy_refused(self, open_policy: CompiledPolicy) -> None:
         """A ledger built for another policy is refused."""

@@ -128,7 +128,8 @@ class TestNumbersWhereStringsBelong:
 class TestBooleans:
     def test_no_as_default(self, problems: Problems) -> None:
         """``default: no`` is a YAML boolean, not an action."""
-        only(problems("default: no\n"), "p.yaml:6", "no unquoted, which YAML 1.1 reads as a boolean")
+        only(problems("default: no\n"), "p.yaml:6",
+             "no unquoted, which YAML 1.1 reads as a boolean")
 
     def test_off_as_name(self, problems: Problems) -> None:
         """``off`` where a string is expected is refused."""
@@ -469,7 +470,8 @@ class TestCompiled:
         """The sha256 is the same on reload and changes when a list file changes."""
         path = write(HEADER + "lists:\n  s: {file: s.txt}\n", files={"s.txt": TREASURY + "\n"})
         first, again = load_policy(path), load_policy(path)
-        assert first.sha256 == again.sha256 and len(first.sha256) == 64
+        assert first.sha256 == again.sha256
+        assert len(first.sha256) == 64
         (tmp_path / "s.txt").write_text(evm("other") + "\n", encoding="utf-8")
         assert load_policy(path).sha256 != first.sha256
         assert first.sources == (path, tmp_path / "s.txt")
@@ -483,7 +485,8 @@ class TestCompiled:
         """try_load_policy returns the compiled policy for a good file."""
         result = try_load_policy("policies/treasury.yaml")
         assert isinstance(result, CompiledPolicy)
-        assert result.chains["195"].decimals == 6 and result.chains["1"].address == "evm"
+        assert result.chains["195"].decimals == 6
+        assert result.chains["1"].address == "evm"
 
     def test_limits_and_windows(self) -> None:
         """Limits expose name and window as timedelta."""
