@@ -74,7 +74,6 @@ class UvicornServer:
         self.graceful_timeout = graceful_timeout
         self._sock: socket.socket | None = None
         self._server: uvicorn.Server | None = None
-        self._main: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
         self._thread_stop: asyncio.Event | None = None
@@ -120,17 +119,18 @@ class UvicornServer:
             raise RuntimeError("the app's lifespan startup failed") from None
         self._sock = sock
         self._server = server
-        self._main = asyncio.get_running_loop().create_task(server.main_loop())
+        # uvicorn's main_loop only refreshes the Date header each second and polls
+        # should_exit every 0.1 s; one tick sets the headers and stop() needs no polling.
+        await server.on_tick(0)
 
     async def stop(self) -> None:
         """Stop accepting, finish (or after ``graceful_timeout`` cancel) requests, shut down."""
-        server, main, sock = self._server, self._main, self._sock
-        if server is None or main is None or sock is None:
+        server, sock = self._server, self._sock
+        if server is None or sock is None:
             return
         server.should_exit = True
-        await main
         await server.shutdown(sockets=[sock])
-        self._server = self._main = None
+        self._server = None
         self._sock = None
 
     async def __aenter__(self) -> Self:

@@ -22,6 +22,7 @@ from cosigner.cli import main
 from cosigner.signing import Shard
 from tests.conftest import ThrowawayShard
 from tests.sandbox.conftest import API_KEY, API_SECRET, MERCHANT_NO, approval, make_client
+from tests.sandbox.test_endpoints import ORDER
 
 COSIGNER = Path(sys.executable).with_name("cosigner")
 
@@ -113,6 +114,25 @@ class TestSubprocess:
         assert "sandbox.stopped" in output
         assert API_SECRET not in output
         assert "1bitpayM-TEST-0001" not in output
+
+    def test_readme_walkthrough(self, run_sandbox: Callable[..., Sandbox],
+                                sandbox_env: dict[str, str], tmp_path: Path) -> None:
+        """`cosigner otc rate` and `otc create` (twice) answer from a running sandbox."""
+        sandbox = run_sandbox("--port", "0")
+        url = sandbox.wait_event("sandbox.started")["url"]
+        env = {**sandbox_env, "COSIGNER_API_BASE_URL": url}
+        order = tmp_path / "order.json"
+        order.write_text(json.dumps({**ORDER, "merchantOrderNo": "demo-1"}))
+
+        def cosigner(*args: str) -> str:
+            done = subprocess.run([str(COSIGNER), *args], env=env, cwd=tmp_path, text=True,
+                                  capture_output=True, timeout=30, check=True)
+            return done.stdout
+
+        assert cosigner("otc", "rate", "USDT", "CNY").strip() == "USDT/CNY buy 6.47 sell 6.9"
+        assert "isNew   true" in cosigner("otc", "create", "--file", str(order))
+        assert "isNew   false" in cosigner("otc", "create", "--file", str(order))
+        assert sandbox.stop() == 0
 
     async def test_state_file_survives_restart(self, run_sandbox: Callable[..., Sandbox],
                                                tmp_path: Path) -> None:
