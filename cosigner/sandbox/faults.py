@@ -168,7 +168,9 @@ class FaultInjector:
             self._config = config
             self._rng = random.Random(config.seed)  # noqa: S311 - fault draws, not secrets
             self.injected: dict[FaultKind, int] = dict.fromkeys(FAULT_KINDS, 0)
-            self.released.clear()
+            # A new event: requests hanging under the old configuration keep the old
+            # one, which release() may have set and which must stay set for them.
+            self.released = threading.Event()
 
     def clear(self) -> None:
         """No faults, no latency; requests hanging on a fault are let go."""

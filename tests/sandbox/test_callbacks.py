@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -146,6 +147,29 @@ class TestCallbackDelivery:
         await server.sandbox.orders.idle()
         (order,) = await admin.orders()
         assert (order["status"], order["callbacks"]) == (1, [])
+
+
+class TestRestart:
+    async def test_order_progression_resumes_after_restart(
+            self, merchant: Merchant, tmp_path: Path) -> None:
+        """An order created before a restart completes and calls back after it."""
+        from cosigner.sandbox import SqliteState
+        receiver = Receiver([OK])
+        path = tmp_path / "sandbox.db"
+        async for url in serve(receiver):
+            state = SqliteState(path)
+            async with SandboxServer(state, merchants=[merchant]) as server, \
+                    ApiClient(server.url, merchant.merchant_no, merchant.api_key, API_SECRET,
+                              retries=1) as api:
+                await api.create_order({**ORDER, "asyncUrl": url})  # real time: minutes
+            state.close()
+            assert receiver.bodies == []
+            state = SqliteState(path)
+            fast = SandboxConfig(callback_time_scale=TIME_SCALE)
+            async with SandboxServer(state, config=fast):
+                await receiver.wait_for(1)
+            state.close()
+        assert b'"status":1' in receiver.bodies[0]
 
 
 class TestOrderStatus:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -118,6 +119,20 @@ class TestSpoiledAnswers:
 
 
 class TestFaultControl:
+    async def test_clearing_lets_hanging_requests_go(self, server: SandboxServer,
+                                                     admin: SandboxAdmin) -> None:
+        """DELETE /sandbox/faults ends a hanging request (dropped) without waiting it out."""
+        await admin.set_faults({"lostAnswerRate": 1, "lostAnswerMode": "hang"})
+        async with make_client(server.url, timeout=20) as api:
+            hanging = asyncio.ensure_future(api.rate("USDT", "CNY"))
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            await admin.clear_faults()
+            with pytest.raises(ApiTransportError):
+                await hanging
+        assert time.monotonic() - started < 2
+
+
     async def test_limit_then_healthy(self, server: SandboxServer, admin: SandboxAdmin) -> None:
         """limit 2 fails two requests, then the client's read retry gets through."""
         await admin.set_faults({"errorRate": 1, "limit": 2})
