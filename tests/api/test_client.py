@@ -66,7 +66,7 @@ ORDER: dict[str, Any] = {
 CREATED = {"url": "https://sandbox.1bitpay.io/otc.html?o=335793449653514240",
            "isNew": True, "orderNo": "335793449653514240"}
 
-FAST = {"timeout": 0.25}  # for the tests that wait for a client timeout
+FAST = {"timeout": 0.4}  # for the tests that wait for a client timeout (kept above load jitter)
 MakeClient = Callable[..., ApiClient]
 _TLS = ssl.create_default_context()
 
@@ -866,8 +866,10 @@ class TestObserver:
         """A failed exchange is observed once with its endpoint and error kind."""
         api_server.script(ENDPOINTS[endpoint], answer)
         observer = RecordingObserver()
+        client = make_client(observer=observer, retries=1,
+                             timeout=FAST["timeout"] if answer.delay else 5.0)
         with pytest.raises(ApiError):
-            await call(make_client(observer=observer, retries=1, **FAST), endpoint)
+            await call(client, endpoint)
         assert observer.kinds == [(endpoint, kind)]
 
     async def test_connect_errors_are_reported(
