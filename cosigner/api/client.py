@@ -168,7 +168,7 @@ class ApiClient:
     def _envelope(self, endpoint: str, response: httpx.Response) -> Any:
         try:
             body = loads_exact(response.content) if response.content else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             body = None
         if not 200 <= response.status_code < 300:
             message = ""

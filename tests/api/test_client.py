@@ -375,6 +375,17 @@ class TestEnvelope:
         with pytest.raises(ApiProtocolError):
             await make_client(retries=1).rate("USDT", "CNY")
 
+    @pytest.mark.parametrize("status", [200, 500])
+    async def test_absurdly_nested_body_stays_in_the_error_tree(
+            self, api_server: ScriptedServer, make_client: MakeClient, status: int) -> None:
+        """A body nested too deep for the JSON parser is a protocol or HTTP error, observed."""
+        api_server.script(APPROVE, Answer(b"[" * 100_000, status=status))
+        observer = RecordingObserver()
+        expected = ApiProtocolError if status == 200 else ApiHTTPError
+        with pytest.raises(expected):
+            await make_client(observer=observer).approve(APPROVE_FIELDS, "c2ln")
+        assert len(observer.calls) == 1
+
     async def test_missing_code_is_a_protocol_error(
             self, api_server: ScriptedServer, make_client: MakeClient) -> None:
         """An object without ``code`` raises ApiProtocolError."""
