@@ -172,8 +172,13 @@ class ApiClient:
             body = None
         if not 200 <= response.status_code < 300:
             message = ""
-            if isinstance(body, dict) and isinstance(body.get("message"), str):
-                message = body["message"][:200]
+            if isinstance(body, dict):
+                if isinstance(body.get("message"), str):
+                    message = body["message"][:200]
+                code = body.get("code")
+                # Keep the envelope's code too (DESIGN section 1): 429 may carry 4290, 5xx 5000.
+                if isinstance(code, int) and not isinstance(code, bool):
+                    message = f"API code {code}" + (f": {message}" if message else "")
             raise ApiHTTPError(endpoint, response.status_code, message)
         if not isinstance(body, dict):
             raise ApiProtocolError(endpoint, "answer is not a JSON object")

@@ -405,6 +405,15 @@ class TestEnvelope:
         assert str(status) in str(caught.value)
         assert "busy" in str(caught.value)
 
+    async def test_http_error_keeps_the_envelope_code(
+            self, api_server: ScriptedServer, make_client: MakeClient) -> None:
+        """A 429 answer with an envelope keeps its code and message in the error."""
+        api_server.script(RATE, fail(4290, "slow down", status=429))
+        with pytest.raises(ApiHTTPError) as caught:
+            await make_client(retries=1).rate("USDT", "CNY")
+        assert caught.value.status == 429
+        assert str(caught.value) == "rate: HTTP 429: API code 4290: slow down"
+
     async def test_http_error_with_non_json_body(
             self, api_server: ScriptedServer, make_client: MakeClient) -> None:
         """A 500 with an HTML body is still an ApiHTTPError, not a protocol error."""
