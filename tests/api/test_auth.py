@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from cosigner.api.auth import (
@@ -262,6 +262,8 @@ class TestSignProperties:
                                                     data: st.DataObject) -> None:
         """Keys differing only in case still get one deterministic, casefold-ascending order."""
         keys = [*keys, *(k.swapcase() for k in keys if k.swapcase() not in keys)]
+        keys = [k for k in keys if k != "Sign"]  # the one key that is never signed
+        assume(keys)
         order = data.draw(st.permutations(keys))
         first = canonical_string({k: "v" for k in order})
         again = canonical_string({k: "v" for k in reversed(order)})
