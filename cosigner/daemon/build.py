@@ -47,7 +47,8 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
     opts = options or BuildOptions()
     settings.require("api_base_url", "merchant_no", "api_key", "api_secret", "pfx_path",
                      "policy_path", why="to run the daemon")
-    assert settings.api_secret is not None and settings.pfx_path is not None
+    assert settings.api_secret is not None
+    assert settings.pfx_path is not None
     assert settings.policy_path is not None
     secret = settings.api_secret.get_secret_value()
     password = settings.shard_password()

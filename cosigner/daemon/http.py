@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -34,14 +34,21 @@ def create_app(metrics: Metrics, readiness: Callable[[], dict[str, bool]]) -> St
                              Route("/readyz", readyz)])
 
 
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns SIGTERM/SIGINT/SIGHUP."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
 class HttpServer:
     """uvicorn serving an app inside the running event loop (no signal handlers of its own)."""
 
     def __init__(self, app: Starlette, host: str, port: int) -> None:
         config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                                 lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._server = _QuietServer(config)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -227,12 +227,12 @@ class Pipeline:
                 continue
             seen_in_chunk.add(item_id)
             view = views.get(item_id)
+            latest = view.latest if view is not None else None
             if view is not None:
                 if view.first_content_hash != item.content_hash:
                     self._mutation(item, view, result)
                     continue
-                latest = view.latest
-                if latest.action is not Action.HOLD:
+                if latest is not None and latest.action is not Action.HOLD:
                     if latest.state == "posted" or latest.state == "shadow":
                         result.skipped += 1
                         continue
@@ -240,9 +240,8 @@ class Pipeline:
                     result.reposted += 1
                     continue
             decision = self._evaluate(policy, ledger, item, now, paused)
-            if view is not None and view.latest.action is Action.HOLD and \
-                    decision.action is Action.HOLD and \
-                    tuple(view.latest.reasons) == tuple(decision.reasons):
+            if latest is not None and decision.action is Action.HOLD and \
+                    tuple(latest.reasons) == tuple(decision.reasons):
                 result.held += 1  # unchanged hold: nothing new to record
                 continue
             new.append((self._new_decision(item, decision, policy), decision, item))
@@ -292,8 +291,8 @@ class Pipeline:
         assert item.id is not None
         return NewDecision(
             item_id=item.id, content_hash=item.content_hash,
-            chain_id=item.chain_id or "", from_address=item.from_address or "",
-            to_address=item.to_address or "", amount_text=item.amount_text or "",
+            chain_id=item.chain_id, from_address=item.from_address,
+            to_address=item.to_address, amount_text=item.amount_text,
             action=decision.action, rule=decision.rule, reasons=tuple(decision.reasons),
             policy_name=policy.name, policy_sha256=policy.sha256,
             mode="shadow" if self.mode == "shadow" else "enforce")
@@ -317,8 +316,8 @@ class Pipeline:
         self._emit(self._event(record, state))
 
     def _event(self, record: DecisionRecord, state: str, detail: str = "") -> DecisionEvent:
-        return DecisionEvent(record.item_id, record.chain_id, record.amount_text,
-                             record.to_address, record.action.value, record.rule,
+        return DecisionEvent(record.item_id, record.chain_id or "", record.amount_text or "",
+                             record.to_address or "", record.action.value, record.rule,
                              tuple(record.reasons), state, detail)
 
     def _mutation(self, item: PendingItem, view: ItemView, result: PollResult) -> None:
@@ -331,11 +330,11 @@ class Pipeline:
         self.metrics.item_mutations.inc()
         self.log.critical("item.mutated", item_id=view.item_id,
                           recorded_hash=view.first_content_hash, seen_hash=item.content_hash,
-                          recorded_action=view.latest.action.value)
+                          recorded_action=view.latest.action.value if view.latest else None)
         self._emit(DecisionEvent(view.item_id, item.chain_id or "", item.amount_text or "",
                                  item.to_address or "", Action.HOLD.value, "<mutated>",
                                  ("mutation",), "mutated",
-                                 f"was {view.latest.action.value}"))
+                                 "content changed under the same id"))
 
     # -- posting ---------------------------------------------------------------------
 
@@ -379,8 +378,9 @@ class Pipeline:
         status = record.action.status
         assert status is not None
         try:
-            fields = approval_fields(record.item_id, record.from_address, record.to_address,
-                                     record.amount_text, record.chain_id, status)
+            fields = approval_fields(record.item_id, record.from_address or "",
+                                     record.to_address or "", record.amount_text or "",
+                                     record.chain_id or "", status)
             data = self.shard.sign(approval_sign_object(**_sign_args(fields)))
             await self.client.approve(fields, data)
         except AlreadyProcessedError as exc:

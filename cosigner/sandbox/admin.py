@@ -120,6 +120,12 @@ class SandboxAdmin:
                        merchant_no: str | None = None) -> dict[str, Any]:
         return (await self.add_items([item], merchant_no=merchant_no))[0]
 
+    async def change_item(self, item_id: int, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Change a pending item's fields under the same id (what a mutation looks like)."""
+        result: dict[str, Any] = (await self._call("PATCH", f"/items/{item_id}",
+                                                   dict(changes)))["item"]
+        return result
+
     async def generate_items(self, count: int, *, seed: int | None = None,
                              chains: Sequence[str] | None = None,
                              merchant_no: str | None = None) -> list[dict[str, Any]]:

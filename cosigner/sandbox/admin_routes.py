@@ -161,6 +161,20 @@ async def add_items(sandbox: Sandbox, request: Request) -> Any:
     return {"items": [dict(i.raw) for i in items]}
 
 
+async def change_item(sandbox: Sandbox, request: Request) -> Any:
+    try:
+        item_id = int(request.path_params["item_id"])
+    except ValueError:
+        raise AdminError(400, "item id must be an integer") from None
+    body = await _json(request)
+    if not isinstance(body, dict):
+        raise AdminError(400, "changes are a JSON object of item fields")
+    item = sandbox.state.change_item(item_id, body)
+    if item is None:
+        raise AdminError(404, f"no pending item {item_id}")
+    return {"item": dict(item.raw)}
+
+
 async def list_items(sandbox: Sandbox, request: Request) -> Any:
     status = request.query_params.get("status")
     if status is not None and status not in ITEM_STATUSES:
@@ -250,6 +264,7 @@ ADMIN_ROUTES = [
           methods=["POST"]),
     Route("/sandbox/items", admin(add_items, 201), methods=["POST"]),
     Route("/sandbox/items", admin(list_items), methods=["GET"]),
+    Route("/sandbox/items/{item_id}", admin(change_item), methods=["PATCH"]),
     Route("/sandbox/decisions", admin(decisions), methods=["GET"]),
     Route("/sandbox/collections", admin(collections), methods=["GET"]),
     Route("/sandbox/orders", admin(orders), methods=["GET"]),

@@ -222,6 +222,7 @@ class SandboxState(Protocol):
     def pending_page(self, merchant_no: str, page_num: int,
                      page_size: int) -> tuple[int, list[Item]]: ...
     def decide(self, item_id: int, status: ItemStatus, now_ms: int) -> bool: ...
+    def change_item(self, item_id: int, changes: Mapping[str, Any]) -> Item | None: ...
 
     # what was received
     def record_approve(self, *, received_ms: int, merchant_no: str, item_id: int | None,
@@ -443,6 +444,21 @@ class SqliteState:
                 "ORDER BY id LIMIT ? OFFSET ?",
                 (merchant_no, page_size, (page_num - 1) * page_size)).fetchall()
         return total, [self._item(r) for r in rows]
+
+    def change_item(self, item_id: int, changes: Mapping[str, Any]) -> Item | None:
+        """Change a *pending* item's fields under the same id (a provider-side mutation).
+
+        Returns the changed item, or None when no pending item has this id.
+        """
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM items WHERE id = ? AND status = 'pending'",
+                             (item_id,)).fetchone()
+            if row is None:
+                return None
+            current = self._item(row)
+            raw = {**dict(current.raw), **{k: v for k, v in changes.items() if k != "id"}}
+            db.execute("UPDATE items SET raw = ? WHERE id = ?", (dumps_exact(raw), item_id))
+        return replace(current, raw=raw)
 
     def decide(self, item_id: int, status: ItemStatus, now_ms: int) -> bool:
         """Move a *pending* item to ``status``; False when it is not (or no longer) pending."""
