@@ -51,7 +51,10 @@ class TransportH11Protocol(H11Protocol):
 def bind_socket(host: str, port: int) -> socket.socket:
     """A bound TCP socket (port 0: a free one chosen by the system)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only when the
+    # listening socket says TCP; without it every kept-alive answer waits ~40 ms for
+    # the peer's delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

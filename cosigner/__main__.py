@@ -1,0 +1,7 @@
+"""``python -m cosigner`` is the ``cosigner`` command."""
+
+import sys
+
+from cosigner.cli import main
+
+sys.exit(main())
