@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from cosigner.errors import ConfigError
 from cosigner.models import Action
+from cosigner.settings import load_settings
 from cosigner.store import DEFAULT_URL, SETTING, Journal, open_journal
 from cosigner.store.audit import parse_since, verdict, write_csv, write_jsonl, write_table
 
@@ -104,7 +105,8 @@ def _count(text: str) -> int:
 
 @contextlib.contextmanager
 def _journal(args: argparse.Namespace) -> Iterator[Journal]:
-    url = args.database_url or os.environ.get(SETTING) or DEFAULT_URL
+    # The same settings as the daemon (environment, *_FILE, .env), so one .env serves both.
+    url = args.database_url or load_settings().database_url.get_secret_value()
     journal = open_journal(url, create=False)
     try:
         yield journal
