@@ -16,6 +16,8 @@ literal ``4.10`` is listed back as ``4.10``, never as a float.
 
 from __future__ import annotations
 
+import functools
+
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -45,6 +47,12 @@ DEFAULT_RATES: Mapping[tuple[str, str], tuple[str, str]] = {
 SCHEMA_VERSION = 1
 
 
+@functools.lru_cache(maxsize=64)
+def _parse_certificate(pem: str) -> x509.Certificate:
+    # Parsed once per PEM, not on every approve: certificates are immutable values.
+    return x509.load_pem_x509_certificate(pem.encode("ascii"))
+
+
 @dataclass(frozen=True, slots=True)
 class Merchant:
     """A merchant as the sandbox knows it (its API key, secret, Sign mode and certificate)."""
@@ -62,7 +70,7 @@ class Merchant:
         """The registered certificate, parsed (None when none is registered)."""
         if not self.certificate_pem:
             return None
-        return x509.load_pem_x509_certificate(self.certificate_pem.encode("ascii"))
+        return _parse_certificate(self.certificate_pem)
 
     def public_json(self) -> dict[str, Any]:
         """What the admin routes show: never the secret."""
