@@ -14,9 +14,13 @@ never an exception.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import operator
 import re
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import base58
 from Crypto.Hash import keccak
@@ -27,8 +31,9 @@ FORMATS: Final[tuple[Format, ...]] = ("evm", "tron", "other")
 MAX_ADDRESS_LENGTH: Final = 128
 
 _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
-_EVM = re.compile(r"0x[0-9a-fA-F]{40}")
-_TRON = re.compile(r"T[1-9A-HJ-NP-Za-km-z]{33}")
+EVM_SHAPE = re.compile(r"0x[0-9a-fA-F]{40}")
+TRON_SHAPE = re.compile(r"T[1-9A-HJ-NP-Za-km-z]{33}")
+_HEX40 = re.compile(r"[0-9a-fA-F]{40}")
 _TRON_VERSION: Final = 0x41
 
 
@@ -42,15 +47,20 @@ def has_clean_chars(text: str) -> bool:
     return len(text) <= MAX_ADDRESS_LENGTH and clean_chars(text)
 
 
-# Bit masks over the 40 hex characters, computed with C-level str.translate:
-# "is an upper-case letter", "is a letter", "keccak nibble >= 8".
-_UPPER = str.maketrans("0123456789abcdefABCDEF", "0000000000000000111111")
-_LETTER = str.maketrans("0123456789abcdefABCDEF", "0000000000111111111111")
-_HIGH = str.maketrans("0123456789abcdef", "0000000011111111")
+# Bit masks over the 40 hex characters, as 160-bit numbers with bit 3 of each
+# nibble set (computed with C-level str.translate and int parsing): "is an
+# upper-case letter", "is a letter"; and bit 3 of each keccak nibble ("nibble >= 8").
+_UPPER = str.maketrans("0123456789abcdefABCDEF", "0000000000000000888888")
+_LETTER = str.maketrans("0123456789abcdefABCDEF", "0000000000888888888888")
+_HIGH_BITS: Final = int("8" * 40, 16)
+
+
+def _keccak256(data: bytes) -> bytes:
+    return keccak.new(data=data, digest_bits=256).digest()
 
 
 def _nibbles(hex_lower: str) -> str:
-    return keccak.new(data=hex_lower.encode("ascii"), digest_bits=256).digest().hex()[:40]
+    return _keccak256(hex_lower.encode("ascii")).hex()[:40]
 
 
 def eip55(address: str) -> str:
@@ -61,17 +71,86 @@ def eip55(address: str) -> str:
                           for c, d in zip(hex_part, digest, strict=True))
 
 
+def _checksum_matches(hex_part: str, digest: bytes) -> bool:
+    """True when the letter case of 40 hex digits follows the keccak *digest* of their lowercase."""
+    high = int.from_bytes(digest[:20], "big") & _HIGH_BITS
+    return int(hex_part.translate(_UPPER), 16) == high & int(hex_part.translate(_LETTER), 16)
+
+
 @lru_cache(maxsize=65536)  # the same wallets recur in every poll; keccak is the costly part
 def _checksum_ok(hex_part: str) -> bool:
-    upper = int(hex_part.translate(_UPPER), 2)
-    letters = int(hex_part.translate(_LETTER), 2)
-    high = int(_nibbles(hex_part.lower()).translate(_HIGH), 2)
-    return upper == high & letters
+    return _checksum_matches(hex_part, _keccak256(hex_part.lower().encode("ascii")))
+
+
+def _raw_keccak256_factory() -> Callable[[], Callable[[bytes], bytes]] | None:
+    """Keccak-256 through pycryptodome's C functions with one reusable state, or None.
+
+    ``keccak.new(...).digest()`` spends most of its time building Python objects
+    around the C state; a list of 100,000 addresses pays that 100,000 times.
+    Each hasher this factory makes owns its state (never shared between
+    threads), and is checked against the public API before it is trusted.
+    """
+    try:
+        module: Any = keccak  # private names, so typed loosely and guarded
+        raw_api: Any = importlib.import_module("Crypto.Util._raw_api")
+        lib = module._raw_keccak_lib
+        void_pointer, smart_pointer = raw_api.VoidPointer, raw_api.SmartPointer
+        string_buffer, raw_buffer = raw_api.create_string_buffer, raw_api.get_raw_buffer
+        c_size_t, c_ubyte, c_uint8_ptr = raw_api.c_size_t, raw_api.c_ubyte, raw_api.c_uint8_ptr
+    except (ImportError, AttributeError):  # pragma: no cover - another pycryptodome layout
+        return None
+
+    def make() -> Callable[[bytes], bytes]:
+        holder = void_pointer()
+        if lib.keccak_init(holder.address_of(), c_size_t(64), c_ubyte(24)):
+            raise ValueError("keccak_init failed")  # pragma: no cover
+        state = smart_pointer(holder.get(), lib.keccak_destroy)
+        out = string_buffer(32)
+        size, padding = c_size_t(32), c_ubyte(0x01)
+
+        def digest(data: bytes) -> bytes:
+            handle = state.get()
+            if (lib.keccak_reset(handle) or lib.keccak_absorb(handle, c_uint8_ptr(data),
+                                                               c_size_t(len(data)))
+                    or lib.keccak_digest(handle, out, size, padding)):
+                raise ValueError("keccak failed")  # pragma: no cover
+            result: bytes = raw_buffer(out)
+            return result
+
+        return digest
+
+    try:
+        probe = make()
+        for sample in (b"", b"abc", b"5aaeb6053f3e94c9b9a09f33669435e7ef1beaed", bytes(200)):
+            if probe(sample) != _keccak256(sample) or probe(sample) != _keccak256(sample):
+                return None  # pragma: no cover - never trust a hasher that disagrees
+    except Exception:  # pragma: no cover - any surprise: use the public API
+        return None
+    return make
+
+
+_RAW_KECCAK = _raw_keccak256_factory()
+
+
+def checksum_checker() -> Callable[[str], bool]:
+    """A function telling whether 40 hex digits carry a valid EIP-55 checksum (False for others).
+
+    For checking many addresses at once (a list file): no cache, and a private
+    keccak state when available.  Use one checker per thread.
+    """
+    digest = _RAW_KECCAK() if _RAW_KECCAK is not None else _keccak256
+
+    def check(hex_part: str) -> bool:
+        if _HEX40.fullmatch(hex_part) is None:  # total, like everything here
+            return False
+        return _checksum_matches(hex_part, digest(hex_part.lower().encode("ascii")))
+
+    return check
 
 
 def is_evm(address: str) -> bool:
     """True for a well-formed evm address (EIP-55 checksum checked when in mixed case)."""
-    if _EVM.fullmatch(address) is None:
+    if EVM_SHAPE.fullmatch(address) is None:
         return False
     hex_part = address[2:]
     if hex_part.islower() or hex_part.isupper() or hex_part.isdigit():
@@ -81,18 +160,37 @@ def is_evm(address: str) -> bool:
 
 def is_tron(address: str) -> bool:
     """True for a base58check tron address with version byte 0x41."""
-    if _TRON.fullmatch(address) is None:
+    if TRON_SHAPE.fullmatch(address) is None:
         return False
     return _tron_checksum_ok(address)
 
 
 @lru_cache(maxsize=65536)  # as for evm: recurring wallets skip the base58 arithmetic
 def _tron_checksum_ok(address: str) -> bool:
-    try:
-        raw = base58.b58decode_check(address)
-    except ValueError:
+    return tron_checksum_ok(address)
+
+
+_B58_ALPHABET: Final = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_B58_DIGITS: Final = bytes.maketrans(_B58_ALPHABET, bytes(range(58)))
+_B58_WEIGHTS: Final = tuple(58 ** (33 - i) for i in range(34))
+
+
+def tron_checksum_ok(address: str) -> bool:
+    """True for a base58check tron address with version byte 0x41 (no cache).
+
+    After the shape check, the 34 digits decode to 25 bytes: version 0x41, the
+    20-byte account, and the first 4 bytes of sha256(sha256(version + account)).
+    The same verdict as ``base58.b58decode_check`` plus the version check,
+    without its per-digit Python loop.
+    """
+    if TRON_SHAPE.fullmatch(address) is None:
         return False
-    return len(raw) == 21 and raw[0] == _TRON_VERSION
+    number: int = sum(map(operator.mul, address.encode("ascii").translate(_B58_DIGITS),
+                     _B58_WEIGHTS))
+    if number >> 192 != _TRON_VERSION:  # not exactly 25 bytes starting with 0x41
+        return False
+    raw = number.to_bytes(25, "big")
+    return hashlib.sha256(hashlib.sha256(raw[:21]).digest()).digest()[:4] == raw[21:]
 
 
 def tron_from_bytes(payload20: bytes) -> str:
@@ -123,4 +221,4 @@ def looks_evm(text: str) -> bool:
 
 def looks_tron(text: str) -> bool:
     """True when *text* has the shape of a tron address (checksum not checked)."""
-    return _TRON.fullmatch(text) is not None
+    return TRON_SHAPE.fullmatch(text) is not None

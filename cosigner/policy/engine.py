@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from heapq import merge
+from functools import lru_cache
 from typing import Final
 
 from cosigner.models import Action, PendingItem, amount_text
 from cosigner.policy import addresses
-from cosigner.policy.ledger import MONEY, Ledger, facts_of
-from cosigner.policy.model import CompiledPolicy, ItemFacts, Limit, Rule
+from cosigner.policy.ledger import MONEY, Ledger
+from cosigner.policy.model import Chain, CompiledPolicy, ItemFacts, Limit, Rule
 
 DEFAULT_RULE: Final = "<default>"
 INVALID_RULE: Final = "<invalid>"
@@ -72,7 +72,8 @@ def _amount_problem(text: str, decimals: int) -> str | None:
         if _NEGATIVE.fullmatch(text):
             return "amount_not_positive"
         return "amount_syntax"
-    whole, fraction = match.group(1), (match.group(2) or "").rstrip("0")
+    whole, fraction = match.groups()
+    fraction = fraction.rstrip("0") if fraction is not None else ""
     if whole == "0" and not fraction:
         return "amount_not_positive"
     if len(whole) > MAX_INTEGER_DIGITS:
@@ -90,56 +91,143 @@ def _address_problem(text: str, fmt: addresses.Format) -> str | None:
     return None
 
 
-def item_facts(policy: CompiledPolicy, item: PendingItem) -> ItemFacts | str:
-    """The comparison facts of a well-formed item, or the invalid reason code."""
+@lru_cache(maxsize=16384)  # the same wallets recur in every poll
+def _checked_address(text: str, fmt: addresses.Format) -> tuple[str | None, str]:
+    """``(problem, comparison key)`` of an address of at most MAX_ADDRESS_LENGTH characters."""
+    problem = _address_problem(text, fmt)
+    return problem, (addresses.key(text, fmt) if problem is None else "")
+
+
+def _address_facts(text: str, fmt: addresses.Format) -> tuple[str | None, str]:
+    if len(text) > addresses.MAX_ADDRESS_LENGTH:  # never cached: always invalid, maybe huge
+        return _address_problem(text, fmt), ""
+    return _checked_address(text, fmt)
+
+
+_Values = tuple[Chain, str, str, Decimal, str, str]  # the fields of ItemFacts, in order
+
+
+def _item_values(policy: CompiledPolicy, item: PendingItem) -> _Values | str:
+    """The fields of :class:`ItemFacts` of a well-formed item, or the invalid reason code."""
     raw = item.raw
-    if not isinstance(raw, Mapping):
-        return "bad_type"
-    for name in REQUIRED_FIELDS:
-        if name not in raw:
+    if type(raw) is dict:  # what the API client gives: one lookup per field
+        try:
+            ident, chain_id, source, dest, amount = (raw["id"], raw["chainId"],
+                                                     raw["fromAddress"], raw["toAddress"],
+                                                     raw["amount"])
+        except KeyError:
             return "missing_field"
-    ident, chain_id, source, dest = raw["id"], raw["chainId"], raw["fromAddress"], raw["toAddress"]
-    text = amount_text(raw["amount"])
+    else:
+        if not isinstance(raw, Mapping):
+            return "bad_type"
+        for name in REQUIRED_FIELDS:
+            if name not in raw:
+                return "missing_field"
+        ident, chain_id, source, dest, amount = (raw["id"], raw["chainId"], raw["fromAddress"],
+                                                 raw["toAddress"], raw["amount"])
+    text = amount if type(amount) is str else amount_text(amount)
     if (not isinstance(ident, int) or isinstance(ident, bool) or not isinstance(chain_id, str)
             or not isinstance(source, str) or not isinstance(dest, str) or text is None):
         return "bad_type"
     chain = policy.chains.get(chain_id)
     if chain is None:
         return "unknown_chain"
-    problem = (_amount_problem(text, chain.decimals) or _address_problem(dest, chain.address)
-               or _address_problem(source, chain.address))
+    problem = _amount_problem(text, chain.decimals)
     if problem is not None:
         return problem
-    return facts_of(policy, chain_id, source, dest, Decimal(text))
+    fmt = chain.address
+    problem, to_key = _address_facts(dest, fmt)
+    if problem is not None:
+        return problem
+    problem, from_key = _address_facts(source, fmt)
+    if problem is not None:
+        return problem
+    return chain, to_key, from_key, Decimal(text), dest, source
+
+
+def item_facts(policy: CompiledPolicy, item: PendingItem) -> ItemFacts | str:
+    """The comparison facts of a well-formed item, or the invalid reason code."""
+    values = _item_values(policy, item)
+    return values if isinstance(values, str) else ItemFacts(*values)
 
 
 def validate_item(policy: CompiledPolicy, item: PendingItem) -> str | None:
     """The invalid reason code of *item* (DESIGN section 2), or None when it is well formed."""
-    facts = item_facts(policy, item)
-    return facts if isinstance(facts, str) else None
+    values = _item_values(policy, item)
+    return values if isinstance(values, str) else None
 
 
 def first_match(policy: CompiledPolicy, facts: ItemFacts, now: datetime) -> Rule | None:
     """The first rule, in policy order, that matches (only indexed candidates are tried)."""
-    index = policy.index[facts.chain.chain_id]
-    named = index.by_to.get(facts.to_key)
-    candidates = merge(index.generic, named) if named else index.generic
+    return _first_match(policy, facts.chain, facts.to_key, facts.from_key, facts.amount, now)
+
+
+def _first_match(policy: CompiledPolicy, chain: Chain, to_key: str, from_key: str,
+                 amount: Decimal, now: datetime) -> Rule | None:
+    """``first_match`` on the facts' values.
+
+    Each source of candidates (rules naming the destination, rules naming a
+    large list that holds it, generic rules) is ascending; each is tried only
+    below the best match found so far, so the lowest matching index wins.
+    """
+    index = policy.index[chain.chain_id]
     rules = policy.rules
-    for i in candidates:
-        if rules[i].mismatch(facts, now) is None:
+    checks = index.checks
+    best = len(rules)
+    found = None
+    named = index.by_to.get(to_key)
+    if named is not None:
+        for i in named:
+            if checks[i](to_key, from_key, amount, now):
+                best, found = i, rules[i]
+                break
+    for keys, indexes in index.listed:
+        if to_key in keys:
+            for i in indexes:
+                if i >= best:
+                    break
+                if checks[i](to_key, from_key, amount, now):
+                    best, found = i, rules[i]
+                    break
+    for i in index.generic:
+        if i >= best:
+            break
+        if checks[i](to_key, from_key, amount, now):
             return rules[i]
-    return None
+    return found
 
 
 def limit_effect(limit: Limit, facts: ItemFacts, ledger: Ledger, now: datetime) -> LimitEffect:
     """Usage of *limit* in the bucket of *facts*, and whether approving it would break it."""
-    bucket = limit.bucket(facts.chain.chain_id, facts.to_key, facts.from_key)
+    return _limit_effect(limit, facts.chain.chain_id, facts.to_key, facts.from_key,
+                         facts.amount, ledger, now)
+
+
+def _limit_effect(limit: Limit, chain_id: str, to_key: str, from_key: str, amount: Decimal,
+                  ledger: Ledger, now: datetime) -> LimitEffect:
+    bucket = limit.bucket(chain_id, to_key, from_key)
     used_amount, used_count = ledger.usage(limit.name, bucket, now)
     exceed = ((limit.max_amount is not None
-               and MONEY.add(used_amount, facts.amount) > limit.max_amount)
+               and MONEY.add(used_amount, amount) > limit.max_amount)
               or (limit.max_count is not None and used_count + 1 > limit.max_count))
     return LimitEffect(limit.name, bucket, used_amount, used_count, limit.max_amount,
                        limit.max_count, exceed)
+
+
+# Decisions without limit effects depend only on (action, rule or reason code);
+# they are immutable, so each is built once and shared.
+_DEFAULT_DECISIONS: Final = {action: Decision(action, DEFAULT_RULE, ("default",))
+                             for action in Action}
+
+
+@lru_cache(maxsize=4096)
+def _rule_decision(action: Action, rule: str) -> Decision:
+    return Decision(action, rule, (f"rule:{rule}",))
+
+
+@lru_cache(maxsize=64)
+def _invalid_decision(action: Action, code: str) -> Decision:
+    return Decision(action, INVALID_RULE, (f"invalid:{code}",), (), code)
 
 
 def _check_inputs(policy: CompiledPolicy, ledger: Ledger, now: datetime) -> None:
@@ -159,18 +247,21 @@ def evaluate(policy: CompiledPolicy, item: PendingItem, ledger: Ledger,
     another policy), never because of what the item contains.
     """
     _check_inputs(policy, ledger, now)
-    facts = item_facts(policy, item)
-    if isinstance(facts, str):
-        return Decision(policy.on_invalid, INVALID_RULE, (f"invalid:{facts}",), (), facts)
-    rule = first_match(policy, facts, now)
+    values = _item_values(policy, item)
+    if isinstance(values, str):
+        return _invalid_decision(policy.on_invalid, values)
+    chain, to_key, from_key, amount = values[0], values[1], values[2], values[3]
+    rule = _first_match(policy, chain, to_key, from_key, amount, now)
     if rule is None:
-        return Decision(policy.default, DEFAULT_RULE, ("default",))
+        return _DEFAULT_DECISIONS[policy.default]
+    approved = _rule_decision(rule.action, rule.name)
     if rule.action is not Action.APPROVE:
-        return Decision(rule.action, rule.name, (f"rule:{rule.name}",))
-    effects = tuple(limit_effect(limit, facts, ledger, now)
-                    for limit in policy.index[facts.chain.chain_id].limits
-                    if limit.scope.mismatch(facts) is None)
-    broken = tuple(f"limit:{e.limit}" for e in effects if e.would_exceed)
+        return approved
+    chain_id, fmt = chain.chain_id, chain.address
+    effects = tuple([_limit_effect(limit, chain_id, to_key, from_key, amount, ledger, now)
+                     for limit in policy.index[chain_id].limits
+                     if limit.scope.admits(chain_id, fmt, to_key, from_key)])
+    broken = tuple([f"limit:{e.limit}" for e in effects if e.would_exceed])
     if broken:
         return Decision(policy.on_limit, rule.name, broken, effects)
-    return Decision(Action.APPROVE, rule.name, (f"rule:{rule.name}",), effects)
+    return Decision(Action.APPROVE, rule.name, approved.reasons, effects)

@@ -17,6 +17,7 @@ from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 
 from cosigner.models import PendingItem
 from cosigner.policy import addresses
+from cosigner.policy.addresses import Format
 from cosigner.policy.model import Chain, CompiledPolicy, ItemFacts, Limit
 
 # Amounts that pass validation have at most 76 significant digits; 120 leaves
@@ -93,34 +94,76 @@ def facts_of(policy: CompiledPolicy, chain_id: str, source: str, dest: str,
                      addresses.key(source, chain.address), amount, dest, source)
 
 
+class _Plan:
+    """How one limit counts approvals: its scope test, its bucket key and its series."""
+
+    __slots__ = ("by_bucket", "check_scope", "limit", "per", "scope", "window2")
+
+    def __init__(self, limit: Limit, by_bucket: dict[str, _Series]) -> None:
+        self.limit = limit
+        self.scope = limit.scope
+        # the chain part of the scope is settled by the per-chain plans
+        self.check_scope = limit.scope.to is not None or limit.scope.from_ is not None
+        self.per = limit.per
+        self.window2 = 2 * limit.window
+        self.by_bucket = by_bucket
+
+
 class Ledger:
     """In-memory usage of approvals for the limits of one policy."""
 
     def __init__(self, policy: CompiledPolicy, approvals: Iterable[Approval] = ()) -> None:
         self.policy = policy
         self._limits: dict[str, Limit] = {lim.name: lim for lim in policy.limits}
-        self._series: dict[tuple[str, str], _Series] = {}
+        # limit name -> bucket -> series
+        self._series: dict[str, dict[str, _Series]] = {name: {} for name in self._limits}
+        plans = {lim.name: _Plan(lim, self._series[lim.name]) for lim in policy.limits}
+        # Per known chain: its address format and the plans of only the limits
+        # whose chain scope admits it (the policy's index).  An approval on a
+        # chain the policy no longer knows compares exactly (as facts_of), and
+        # only limits without a chain scope can count it.
+        self._by_chain: dict[str, tuple[Format, tuple[_Plan, ...]]] = {
+            chain_id: (policy.chains[chain_id].address,
+                       tuple(plans[lim.name] for lim in index.limits))
+            for chain_id, index in policy.index.items()}
+        self._unknown_chain: tuple[Format, tuple[_Plan, ...]] = (
+            "other", tuple(plans[lim.name] for lim in policy.limits if lim.scope.chains is None))
         for approval in sorted(approvals, key=lambda a: a.at):
             self.add(approval)
 
     def add(self, approval: Approval) -> None:
         """Count *approval* in every limit whose scope it is in."""
-        facts = facts_of(self.policy, approval.chain_id, approval.from_address,
-                         approval.to_address, approval.amount)
-        for limit in self.policy.limits:
-            if limit.scope.mismatch(facts) is not None:
+        chain_id = approval.chain_id
+        fmt, plans = self._by_chain.get(chain_id, self._unknown_chain)
+        if not plans:
+            return
+        to_key, from_key = approval.to_address, approval.from_address
+        if fmt == "evm":  # addresses.key, inline
+            to_key, from_key = to_key.lower(), from_key.lower()
+        at, amount = approval.at, approval.amount
+        for plan in plans:
+            if plan.check_scope and not plan.scope.admits(chain_id, fmt, to_key, from_key):
                 continue
-            bucket = limit.bucket(approval.chain_id, facts.to_key, facts.from_key)
-            series = self._series.get((limit.name, bucket))
+            per = plan.per
+            bucket = (chain_id if per == "chain" else
+                      f"{chain_id}/{to_key}" if per == "to" else f"{chain_id}/{from_key}")
+            series = plan.by_bucket.get(bucket)
             if series is None:
-                series = self._series[(limit.name, bucket)] = _Series()
-            series.add(approval.at, approval.amount)
-            series.compact(approval.at - 2 * limit.window)
+                series = plan.by_bucket[bucket] = _Series()
+            times = series.times
+            if times and at < times[-1]:
+                series.add(at, amount)
+            else:  # in order, the usual case: _Series.add without the call
+                cum = series.cum
+                times.append(at)
+                cum.append(MONEY.add(cum[-1] if cum else ZERO, amount))
+            if len(times) >= _COMPACT_AFTER:  # compact() does nothing below that
+                series.compact(at - plan.window2)
 
     def usage(self, limit_name: str, bucket: str, now: datetime) -> tuple[Decimal, int]:
         """Amount and count approved in *bucket* of the limit during its window before *now*."""
         limit = self._limits[limit_name]
-        series = self._series.get((limit_name, bucket))
+        series = self._series[limit_name].get(bucket)
         if series is None:
             return ZERO, 0
         return series.usage(now - limit.window)
@@ -128,7 +171,8 @@ class Ledger:
     def ratios(self, now: datetime) -> dict[str, float]:
         """Per limit, the highest used/max ratio over its buckets (for a gauge)."""
         out = dict.fromkeys(self._limits, 0.0)
-        for (name, _), series in self._series.items():
+        for name, series in ((n, s) for n, buckets in self._series.items()
+                             for s in buckets.values()):
             limit = self._limits[name]
             amount, count = series.usage(now - limit.window)
             ratio = 0.0

@@ -35,6 +35,8 @@ from cosigner.policy.model import (
     Rule,
     Scope,
     TimeWindow,
+    never_matches,
+    residual_check,
 )
 from cosigner.policy.nodes import Pairs, Reader, line
 from cosigner.policy.shadow import find_shadowed
@@ -46,6 +48,7 @@ RULE_KEYS = ("name", "chain", "to", "from", "amount", "time", "action")
 LIMIT_KEYS = ("name", "chain", "to", "from", "window", "max_amount", "max_count", "per")
 MAX_DECIMALS = 36
 MAX_WINDOW = timedelta(days=366)
+_EXPAND_AT_MOST = 64  # a larger list in a rule's to: in is probed as a set, not indexed by key
 
 _LIST_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 _RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -93,6 +96,7 @@ class _Loader:
         self.sources = _Sources()
         self.chains: dict[str, Chain] = {}
         self.lists: dict[str, AddressList] = {}
+        self._has_other = False  # some chain uses the other format (set by _chains)
 
     # -- entry -------------------------------------------------------------
 
@@ -214,10 +218,7 @@ class _Loader:
                 decimals = None
             if name is not None and fmt is not None and decimals is not None:
                 self.chains[chain_id] = Chain(chain_id, name, _as_format(fmt), decimals)
-
-    @property
-    def _has_other(self) -> bool:
-        return any(c.address == "other" for c in self.chains.values())
+        self._has_other = any(c.address == "other" for c in self.chains.values())
 
     def _classify(self, reader: Reader, node: yaml.Node | int, text: str,
                   into: dict[Format, set[str]]) -> None:
@@ -276,10 +277,33 @@ class _Loader:
         if text is None:
             return
         reader = Reader(str(path), self.problems)
+        # The common entries (evm and tron addresses) take a fast path with the
+        # same checks as _classify: the shape regexes only admit clean ASCII,
+        # single-case evm needs no checksum, mixed case is verified without
+        # cache (a big list would only flush the evaluation cache).
+        evm_keys, tron_keys, other_keys = keys["evm"], keys["tron"], keys["other"]
+        has_other = self._has_other
+        evm_shape, tron_shape = addresses.EVM_SHAPE.fullmatch, addresses.TRON_SHAPE.fullmatch
+        checksum_ok = addresses.checksum_checker()
+        tron_ok = addresses.tron_checksum_ok
         for number, raw in enumerate(text.splitlines(), start=1):
             entry = raw.split("#", 1)[0].strip()
-            if entry:
-                self._classify(reader, number, entry, keys)
+            if not entry:
+                continue
+            if evm_shape(entry) is not None:
+                hex_part = entry[2:]
+                if (hex_part.islower() or hex_part.isupper() or hex_part.isdigit()
+                        or checksum_ok(hex_part)):
+                    evm_keys.add(entry.lower())
+                    if has_other:
+                        other_keys.add(entry)
+                    continue
+            elif tron_shape(entry) is not None and tron_ok(entry):
+                tron_keys.add(entry)
+                if has_other:
+                    other_keys.add(entry)
+                continue
+            self._classify(reader, number, entry, keys)  # anything else, and every refusal
 
     # -- conditions --------------------------------------------------------
 
@@ -479,11 +503,18 @@ def _address_list(name: str, keys: dict[Format, set[str]]) -> AddressList:
 
 def _index(chains: dict[str, Chain], rules: list[Rule],
            limits: list[Limit]) -> dict[str, ChainIndex]:
-    """Per chain: generic rule indexes, rule indexes by destination key, and limits in scope."""
+    """Per chain: generic rule indexes, rule indexes by destination key, and limits in scope.
+
+    A list in a rule's ``to: in`` larger than ``_EXPAND_AT_MOST`` keys is not
+    copied key by key into ``by_to`` (100,000 keys per chain would cost more to
+    build than the whole policy): evaluation probes its set instead.
+    """
     index = {}
     for chain_id, chain in chains.items():
+        fmt = chain.address
         generic: list[int] = []
         by_to: dict[str, list[int]] = {}
+        listed: dict[int, tuple[frozenset[str], list[int]]] = {}  # by id() of the key set
         for rule in rules:
             if rule.scope.chains is not None and chain_id not in rule.scope.chains:
                 continue
@@ -491,10 +522,26 @@ def _index(chains: dict[str, Chain], rules: list[Rule],
             if to is None or to.in_ is None:
                 generic.append(rule.index)
                 continue
-            for key in to.in_.keys(chain.address):
-                by_to.setdefault(key, []).append(rule.index)
+            for member in to.in_.members:
+                keys = member.by_format[fmt]
+                if len(keys) > _EXPAND_AT_MOST:
+                    _append_once(listed.setdefault(id(keys), (keys, []))[1], rule.index)
+                    continue
+                for key in keys:
+                    _append_once(by_to.setdefault(key, []), rule.index)
         in_scope = tuple(lim for lim in limits
                          if lim.scope.chains is None or chain_id in lim.scope.chains)
+        picked = set(generic).union(*by_to.values(), *(v for _, v in listed.values()))
+        checks = tuple(residual_check(rule, fmt) if rule.index in picked else never_matches
+                       for rule in rules)
         index[chain_id] = ChainIndex(tuple(generic), {k: tuple(v) for k, v in by_to.items()},
-                                     in_scope)
+                                     in_scope,
+                                     tuple((keys, tuple(v)) for keys, v in listed.values()),
+                                     checks)
     return index
+
+
+def _append_once(indexes: list[int], rule_index: int) -> None:
+    """Append a rule index (rules come in order, so a repeat can only be the last one)."""
+    if not indexes or indexes[-1] != rule_index:
+        indexes.append(rule_index)

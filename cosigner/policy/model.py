@@ -7,7 +7,7 @@ they did not match, which is what ``policy explain`` prints.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -69,6 +69,12 @@ class AddressCond:
     in_: AddressSet | None
     not_in: AddressSet | None
 
+    def matches(self, fmt: Format, key: str) -> bool:
+        """True when the address satisfies the condition (``mismatch`` is None)."""
+        if self.in_ is not None and not self.in_.contains(fmt, key):
+            return False
+        return self.not_in is None or not self.not_in.contains(fmt, key)
+
     def mismatch(self, field_name: str, fmt: Format, key: str) -> str | None:
         """None when the address satisfies the condition, else why not."""
         if self.in_ is not None and not self.in_.contains(fmt, key):
@@ -84,6 +90,11 @@ class AmountRange:
 
     min: Decimal | None
     max: Decimal | None
+
+    def matches(self, amount: Decimal) -> bool:
+        """True when *amount* is within the bounds (``mismatch`` is None)."""
+        return ((self.min is None or amount >= self.min)
+                and (self.max is None or amount <= self.max))
 
     def mismatch(self, amount: Decimal) -> str | None:
         """None when *amount* is within the bounds, else why not."""
@@ -111,6 +122,13 @@ class TimeWindow:
         if self.start < self.end:
             return self.start <= minute < self.end
         return minute >= self.start or minute < self.end  # wraps past midnight
+
+    def matches(self, now: datetime) -> bool:
+        """True when *now* falls inside the window (``mismatch`` is None)."""
+        local = now.astimezone(self.tz)
+        if self.days is not None and local.weekday() not in self.days:
+            return False
+        return self.contains_minutes(local.hour * 60 + local.minute)
 
     def mismatch(self, now: datetime) -> str | None:
         """None when *now* falls inside the window, else why not."""
@@ -146,6 +164,19 @@ class Scope:
     to: AddressCond | None
     from_: AddressCond | None
 
+    def matches(self, facts: ItemFacts) -> bool:
+        """True when *facts* are in scope (``mismatch`` is None)."""
+        return self.admits(facts.chain.chain_id, facts.chain.address, facts.to_key,
+                           facts.from_key)
+
+    def admits(self, chain_id: str, fmt: Format, to_key: str, from_key: str) -> bool:
+        """``matches`` on the facts' values (evaluation builds no ItemFacts)."""
+        if self.chains is not None and chain_id not in self.chains:
+            return False
+        if self.to is not None and not self.to.matches(fmt, to_key):
+            return False
+        return self.from_ is None or self.from_.matches(fmt, from_key)
+
     def mismatch(self, facts: ItemFacts) -> str | None:
         """None when *facts* are in scope, else why not."""
         if self.chains is not None and facts.chain.chain_id not in self.chains:
@@ -170,6 +201,18 @@ class Rule:
     scope: Scope
     amount: AmountRange | None
     time: TimeWindow | None
+
+    def matches(self, facts: ItemFacts, now: datetime) -> bool:
+        """True when the rule matches (``mismatch`` is None), without explaining why not."""
+        return self.admits(facts.chain.chain_id, facts.chain.address, facts.to_key,
+                           facts.from_key, facts.amount, now)
+
+    def admits(self, chain_id: str, fmt: Format, to_key: str, from_key: str, amount: Decimal,
+               now: datetime) -> bool:
+        """``matches`` on the facts' values (evaluation builds no ItemFacts)."""
+        return (self.scope.admits(chain_id, fmt, to_key, from_key)
+                and (self.amount is None or self.amount.matches(amount))
+                and (self.time is None or self.time.matches(now)))
 
     def mismatch(self, facts: ItemFacts, now: datetime) -> str | None:
         """None when the rule matches, else the first condition that failed."""
@@ -207,13 +250,51 @@ class ChainIndex:
     """Per chain: rules that may match in order, split by whether they name ``to`` addresses.
 
     ``generic`` holds the indexes of rules without ``to: {in: ...}``; ``by_to``
-    maps a destination key to the indexes of rules whose ``in`` contains it.
-    Only those two sources can match, so evaluation never scans every rule.
+    maps a destination key to the indexes of rules whose ``in`` contains it
+    through a small list or literal addresses; ``listed`` pairs each large list
+    (the set of its keys for the chain's format, shared, never copied) with the
+    indexes of rules whose ``in`` names it.  Only those sources can match, so
+    evaluation never scans every rule; each tuple of indexes is ascending.
     """
 
     generic: tuple[int, ...]
     by_to: Mapping[str, tuple[int, ...]]
     limits: tuple[Limit, ...]
+    listed: tuple[tuple[frozenset[str], tuple[int, ...]], ...] = ()
+    # by rule index: the rest of the rule's test once the index picked it (see
+    # residual_check); never_matches for a rule the index never offers
+    checks: tuple[Check, ...] = ()
+
+
+Check = Callable[[str, str, Decimal, datetime], bool]  # (to_key, from_key, amount, now)
+
+
+def residual_check(rule: Rule, fmt: Format) -> Check:
+    """``rule.admits`` for a candidate that a chain's index picked, on that chain's format.
+
+    The index only offers a rule for a chain in its chain scope, and a rule
+    with ``to: {in: ...}`` only for a destination in that ``in``; what is left
+    is ``to.not_in``, ``from``, the amount and the time, tested here without
+    the method calls (and with the chain's format bound).
+    """
+    to_out = rule.scope.to.not_in if rule.scope.to is not None else None
+    from_ = rule.scope.from_
+    low = rule.amount.min if rule.amount is not None else None
+    high = rule.amount.max if rule.amount is not None else None
+    window = rule.time
+
+    def check(to_key: str, from_key: str, amount: Decimal, now: datetime) -> bool:
+        return ((high is None or amount <= high) and (low is None or amount >= low)
+                and (to_out is None or not to_out.contains(fmt, to_key))
+                and (from_ is None or from_.matches(fmt, from_key))
+                and (window is None or window.matches(now)))
+
+    return check
+
+
+def never_matches(to_key: str, from_key: str, amount: Decimal, now: datetime) -> bool:
+    """The check of a rule that cannot match on a chain (outside its scope)."""
+    return False
 
 
 @dataclass(frozen=True, slots=True, eq=False)

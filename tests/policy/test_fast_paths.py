@@ -1,0 +1,318 @@
+"""The fast paths agree with the plain ones: checksums, list files, the rule index, the ledger.
+
+Loading and evaluation take shortcuts for speed (a reusable keccak state and no
+cache for list files, base58 without a per-digit loop, large lists probed as
+sets, the rest of a rule tested by a precomputed check, fixed decisions
+shared).  Each test here pins one shortcut to the definition it replaces.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import base58
+import pytest
+from Crypto.Hash import keccak
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cosigner.models import Action, PendingItem
+from cosigner.policy import Approval, CompiledPolicy, Ledger, evaluate, load_policy
+from cosigner.policy import addresses as addr
+from cosigner.policy.engine import first_match, item_facts
+from cosigner.policy.explain import explain
+from cosigner.policy.loader import _EXPAND_AT_MOST
+
+from .conftest import HEADER, HOT, NOW, T_HOT, evm, item, tron
+
+B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def _reference_tron(address: str) -> bool:
+    """The definition: base58check decoding to 21 bytes that start with 0x41."""
+    if addr.TRON_SHAPE.fullmatch(address) is None:
+        return False
+    try:
+        raw = base58.b58decode_check(address)
+    except ValueError:
+        return False
+    return len(raw) == 21 and raw[0] == 0x41
+
+
+def _reference_evm_checksum(hex_part: str) -> bool:
+    """The definition: the address equals its EIP-55 spelling."""
+    return addr.eip55("0x" + hex_part) == "0x" + hex_part
+
+
+class TestTronChecksum:
+    @given(st.binary(min_size=20, max_size=20), st.integers(0, 33), st.sampled_from(B58))
+    @settings(max_examples=300, deadline=None)
+    def test_agrees_with_base58(self, payload: bytes, at: int, char: str) -> None:
+        """Valid addresses, and each one with a character changed, get base58's verdict."""
+        good = addr.tron_from_bytes(payload)
+        assert addr.tron_checksum_ok(good)
+        changed = good[:at] + char + good[at + 1:]
+        assert addr.tron_checksum_ok(changed) == _reference_tron(changed)
+
+    @given(st.text(alphabet=B58, min_size=33, max_size=33))
+    @settings(max_examples=300, deadline=None)
+    def test_random_shapes(self, tail: str) -> None:
+        """Any T + 33 base58 characters: the same verdict (almost always a refusal)."""
+        assert addr.tron_checksum_ok("T" + tail) == _reference_tron("T" + tail)
+
+    @pytest.mark.parametrize("version", [0x00, 0x40, 0x42, 0xFF])
+    def test_other_version_bytes(self, version: int) -> None:
+        """A correct checksum over another version byte is refused."""
+        text = base58.b58encode_check(bytes([version]) + bytes(range(20))).decode()
+        assert not addr.tron_checksum_ok(text)
+        assert not addr.is_tron(text)
+
+    def test_longer_payload_refused(self) -> None:
+        """A 26-byte payload (checksum correct) does not pass as 21 bytes."""
+        text = base58.b58encode_check(b"\x41" + bytes(21)).decode()
+        assert not addr.tron_checksum_ok(text)
+        assert not _reference_tron(text)
+
+    @pytest.mark.parametrize("bad", ["", "T", "T" + "1" * 32, "T" + "0" * 33, "t" + "1" * 33,
+                                     tron("x") + "1", " " + tron("x")])
+    def test_shapes_refused(self, bad: str) -> None:
+        """Wrong shapes are refused before any arithmetic."""
+        assert not addr.tron_checksum_ok(bad)
+
+
+class TestEvmChecksum:
+    @given(st.binary(min_size=20, max_size=20), st.randoms(use_true_random=False))
+    @settings(max_examples=300, deadline=None)
+    def test_checker_agrees_with_eip55(self, payload: bytes, rnd: random.Random) -> None:
+        """Random letter cases get the same verdict as comparing with the EIP-55 spelling."""
+        check = addr.checksum_checker()
+        good = addr.eip55("0x" + payload.hex())[2:]
+        flipped = "".join(c.swapcase() if rnd.random() < 0.2 else c for c in good)
+        for hex_part in (good, flipped):
+            if hex_part.islower() or hex_part.isupper() or hex_part.isdigit():
+                continue  # single case needs no checksum: callers never ask
+            assert check(hex_part) == _reference_evm_checksum(hex_part)
+            assert addr.is_evm("0x" + hex_part) == _reference_evm_checksum(hex_part)
+
+    @pytest.mark.parametrize("bad", ["", "ab" * 19, "ab" * 21, "gg" * 20, "\u0661" * 40])
+    def test_checker_is_total(self, bad: str) -> None:
+        """Text that is not 40 hex digits is refused, never an exception."""
+        assert not addr.checksum_checker()(bad)
+
+    def test_public_api_fallback(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without the raw keccak state, the checker uses the public API with the same verdict."""
+        monkeypatch.setattr(addr, "_RAW_KECCAK", None)
+        check = addr.checksum_checker()
+        good = "5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+        assert check(good)
+        assert not check(good[:-1] + "D")
+
+    @pytest.mark.skipif(addr._RAW_KECCAK is None, reason="raw keccak unavailable")
+    @given(st.lists(st.binary(max_size=300), max_size=8))
+    @settings(max_examples=100, deadline=None)
+    def test_raw_keccak_state_is_reusable(self, messages: list[bytes]) -> None:
+        """One raw state hashes message after message exactly like fresh public objects."""
+        assert addr._RAW_KECCAK is not None
+        digest = addr._RAW_KECCAK()
+        for message in messages:
+            assert digest(message) == keccak.new(data=message, digest_bits=256).digest()
+
+
+class TestListFile:
+    @pytest.fixture
+    def load(self, tmp_path: Path) -> Callable[[str, str], CompiledPolicy]:
+        def _load(entries: str, header: str = HEADER) -> CompiledPolicy:
+            (tmp_path / "l.txt").write_text(entries, encoding="utf-8")
+            (tmp_path / "p.yaml").write_text(header + "lists:\n  s: {file: l.txt}\n",
+                                             encoding="utf-8")
+            return load_policy(tmp_path / "p.yaml")
+        return _load
+
+    def test_bad_eip55_in_list_file(self, problems: Callable[..., list[str]]) -> None:
+        """A mixed-case evm address with a wrong checksum in a list file: refused at its line."""
+        good = evm("x")
+        bad = "0x" + good[2:].swapcase()
+        assert not addr.is_evm(bad)
+        found = problems("lists:\n  s: {file: lists/s.txt}\n",
+                         files={"lists/s.txt": f"{good}\n# c\n{bad} # typo\n{tron('y')}\n"})
+        assert len(found) == 1
+        assert found[0].startswith("lists/s.txt:3:")
+        assert "not a valid evm address" in found[0]
+
+    @pytest.mark.parametrize(("entry", "fragment"), [
+        ("0X" + "ab" * 20, "not a valid evm address"),
+        ("0x" + "ab" * 19, "not a valid evm address"),
+        ("0x" + "gg" * 20, "not a valid evm address"),
+        ("T" + "1" * 33, "fails its tron base58check checksum"),
+        ("a\u200bb", "zero-width"),
+        ("bc1qxyz", "no chain uses the other address format"),
+    ])
+    def test_refusals_keep_their_line(self, problems: Callable[..., list[str]], entry: str,
+                                      fragment: str) -> None:
+        """Every refusal of the slow path still comes with the list file's line."""
+        found = problems("lists:\n  s: {file: lists/s.txt}\n",
+                         files={"lists/s.txt": f"# h\n{evm('ok')}\n{entry}\n"})
+        assert len(found) == 1
+        assert found[0].startswith("lists/s.txt:3:")
+        assert fragment in found[0]
+
+    def test_problems_in_line_order(self, problems: Callable[..., list[str]]) -> None:
+        """Several bad entries are reported in file order."""
+        bad_evm = "0x" + evm("q")[2:].swapcase()
+        bad_tron = "T" + "1" * 33
+        found = problems("lists:\n  s: {file: lists/s.txt}\n",
+                         files={"lists/s.txt": f"{bad_tron}\n{evm('a')}\n{bad_evm}\nbc1q\n"})
+        assert [p.split(":")[1] for p in found] == ["1", "3", "4"]
+
+    def test_entries_and_keys(self, load: Callable[..., CompiledPolicy]) -> None:
+        """Single-case evm needs no checksum, evm keys are lowercase, tron kept exactly."""
+        a, b, c = evm("a"), evm("b"), tron("c")
+        policy = load(f"{a}\n{b.lower()}\n0x{evm('d')[2:].upper()}  # upper\n\n  {c}  \n{a}\n")
+        lst = policy.lists["s"]
+        assert lst.by_format["evm"] == {a.lower(), b.lower(), evm("d").lower()}
+        assert lst.by_format["tron"] == {c}
+        assert lst.size == 4
+
+    def test_other_chain_gets_every_entry_exactly(self,
+                                                  load: Callable[..., CompiledPolicy]) -> None:
+        """With an other-format chain, evm and tron entries also compare exactly there."""
+        header = HEADER + '  "9": {name: x, address: other, decimals: 0}\n'
+        a, c = evm("a"), tron("c")
+        policy = load(f"{a}\n{c}\nbc1qxyz\n", header)
+        lst = policy.lists["s"]
+        assert lst.by_format["other"] == {a, c, "bc1qxyz"}
+        assert lst.by_format["evm"] == {a.lower()}
+        assert lst.size == 3
+
+
+BIG = 3 * _EXPAND_AT_MOST
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> CompiledPolicy:
+    root = tmp_path_factory.mktemp("big")
+    (root / "a.txt").write_text("\n".join(evm(f"a{i}") for i in range(BIG))
+                                + "\n" + "\n".join(tron(f"a{i}") for i in range(BIG)))
+    (root / "b.txt").write_text("\n".join(evm(f"b{i}") for i in range(BIG)))
+    (root / "p.yaml").write_text(HEADER + f"""\
+lists:
+  a: {{file: a.txt}}
+  b: {{file: b.txt}}
+  few: ["{evm('a1')}", "{evm('f1')}"]
+rules:
+  - {{name: small-a, to: {{in: [a], not_in: [few]}}, amount: {{max: "10"}}, action: approve}}
+  - {{name: lit, to: {{in: ["{evm('a5')}", "{evm('b7')}", few]}}, action: hold}}
+  - {{name: g1, chain: "195", amount: {{min: "500"}}, action: reject}}
+  - {{name: a-or-b, to: {{in: [a, b, "{evm('x')}"]}}, amount: {{max: "100"}}, action: approve}}
+  - {{name: from-hot, from: {{in: ["{HOT}"]}}, to: {{not_in: [b]}}, amount: {{max: "50"}},
+      action: approve}}
+  - {{name: b-again, chain: "56", to: {{in: [b]}}, action: reject}}
+  - {{name: rest, amount: {{min: "1000"}}, action: hold}}
+""")
+    return load_policy(root / "p.yaml")
+
+
+class TestIndexWithLargeLists:
+    """Rules naming large lists are probed as sets; the result is still the linear scan."""
+
+    def test_lists_are_probed_not_expanded(self, big: CompiledPolicy) -> None:
+        """The large lists stay out of by_to; the small ones are indexed by key."""
+        index = big.index["56"]
+        assert len(index.listed) == 2
+        assert evm("a3").lower() not in index.by_to
+        assert index.by_to[evm("a1").lower()] == (1,)
+        assert index.by_to[evm("a5").lower()] == (1,)
+
+    @given(st.integers(0, BIG + 5), st.sampled_from("abfx"), st.sampled_from(["56", "195"]),
+           st.sampled_from(["1", "10", "11", "50", "99", "100", "101", "600", "1500"]),
+           st.booleans())
+    @settings(max_examples=400, deadline=None)
+    def test_first_match_is_the_linear_scan(self, big: CompiledPolicy, n: int, tag: str,
+                                            chain: str, amount: str, hot: bool) -> None:
+        policy = big
+        """Whatever the destination, chain, amount and source: the first rule in order."""
+        to = evm(f"{tag}{n}") if chain == "56" else tron(f"{tag}{n}")
+        source = (HOT if chain == "56" else T_HOT) if hot else (
+            evm("cold") if chain == "56" else tron("cold"))
+        it = item(to=to, amount=amount, chain=chain, source=source)
+        facts = item_facts(policy, it)
+        assert not isinstance(facts, str)
+        scanned = next((r for r in policy.rules if r.mismatch(facts, NOW) is None), None)
+        assert first_match(policy, facts, NOW) is scanned
+        for r in policy.rules:
+            assert r.matches(facts, NOW) == (r.mismatch(facts, NOW) is None)
+        decision = evaluate(policy, it, Ledger(policy), NOW)
+        assert decision.rule == (scanned.name if scanned else "<default>")
+        assert explain(policy, it, Ledger(policy), NOW)[0] == decision
+
+
+class TestSharedDecisions:
+    def test_equal_to_fresh_values(self, compile_: Callable[..., CompiledPolicy]) -> None:
+        """Decisions without limits are shared, and equal what a fresh one would be."""
+        policy = compile_(f"""\
+            rules:
+              - {{name: deny, to: {{in: ["{evm('bad')}"]}}, action: reject}}
+            """)
+        ledger = Ledger(policy)
+        first = evaluate(policy, item(to=evm("bad")), ledger, NOW)
+        again = evaluate(policy, item(to=evm("bad"), amount="7"), ledger, NOW)
+        assert first == again
+        assert (first.action, first.rule, first.reasons, first.limit_effects) == (
+            Action.REJECT, "deny", ("rule:deny",), ())
+        default = evaluate(policy, item(), ledger, NOW)
+        assert (default.action, default.rule, default.reasons) == (Action.HOLD, "<default>",
+                                                                   ("default",))
+        invalid = evaluate(policy, item(amount="-1"), ledger, NOW)
+        assert (invalid.rule, invalid.reasons, invalid.invalid_reason) == (
+            "<invalid>", ("invalid:amount_not_positive",), "amount_not_positive")
+
+    def test_non_dict_mapping_item(self, compile_: Callable[..., CompiledPolicy]) -> None:
+        """An item whose raw is another Mapping is read the same way as a dict."""
+        from types import MappingProxyType
+
+        policy = compile_("rules:\n  - {name: all, action: approve}\n")
+        raw = dict(item().raw)
+        assert evaluate(policy, PendingItem(MappingProxyType(raw)), Ledger(policy), NOW) == \
+            evaluate(policy, PendingItem(raw), Ledger(policy), NOW)
+        del raw["amount"]
+        assert evaluate(policy, PendingItem(MappingProxyType(raw)), Ledger(policy),
+                        NOW).invalid_reason == "missing_field"
+
+
+class TestLedgerPlans:
+    @pytest.fixture
+    def policy(self, compile_: Callable[..., CompiledPolicy]) -> CompiledPolicy:
+        return compile_(f"""\
+            limits:
+              - {{name: all, window: 1h, max_count: 100}}
+              - {{name: bsc, chain: "56", window: 1h, max_count: 100, per: to}}
+              - {{name: to-x, to: {{in: ["{evm('x')}"]}}, window: 1h, max_count: 100}}
+              - {{name: from-hot, from: {{in: ["{HOT}"]}}, window: 1h, max_count: 100,
+                  per: from}}
+            rules:
+              - {{name: all, action: approve}}
+            """)
+
+    def test_scopes_and_buckets(self, policy: CompiledPolicy) -> None:
+        """Each approval counts in exactly the limits whose scope it is in, in its bucket."""
+        x = evm("x")
+        ledger = Ledger(policy, [
+            Approval("56", HOT, x, Decimal(1), NOW),
+            Approval("56", evm("cold"), evm("y"), Decimal(2), NOW),
+            Approval("195", T_HOT, tron("y"), Decimal(4), NOW),
+            Approval("77", HOT, x, Decimal(8), NOW),  # unknown chain
+        ])
+        later = NOW + timedelta(minutes=1)
+        assert ledger.usage("all", "56", later)[1] == 2
+        assert ledger.usage("all", "195", later)[1] == 1
+        assert ledger.usage("all", "77", later)[1] == 1
+        assert ledger.usage("bsc", f"56/{x.lower()}", later)[1] == 1
+        assert ledger.usage("bsc", "77/" + x, later)[1] == 0
+        assert ledger.usage("to-x", "56", later)[1] == 1
+        assert ledger.usage("to-x", "77", later)[1] == 0  # unknown chain compares exactly
+        assert ledger.usage("from-hot", f"56/{HOT.lower()}", later)[1] == 1
+        assert ledger.usage("from-hot", f"77/{HOT}", later)[1] == 0  # likewise
