@@ -20,6 +20,7 @@ daemon's journal, which re-posts the *recorded* decision on the next cycle.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -110,12 +111,30 @@ class ApiClient:
                  already_processed_codes: tuple[int, ...] = (4091,),
                  observer: ApiObserver | None = None,
                  backoff: tuple[float, float] = (0.2, 5.0),
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 max_connections: int = 16) -> None:
         self._auth = SignAuth(merchant_no, api_key, api_secret, lang=lang, sort=sort)
-        self._http = httpx.AsyncClient(
-            base_url=base_url, transport=transport, timeout=timeout, auth=self._auth,
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-            follow_redirects=False)
+        self._base_url = base_url
+
+        def make(one_connection: bool) -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                base_url=base_url, transport=transport, timeout=timeout, auth=self._auth,
+                headers={"Content-Type": "application/json", "Accept": "application/json"},
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)
+                if one_connection else httpx.Limits())
+
+        # One client per connection, each used by one request at a time: httpcore scans
+        # every pooled connection on each request, which costs more CPU than the request
+        # itself when a backlog of thousands is posted.  A given transport is shared.
+        count = max(1, max_connections)
+        if transport is None:
+            self._clients = [make(True) for _ in range(count)]
+        else:
+            self._clients = [make(False)]
+        self._idle: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+        for i in range(count):
+            self._idle.put_nowait(self._clients[i % len(self._clients)])
         self.page_size = page_size
         self.max_pending = max_pending
         self._retries = max(1, retries)
@@ -125,7 +144,7 @@ class ApiClient:
         self._clock = clock
 
     def __repr__(self) -> str:
-        return f"ApiClient(base_url={str(self._http.base_url)!r})"
+        return f"ApiClient(base_url={self._base_url!r})"
 
     async def __aenter__(self) -> ApiClient:
         return self
@@ -135,7 +154,8 @@ class ApiClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for client in self._clients:
+            await client.aclose()
 
     # -- transport and envelope ------------------------------------------------------
 
@@ -145,7 +165,11 @@ class ApiClient:
         started = self._clock()
         try:
             try:
-                response = await self._http.post(path, content=encode_body(fields))
+                client = await self._idle.get()
+                try:
+                    response = await client.post(path, content=encode_body(fields))
+                finally:
+                    self._idle.put_nowait(client)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 raise ApiConnectError(endpoint, f"could not connect: {type(exc).__name__}"
                                       ) from exc

@@ -81,6 +81,8 @@ class BenchResult:
     received_by_sandbox: int
     verified_by_sandbox: int
     concurrency: int
+    daemon_cpu_seconds: float
+    sandbox_cpu_seconds: float | None
     ok: bool
 
 
@@ -102,6 +104,8 @@ def run_bench(items: int = 10000, concurrency: int | None = None, *,
         print(f"approved {result.approved}, rejected {result.rejected}, held {result.held}; "
               f"posted {result.posted}; the sandbox received {result.received_by_sandbox}, "
               f"{result.verified_by_sandbox} with a valid signature")
+        print(f"CPU during the cycle: daemon {result.daemon_cpu_seconds} s, sandbox "
+              f"{result.sandbox_cpu_seconds} s")
     return 0 if result.ok else 1
 
 
@@ -139,11 +143,14 @@ async def bench(items: int, concurrency: int | None = None) -> BenchResult:
                     concurrency=concurrency or int(os.environ.get("COSIGNER_CONCURRENCY", 8)),
                     mode="enforce", pause_file=None, request_timeout=30.0)
                 daemon = build_daemon(settings, BuildOptions(install_signals=False))
+                cpu0, sandbox0 = time.process_time(), _cpu_of(proc.pid)
                 started = time.perf_counter()
                 try:
                     result = await daemon.pipeline.poll()
                 finally:
                     seconds = time.perf_counter() - started
+                    cpu = time.process_time() - cpu0
+                    sandbox1 = _cpu_of(proc.pid)
                     await daemon.close()
                 received = await admin.decisions()
         finally:
@@ -163,7 +170,20 @@ async def bench(items: int, concurrency: int | None = None) -> BenchResult:
                        items_per_second=round(items / seconds, 1), approved=result.approved,
                        rejected=result.rejected, held=result.held, posted=result.posted,
                        received_by_sandbox=len(received), verified_by_sandbox=verified,
-                       concurrency=settings.concurrency, ok=ok)
+                       concurrency=settings.concurrency, daemon_cpu_seconds=round(cpu, 2),
+                       sandbox_cpu_seconds=(round(sandbox1 - sandbox0, 2)
+                                            if sandbox0 is not None and sandbox1 is not None
+                                            else None),
+                       ok=ok)
+
+
+def _cpu_of(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used, from /proc (None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _wait_ready(url: str, proc: subprocess.Popen[Any]) -> None:

@@ -19,6 +19,7 @@ from cosigner.logs import configure_logging, get_logger
 from cosigner.policy import load_policy
 from cosigner.settings import Settings
 from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
+from cosigner.signing.pool import BatchSigner
 from cosigner.store import open_journal
 
 from .metrics import Metrics
@@ -79,13 +80,15 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         settings.api_base_url or "", settings.merchant_no or "", settings.api_key or "", secret,
         lang=settings.lang, sort=settings.sign_sort, timeout=settings.request_timeout,
         transport=opts.transport, page_size=settings.page_size,
-        max_pending=settings.max_pending, observer=metrics, retries=opts.client_retries)
+        max_pending=settings.max_pending, observer=metrics, retries=opts.client_retries,
+        max_connections=settings.concurrency + 2)
     mode = "shadow" if opts.shadow or settings.mode == "shadow" else "enforce"
+    signer = BatchSigner(shard, path=settings.pfx_path, password=password)
     pipeline = Pipeline(
         client, shard, journal, PolicyState(policy, ledger, Path(settings.policy_path)),
         metrics, log, mode=mode, concurrency=settings.concurrency,
         pause_file=settings.pause_file, collect_is_main=settings.collect_is_main_values,
-        listeners=opts.listeners)
+        listeners=opts.listeners, signer=signer)
     host, port = settings.http_host_port
     config = DaemonConfig(
         poll_interval=settings.poll_interval, collect_interval=settings.collect_interval,
@@ -95,4 +98,9 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
     log.info("daemon.configured", policy=policy.name, policy_sha256=policy.sha256,
              shard=shard.info.fingerprint_sha256, mode=mode,
              api=settings.api_base_url, merchant=settings.merchant_no)
-    return Daemon(pipeline, journal, metrics, log, config, on_close=client.aclose)
+
+    async def close() -> None:
+        await client.aclose()
+        await signer.aclose()
+
+    return Daemon(pipeline, journal, metrics, log, config, on_close=close)

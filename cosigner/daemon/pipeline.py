@@ -24,16 +24,25 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cosigner.api.models import PendingSnapshot
-from cosigner.errors import AlreadyProcessedError, ApiError, ApiResponseError, CosignerError
+from cosigner.errors import (
+    AlreadyProcessedError,
+    ApiError,
+    ApiResponseError,
+    CosignerError,
+    SigningError,
+)
 from cosigner.models import Action, PendingItem
 from cosigner.policy import Approval, CompiledPolicy, Decision, Ledger, evaluate
 from cosigner.signing import Shard, collect_sign_object
 from cosigner.signing.objects import approval_fields, approval_sign_object
+from cosigner.signing.pool import BatchSigner
 from cosigner.store.base import DecisionRecord, ItemView, Journal, NewDecision, NewOutcome
 
 from .metrics import Metrics
 
-CHUNK = 1000
+Signed = tuple[DecisionRecord, "str | SigningError"]
+
+CHUNK = 500  # items decided, journaled (one commit) and signed together
 
 
 class PendingSource(Protocol):
@@ -111,9 +120,11 @@ class Pipeline:
                  collect_is_main: Sequence[int] = (1, 0),
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  listeners: Iterable[Callable[[DecisionEvent], None]] = (),
-                 after_journal: Callable[[list[DecisionRecord]], None] | None = None) -> None:
+                 after_journal: Callable[[list[DecisionRecord]], None] | None = None,
+                 signer: BatchSigner | None = None) -> None:
         self.client = client
         self.shard = shard
+        self.signer = signer or BatchSigner(shard)
         self.journal = journal
         self.state = state
         self.metrics = metrics
@@ -192,14 +203,14 @@ class Pipeline:
         if snapshot.malformed:
             self.metrics.invalid_items.labels("not_an_object").inc(snapshot.malformed)
             self.log.warning("poll.malformed_entries", count=snapshot.malformed)
-        queue: asyncio.Queue[list[DecisionRecord] | None] = asyncio.Queue(maxsize=1)
+        queue: asyncio.Queue[list[Signed] | None] = asyncio.Queue(maxsize=1)
         poster = asyncio.create_task(self._post_chunks(queue, result))
         try:
             for start in range(0, len(items), CHUNK):
                 if self.stopping.is_set():
                     break
                 records = await self._decide_chunk(items[start:start + CHUNK], result)
-                await queue.put(records)
+                await queue.put(await self._sign(records))
         finally:
             await queue.put(None)
             await poster
@@ -338,7 +349,23 @@ class Pipeline:
 
     # -- posting ---------------------------------------------------------------------
 
-    async def _post_chunks(self, queue: asyncio.Queue[list[DecisionRecord] | None],
+    async def _sign(self, records: list[DecisionRecord]) -> list[Signed]:
+        """The ``data`` of each record's decision (signed off the loop for big chunks)."""
+        payloads: list[bytes] = []
+        for record in records:
+            status = record.action.status
+            assert status is not None
+            payloads.append(approval_sign_object(
+                record.item_id, record.from_address or "", record.to_address or "",
+                record.amount_text or "", record.chain_id or "", status))
+        try:
+            datas = await self.signer.sign_many(payloads)
+        except Exception as exc:  # every item of the chunk stays decided
+            self.log.exception("sign.failed", items=len(records))
+            datas = [SigningError(f"signing failed: {type(exc).__name__}")] * len(records)
+        return list(zip(records, datas, strict=True))
+
+    async def _post_chunks(self, queue: asyncio.Queue[list[Signed] | None],
                            result: PollResult) -> None:
         while (records := await queue.get()) is not None:
             if records:
@@ -354,18 +381,18 @@ class Pipeline:
                         self.log.error("journal.outcome_write_failed", error=str(exc),
                                        outcomes=len(outcomes))
 
-    async def _post_all(self, records: list[DecisionRecord], result: PollResult
+    async def _post_all(self, records: list[Signed], result: PollResult
                         ) -> list[NewOutcome]:
         semaphore = asyncio.Semaphore(self.concurrency)
         outcomes: list[NewOutcome] = []
 
-        async def one(record: DecisionRecord) -> None:
+        async def one(signed: Signed) -> None:
             async with semaphore:
                 if self.stopping.is_set():
                     return  # post nothing new once asked to stop
                 self.in_flight += 1
                 try:
-                    outcome = await self._post_one(record, result)
+                    outcome = await self._post_one(*signed, result)
                 finally:
                     self.in_flight -= 1
                 if outcome is not None:
@@ -374,14 +401,16 @@ class Pipeline:
         await asyncio.gather(*(one(r) for r in records))
         return outcomes
 
-    async def _post_one(self, record: DecisionRecord, result: PollResult) -> NewOutcome | None:
+    async def _post_one(self, record: DecisionRecord, data: str | SigningError,
+                        result: PollResult) -> NewOutcome | None:
         status = record.action.status
         assert status is not None
         try:
+            if isinstance(data, SigningError):
+                raise data
             fields = approval_fields(record.item_id, record.from_address or "",
                                      record.to_address or "", record.amount_text or "",
                                      record.chain_id or "", status)
-            data = self.shard.sign(approval_sign_object(**_sign_args(fields)))
             await self.client.approve(fields, data)
         except AlreadyProcessedError as exc:
             result.reconciled += 1
@@ -450,11 +479,6 @@ class Pipeline:
         if ok:
             self.metrics.last_collect_success.set(time.time())
         return ok
-
-
-def _sign_args(fields: dict[str, Any]) -> dict[str, Any]:
-    return {"item_id": fields["id"], "from_address": fields["from"], "to_address": fields["to"],
-            "value": fields["value"], "chain_id": fields["chainId"], "status": fields["status"]}
 
 
 def _int(code: object) -> int | None:
