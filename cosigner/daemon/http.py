@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable, Generator
 
 import uvicorn
@@ -12,6 +13,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from cosigner.errors import ConfigError
 
 from .metrics import Metrics
 
@@ -43,28 +46,56 @@ class _QuietServer(uvicorn.Server):
 
 
 class HttpServer:
-    """uvicorn serving an app inside the running event loop (no signal handlers of its own)."""
+    """uvicorn serving an app inside the running event loop (no signal handlers of its own).
+
+    The socket is bound here rather than by uvicorn: uvicorn answers a bind failure
+    with ``sys.exit``, which would end the whole process (or a test run) with a
+    traceback instead of the one clear line of a configuration error.
+    """
 
     def __init__(self, app: Starlette, host: str, port: int) -> None:
         config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                                 lifespan="off")
+        self._host = host
+        self._port = port
         self._server = _QuietServer(config)
+        self._sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve())
+        """Listen on ``host:port``.
+
+        Raises:
+            ConfigError: the address cannot be bound (in use, not local, ...).
+        """
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self._host, self._port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"COSIGNER_HTTP_ADDR {self._host}:{self._port}: cannot listen "
+                              f"({exc.strerror or exc})") from None
+        self._sock = sock
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._task.done():
-                self._task.result()  # raises the bind error
+                self._close_socket()
+                self._task.result()  # raises what stopped it
                 raise OSError("HTTP server stopped during start")
             await asyncio.sleep(0.01)
 
     @property
     def port(self) -> int:
-        for server in self._server.servers:
-            for sock in server.sockets:
-                return int(sock.getsockname()[1])
-        raise RuntimeError("HTTP server is not listening")
+        if self._sock is None:
+            raise RuntimeError("HTTP server is not listening")
+        return int(self._sock.getsockname()[1])
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     async def stop(self) -> None:
         if self._task is None:
@@ -73,3 +104,4 @@ class HttpServer:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(self._task, timeout=5)
         self._task = None
+        self._close_socket()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobEvent,
+)
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -168,21 +175,33 @@ class Daemon:
         return 0 if poll_ok and collect_ok else 1
 
     async def run(self) -> int:
-        """Run until SIGTERM/SIGINT (or :meth:`request_stop`); returns the exit code."""
+        """Run until SIGTERM/SIGINT (or :meth:`request_stop`); returns the exit code.
+
+        Raises:
+            ConfigError: ``HTTP_ADDR`` cannot be listened on (the journal is closed first).
+        """
         loop = asyncio.get_running_loop()
+        self.http = HttpServer(create_app(self.metrics, self.readiness),
+                               self.config.http_host, self.config.http_port)
+        try:
+            await self.http.start()
+        except BaseException:
+            self.http = None
+            await self.close()
+            raise
         if self.config.install_signals:
             loop.add_signal_handler(signal.SIGTERM, self.request_stop)
             loop.add_signal_handler(signal.SIGINT, self.request_stop)
             loop.add_signal_handler(
                 signal.SIGHUP, lambda: loop.create_task(self.reload_policy("sighup")))
-        self.http = HttpServer(create_app(self.metrics, self.readiness),
-                               self.config.http_host, self.config.http_port)
-        await self.http.start()
         self.log.info("daemon.started", http=f"{self.config.http_host}:{self.http.port}",
                       policy=self.pipeline.state.policy.name, mode=self.pipeline.mode,
                       poll_interval=self.config.poll_interval,
                       collect_interval=self.config.collect_interval)
+        _quiet_apscheduler()
         scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_listener(self._job_event,
+                               EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED | EVENT_JOB_ERROR)
         now = datetime.now(UTC)
         common: dict[str, Any] = {"max_instances": 1, "coalesce": True,
                                   "misfire_grace_time": None}
@@ -200,14 +219,29 @@ class Daemon:
         try:
             await self._stop.wait()
         finally:
-            scheduler.shutdown(wait=False)
+            # Pause first and let the running jobs finish: shutting the asyncio
+            # executor down cancels the tasks it started, which would abandon the
+            # item in flight instead of finishing it.
+            scheduler.pause()
             await self._drain()
+            scheduler.shutdown(wait=False)
             await self.close()
             if self.config.install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
         self.log.info("daemon.stopped", polls=self.polls, collections=self.collections)
         return 0
+
+    def _job_event(self, event: JobEvent) -> None:
+        """APScheduler's job events as structured log events."""
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            self.log.warning("job.skipped", job=event.job_id, reason="previous run still busy")
+        elif event.code == EVENT_JOB_MISSED:
+            self.log.warning("job.missed", job=event.job_id)
+        else:
+            exc = getattr(event, "exception", None)
+            self.log.error("job.failed", job=event.job_id, kind=type(exc).__name__,
+                           error=str(exc))
 
     async def _drain(self) -> None:
         jobs = [t for t in self._jobs if not t.done()]
@@ -230,6 +264,15 @@ class Daemon:
         if self._journal_open:
             await asyncio.to_thread(self.journal.close)
             self._journal_open = False
+
+
+def _quiet_apscheduler() -> None:
+    """Silence APScheduler's own stdlib logging: it is plain text, which would break the
+    one-JSON-object-per-line log; :meth:`Daemon._job_event` logs its job events instead."""
+    logger = logging.getLogger("apscheduler")
+    logger.propagate = False
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
 
 
 def _jitter(interval: float) -> float:

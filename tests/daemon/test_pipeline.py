@@ -1,0 +1,349 @@
+"""Unit tests of the decision pipeline: a scripted stand-in for the API client, the
+in-memory journal and an injected clock; no sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from cosigner.api.models import PendingSnapshot
+from cosigner.daemon.metrics import Metrics
+from cosigner.daemon.pipeline import (
+    CHUNK,
+    DecisionEvent,
+    Pipeline,
+    PolicyState,
+    ledger_from_journal,
+)
+from cosigner.errors import (
+    AlreadyProcessedError,
+    ApiHTTPError,
+    ApiResponseError,
+    ApiTimeoutError,
+)
+from cosigner.logs import get_logger
+from cosigner.models import Action, PendingItem
+from cosigner.policy import load_policy
+from cosigner.signing import Shard, load_shard
+from cosigner.store import DecisionRecord, MemoryJournal, NewDecision
+from tests.conftest import ThrowawayShard
+from tests.daemon.conftest import HOT, LIMIT, MAX_COUNT, SANCTIONED, address
+
+T0 = datetime(2030, 1, 7, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    """A settable clock shared by the pipeline and the journal."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class ScriptedApi:
+    """The pipeline's view of the API: a pending list and scripted approve answers.
+
+    ``answers[id]`` is a list of exceptions raised by successive approves of that id
+    (None: success).  Every call is appended to ``timeline``.
+    """
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+    answers: dict[int, list[BaseException | None]] = field(default_factory=dict)
+    collect_errors: dict[int, BaseException] = field(default_factory=dict)
+    timeline: list[tuple[str, Any]] = field(default_factory=list)
+
+    async def pending(self) -> PendingSnapshot:
+        listed = [PendingItem(raw) for raw in self.items]
+        return PendingSnapshot(items=listed, total=len(listed), pages=1)
+
+    async def approve(self, fields: dict[str, Any], data: str) -> None:
+        self.timeline.append(("approve", fields["id"]))
+        script = self.answers.get(fields["id"])
+        if script:
+            answer = script.pop(0)
+            if answer is not None:
+                raise answer
+
+    async def collect(self, is_main: int, data: str) -> None:
+        self.timeline.append(("collect", is_main))
+        if is_main in self.collect_errors:
+            raise self.collect_errors[is_main]
+
+    def posts(self) -> list[int]:
+        return [v for k, v in self.timeline if k == "approve"]
+
+
+class RecordingJournal(MemoryJournal):
+    """The in-memory journal that also notes each decision write in the API's timeline."""
+
+    def __init__(self, timeline: list[tuple[str, Any]], clock: Clock) -> None:
+        super().__init__(clock=clock)
+        self.timeline = timeline
+
+    def record_decisions(self, decisions: Sequence[NewDecision]) -> list[DecisionRecord]:
+        records = super().record_decisions(decisions)
+        self.timeline.append(("journal", [d.item_id for d in decisions]))
+        return records
+
+
+def raw(item_id: int, amount: str = "5", to: str | None = None) -> dict[str, Any]:
+    return {"id": item_id, "fromAddress": HOT, "toAddress": to or address(0x22),
+            "amount": amount, "chainId": "56"}
+
+
+@dataclass
+class World:
+    api: ScriptedApi
+    journal: RecordingJournal
+    clock: Clock
+    pipeline: Pipeline
+    events: list[DecisionEvent]
+
+    def latest(self) -> dict[int, DecisionRecord]:
+        return {r.item_id: r for r in self.journal.records()}
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return self.pipeline.metrics.registry.get_sample_value(name, labels)
+
+
+@pytest.fixture
+def signer(shard: ThrowawayShard) -> Shard:
+    return load_shard(shard.path, shard.password)
+
+
+@pytest.fixture
+def make_world(signer: Shard, test_policy: Path) -> Callable[..., World]:
+    """Build a pipeline over a scripted API and an in-memory journal."""
+    def make(items: Sequence[dict[str, Any]] = (), **options: Any) -> World:
+        api = ScriptedApi(items=list(items))
+        clock = Clock()
+        journal = RecordingJournal(api.timeline, clock)
+        journal.open()
+        policy = load_policy(test_policy)
+        events: list[DecisionEvent] = []
+        pipeline = Pipeline(api, signer, journal,
+                            PolicyState(policy, ledger_from_journal(policy, journal, clock())),
+                            Metrics(), get_logger("test"), clock=clock,
+                            listeners=[events.append], **options)
+        return World(api, journal, clock, pipeline, events)
+    return make
+
+
+class TestPostOutcomes:
+    """Each kind of answer to an approve ends in the right journal state and metric."""
+
+    async def test_success_is_recorded_as_posted(self, make_world: Callable[..., World]) -> None:
+        """A 200 answer records the decision as posted with the API's code."""
+        world = make_world([raw(1)])
+
+        result = await world.pipeline.poll()
+
+        assert (result.ok, result.approved, result.posted) == (True, 1, 1)
+        record = world.latest()[1]
+        assert (record.state, record.outcome_code) == ("posted", 200)
+        assert world.metric("cosigner_posts_total", endpoint="approve", outcome="ok") == 1
+        assert [e.state for e in world.events] == ["decided", "posted"]
+
+    async def test_already_processed_is_reconciled(self, make_world: Callable[..., World]
+                                                   ) -> None:
+        """An "already processed" answer marks the decision posted and is not retried."""
+        world = make_world([raw(1)])
+        world.api.answers[1] = [AlreadyProcessedError("approve", 4091, "already processed")]
+
+        result = await world.pipeline.poll()
+        await world.pipeline.poll()
+
+        assert result.reconciled == 1
+        assert (world.latest()[1].state, world.latest()[1].outcome_code) == ("posted", 4091)
+        assert world.api.posts() == [1]
+
+    async def test_an_api_refusal_is_failed_and_reposted_next_cycle(
+            self, make_world: Callable[..., World]) -> None:
+        """A business error records failed; the next cycle re-posts the same decision."""
+        world = make_world([raw(1)])
+        world.api.answers[1] = [ApiResponseError("approve", 4222, "value differs")]
+
+        first = await world.pipeline.poll()
+        assert (first.failed, world.latest()[1].state) == (1, "failed")
+        second = await world.pipeline.poll()
+
+        assert (second.reposted, second.posted, second.decided) == (1, 1, 0)
+        assert world.api.posts() == [1, 1]
+        assert world.latest()[1].state == "posted"
+        assert len(list(world.journal.records())) == 1
+
+    @pytest.mark.parametrize("error", [
+        ApiTimeoutError("approve", "timed out (ReadTimeout)"),
+        ApiHTTPError("approve", 502, "API code 5000"),
+    ], ids=["timeout", "5xx"])
+    async def test_an_unknown_outcome_stays_decided(self, make_world: Callable[..., World],
+                                                    error: Exception) -> None:
+        """A post that may or may not have landed leaves the record decided, then re-posts."""
+        world = make_world([raw(1)])
+        world.api.answers[1] = [error]
+
+        first = await world.pipeline.poll()
+
+        assert (first.ok, first.unknown) == (True, 1)
+        assert world.latest()[1].state == "decided"
+        assert world.metric("cosigner_posts_total", endpoint="approve", outcome="unknown") == 1
+        await world.pipeline.poll()
+        assert world.latest()[1].state == "posted"
+        assert world.api.posts() == [1, 1]
+
+    async def test_an_unexpected_exception_fails_the_item_and_the_cycle(
+            self, make_world: Callable[..., World]) -> None:
+        """A bug-shaped exception during a post is logged, recorded failed, and the
+        cycle goes on with the next item."""
+        world = make_world([raw(1), raw(2)])
+        world.api.answers[1] = [RuntimeError("boom")]
+
+        with capture_logs() as logs:
+            result = await world.pipeline.poll()
+
+        assert (result.ok, result.failed, result.posted) == (False, 1, 1)
+        assert world.latest()[1].state == "failed"
+        assert world.latest()[2].state == "posted"
+        assert any(e["event"] == "item.post_error" and e["item_id"] == 1 for e in logs)
+
+
+class TestJournalBeforePost:
+    """Decisions are journaled in few grouped writes, each before the posts it covers."""
+
+    async def test_every_post_follows_its_journal_write(self, make_world: Callable[..., World]
+                                                        ) -> None:
+        """With more items than a chunk, each chunk is one write and precedes its posts."""
+        count = 2 * CHUNK + 100
+        items = [raw(i, "500", to=SANCTIONED if i % 100 == 0 else None)
+                 for i in range(1, count + 1)]
+        world = make_world(items)
+
+        result = await world.pipeline.poll()
+
+        assert (result.decided, result.rejected, result.posted) == (count, count // 100,
+                                                                    count // 100)
+        writes = [(n, ids) for n, (kind, ids) in enumerate(world.api.timeline)
+                  if kind == "journal"]
+        assert [len(ids) for _, ids in writes] == [CHUNK, CHUNK, 100]
+        written_at = {i: n for n, ids in writes for i in ids}
+        for n, (kind, value) in enumerate(world.api.timeline):
+            if kind == "approve":
+                assert written_at[value] < n
+
+    async def test_a_hook_between_journal_and_post_sees_the_records(
+            self, make_world: Callable[..., World]) -> None:
+        """``after_journal`` runs after the write and before any post."""
+        world = make_world([raw(1), raw(2, to=SANCTIONED)])
+        seen: list[tuple[list[int], list[int]]] = []
+        world.pipeline.after_journal = lambda records: seen.append(
+            ([r.item_id for r in records], world.api.posts()))
+
+        await world.pipeline.poll()
+
+        assert seen == [([1, 2], [])]
+
+
+class TestItemsWithoutDecision:
+    """Items that cannot be decided are held without a record, and never posted."""
+
+    async def test_an_item_without_id_is_held_and_counted(self, make_world: Callable[..., World]
+                                                          ) -> None:
+        """No id means no record and no post; invalid_items{missing_field} counts it."""
+        no_id = raw(1)
+        del no_id["id"]
+        world = make_world([no_id, {**raw(2), "id": "2"}])
+
+        result = await world.pipeline.poll()
+
+        assert result.held == 2
+        assert list(world.journal.records()) == []
+        assert world.api.posts() == []
+        assert world.metric("cosigner_invalid_items_total", reason="missing_field") == 2
+
+    async def test_a_duplicate_id_in_one_snapshot_is_decided_once(
+            self, make_world: Callable[..., World]) -> None:
+        """The same id listed twice is decided and posted once."""
+        world = make_world([raw(1), raw(1)])
+
+        await world.pipeline.poll()
+
+        assert world.api.posts() == [1]
+        assert len(list(world.journal.records())) == 1
+
+    async def test_a_stopping_pipeline_decides_and_posts_nothing(
+            self, make_world: Callable[..., World]) -> None:
+        """Once asked to stop, a poll records and posts nothing new."""
+        world = make_world([raw(1)])
+        world.pipeline.stopping.set()
+
+        result = await world.pipeline.poll()
+
+        assert (result.decided, world.api.posts()) == (0, [])
+        assert await world.pipeline.collect() is False
+
+    async def test_a_failing_listener_does_not_stop_decisions(
+            self, make_world: Callable[..., World]) -> None:
+        """A display that raises is logged; the item is still decided and posted."""
+        world = make_world([raw(1)])
+
+        def broken(_event: DecisionEvent) -> None:
+            raise ValueError("display is broken")
+
+        world.pipeline.listeners.insert(0, broken)
+        with capture_logs() as logs:
+            await world.pipeline.poll()
+
+        assert world.api.posts() == [1]
+        assert any(e["event"] == "listener.failed" for e in logs)
+
+
+class TestLimitsOverTime:
+    """The limit window moves with the injected clock."""
+
+    async def test_approvals_leave_the_window(self, make_world: Callable[..., World]) -> None:
+        """After 24 h the earlier approvals no longer count against the limit."""
+        world = make_world([raw(i, "1") for i in range(1, MAX_COUNT + 2)])
+
+        await world.pipeline.poll()
+        assert world.latest()[MAX_COUNT + 1].reasons == (f"limit:{LIMIT}",)
+        assert world.metric("cosigner_limit_usage_ratio", limit=LIMIT) == 1.0
+
+        world.clock.now = T0 + timedelta(hours=24, seconds=1)
+        await world.pipeline.poll()
+
+        assert world.latest()[MAX_COUNT + 1].action is Action.APPROVE
+        assert world.api.posts() == [*range(1, MAX_COUNT + 1), MAX_COUNT + 1]
+        assert world.metric("cosigner_limit_usage_ratio", limit=LIMIT) == 1 / MAX_COUNT
+
+
+class TestCollect:
+    """A collection round tries every isMain and reports whether all succeeded."""
+
+    async def test_one_failure_does_not_skip_the_other(self, make_world: Callable[..., World]
+                                                       ) -> None:
+        """isMain 1 failing still collects isMain 0; the round reports failure."""
+        world = make_world()
+        world.api.collect_errors[1] = ApiHTTPError("collect", 503)
+
+        assert await world.pipeline.collect() is False
+
+        assert world.api.timeline == [("collect", 1), ("collect", 0)]
+        assert world.metric("cosigner_collections_total", is_main="1", outcome="error") == 1
+        assert world.metric("cosigner_collections_total", is_main="0", outcome="ok") == 1
+        assert world.metric("cosigner_last_collect_success_timestamp_seconds") == 0
+
+    async def test_shadow_mode_collects_nothing(self, make_world: Callable[..., World]) -> None:
+        """In shadow mode the collection round posts nothing and succeeds."""
+        world = make_world(mode="shadow")
+
+        assert await world.pipeline.collect() is True
+        assert world.api.timeline == []
