@@ -88,10 +88,16 @@ class Daemon:
     # -- jobs ------------------------------------------------------------------------
 
     async def poll_job(self) -> bool:
+        """One poll cycle; True when it completed and every post it made is settled.
+
+        A post refused by the API (``failed``) or whose outcome is unknown (timeout,
+        dropped answer) does not fail the cycle for readiness, but it is not a step
+        that succeeded either: ``--once`` reports it with exit code 1.
+        """
         async with self._tracked(), self._lock:
             result = await self.pipeline.poll()
             self.polls += 1
-            return result.ok
+            return result.ok and not (result.failed or result.unknown)
 
     async def collect_job(self) -> bool:
         async with self._tracked():
@@ -165,7 +171,8 @@ class Daemon:
         self._stop.set()
 
     async def run_once(self) -> int:
-        """One poll and one collection; 0 when every step succeeded, else 1."""
+        """One poll and one collection; 0 when every step (each post included) succeeded,
+        else 1."""
         try:
             poll_ok = await self.poll_job()
             collect_ok = await self.collect_job()

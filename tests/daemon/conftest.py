@@ -221,7 +221,10 @@ async def rig(tmp_path: Path, shard_factory: ShardFactory, test_policy: Path,
             api_secret=SecretStr(API_SECRET), pfx_path=shard.path,
             policy_path=test_policy, database_url=SecretStr(f"sqlite://{db_path}"),
             http_addr="127.0.0.1:0", poll_interval=0.3, collect_interval=0.5,
-            request_timeout=3.0, log_format="json", log_level="info")
+            request_timeout=3.0, log_format="json", log_level="info",
+            # Each API connection is its own httpx client with its own TLS context
+            # (~25 ms to make); a few are plenty for a test's handful of items.
+            concurrency=2)
         world = Rig(tmp_path, shard, server, admin, test_policy, db_path, settings)
         try:
             yield world

@@ -71,7 +71,7 @@ class TestApiFaultsDuringPosts:
         await rig.admin.set_faults({**faults, "endpoints": ["approve"]})
         daemon = rig.build(rig.with_settings(request_timeout=0.5))
 
-        await daemon.run_once()
+        assert await daemon.run_once() == 1
 
         statuses = await rig.statuses()
         assert {i for i, s in statuses.items() if s == "approved"} <= approvable
@@ -102,7 +102,7 @@ class TestApiFaultsDuringPosts:
         # The item disappears from the sandbox between the journal write and the post.
         daemon.pipeline.after_journal = lambda _records: rig.server.state.reset()
 
-        assert await daemon.run_once() == 0
+        assert await daemon.run_once() == 1
 
         record = rig.latest()[gone]
         assert (record.action, record.state, record.outcome_code) == (

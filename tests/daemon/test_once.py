@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import structlog
 
+from cosigner.cli import main
 from cosigner.errors import ConfigError
 from tests.conftest import SHARD_PASSWORD
 from tests.daemon.conftest import API_SECRET, COSIGNER, SANCTIONED, Rig, item
@@ -42,6 +44,24 @@ def remove_database(path: Path) -> None:
     """Delete a SQLite database with its WAL files, leaving its marker behind."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def run_in_process(rig: Rig, monkeypatch: pytest.MonkeyPatch,
+                   capsys: pytest.CaptureFixture[str], **overrides: str | Path) -> Done:
+    """``cosigner run --once`` through :func:`cosigner.cli.main` with the rig's settings
+    as ``COSIGNER_*`` variables; for configuration errors, raised before any event loop."""
+    for name, value in rig.env(**overrides).items():
+        if name.startswith("COSIGNER_"):
+            monkeypatch.setenv(name, value)
+    for name in ("API_KEY", "API_SECRET"):
+        if overrides.get(name) == "":
+            monkeypatch.delenv(f"COSIGNER_{name}", raising=False)
+    try:
+        code = main(["run", "--once"])
+    finally:
+        structlog.reset_defaults()  # build_daemon configures logging for the process
+    out, err = capsys.readouterr()
+    return Done(code, out, err)
 
 
 def free_port() -> int:
@@ -94,6 +114,15 @@ class TestOnceInProcess:
             assert await rig.received() == []
             assert held not in rig.latest()
 
+    async def test_an_unsettled_post_gives_one(self, rig: Rig) -> None:
+        """A post whose answer was lost (its outcome unknown) is not a step that succeeded."""
+        await rig.add(item("5"))
+        await rig.admin.set_faults({"dropRate": 1.0, "endpoints": ["approve"]})
+
+        assert await rig.build().run_once() == 1
+
+        assert rig.latest()[1].state == "decided"
+
     async def test_a_transient_pending_fault_is_retried(self, rig: Rig) -> None:
         """One 5xx on the pending list is retried and the cycle still succeeds."""
         (approve,) = await rig.add(item("5"))
@@ -133,58 +162,10 @@ class TestOnceCli:
         assert done.code == 1
         assert '"event": "poll.failed"' in done.stderr
 
-    async def test_missing_settings_exit_two_naming_them(self, rig: Rig) -> None:
-        """Without API key and secret the command exits 2 naming both settings."""
-        done = await cosigner("run", "--once", env=rig.env(API_KEY="", API_SECRET=""),
-                              cwd=rig.tmp)
-
-        assert done.code == 2
-        assert done.stderr.strip().splitlines() == [
-            "cosigner: COSIGNER_API_KEY, COSIGNER_API_SECRET must be set to run the daemon"]
-        assert not rig.db_path.exists()
-
-    async def test_a_bad_policy_exits_two_with_file_and_line(self, rig: Rig) -> None:
-        """A policy that does not load is never used: exit 2 with file:line."""
-        bad = rig.tmp / "bad.yaml"
-        bad.write_text(rig.policy_path.read_text().replace("default: hold", "default: approve"),
-                       encoding="utf-8")
-
-        done = await cosigner("run", "--once", env=rig.env(POLICY_PATH=bad), cwd=rig.tmp)
-
-        assert done.code == 2
-        assert done.stderr == (f"cosigner: {bad}:3: default: approve is refused: only an "
-                               "explicit rule may approve\n")
-        assert await rig.received() == []
-
-    async def test_a_bad_shard_password_exits_two_without_the_password(
-            self, rig: Rig) -> None:
-        """A wrong PFX password is refused and never printed."""
-        wrong = "not-the-shard-password-93Xk"
-
-        done = await cosigner("run", "--once", env=rig.env(PFX_PASSWORD=wrong), cwd=rig.tmp)
-
-        assert done.code == 2
-        assert done.stderr.startswith(f"cosigner: {rig.shard.path}: wrong password")
-        assert "COSIGNER_PFX_PASSWORD" in done.stderr
-        assert wrong not in done.stdout + done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1
-
-    async def test_a_shard_readable_by_others_exits_two(self, rig: Rig) -> None:
-        """A PFX readable by group or others is refused before anything is posted."""
-        (approve,) = await rig.add(item("5"))
-        rig.shard.path.chmod(0o644)
-
-        done = await cosigner("run", "--once", env=rig.env(), cwd=rig.tmp)
-
-        assert done.code == 2
-        assert "shard file mode is 0644" in done.stderr
-        assert approve not in await rig.post_counts()
-
     async def test_a_missing_journal_where_one_existed_exits_two(self, rig: Rig) -> None:
         """With the marker left behind and the database gone, the daemon refuses to start
         from empty."""
-        first = await cosigner("run", "--once", env=rig.env(), cwd=rig.tmp)
-        assert first.code == 0, first.stderr
+        assert await rig.build().run_once() == 0
         remove_database(rig.db_path)
         (approve,) = await rig.add(item("5"))
 
@@ -209,6 +190,65 @@ class TestOnceCli:
         assert done.stderr.strip().splitlines()[-1].startswith(
             f"cosigner: COSIGNER_HTTP_ADDR 127.0.0.1:{port}: cannot listen")
         assert "Traceback" not in done.stderr
+
+
+class TestOnceConfigErrors:
+    """Configuration problems stop ``cosigner run --once`` before anything is posted: exit 2
+    with one line naming the setting or file.  They fail before ``main`` starts an event
+    loop, so it runs in-process here (the subprocess tests cover the console script)."""
+
+    async def test_missing_settings_exit_two_naming_them(
+            self, rig: Rig, monkeypatch: pytest.MonkeyPatch,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        """Without API key and secret the command exits 2 naming both settings."""
+        done = run_in_process(rig, monkeypatch, capsys, API_KEY="", API_SECRET="")
+
+        assert done.code == 2
+        assert done.stderr.strip().splitlines() == [
+            "cosigner: COSIGNER_API_KEY, COSIGNER_API_SECRET must be set to run the daemon"]
+        assert not rig.db_path.exists()
+
+    async def test_a_bad_policy_exits_two_with_file_and_line(
+            self, rig: Rig, monkeypatch: pytest.MonkeyPatch,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        """A policy that does not load is never used: exit 2 with file:line."""
+        bad = rig.tmp / "bad.yaml"
+        bad.write_text(rig.policy_path.read_text().replace("default: hold", "default: approve"),
+                       encoding="utf-8")
+
+        done = run_in_process(rig, monkeypatch, capsys, POLICY_PATH=bad)
+
+        assert done.code == 2
+        assert done.stderr == (f"cosigner: {bad}:3: default: approve is refused: only an "
+                               "explicit rule may approve\n")
+        assert await rig.received() == []
+
+    async def test_a_bad_shard_password_exits_two_without_the_password(
+            self, rig: Rig, monkeypatch: pytest.MonkeyPatch,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        """A wrong PFX password is refused and never printed."""
+        wrong = "not-the-shard-password-93Xk"
+
+        done = run_in_process(rig, monkeypatch, capsys, PFX_PASSWORD=wrong)
+
+        assert done.code == 2
+        assert done.stderr.startswith(f"cosigner: {rig.shard.path}: wrong password")
+        assert "COSIGNER_PFX_PASSWORD" in done.stderr
+        assert wrong not in done.stdout + done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+    async def test_a_shard_readable_by_others_exits_two(
+            self, rig: Rig, monkeypatch: pytest.MonkeyPatch,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        """A PFX readable by group or others is refused before anything is posted."""
+        (approve,) = await rig.add(item("5"))
+        rig.shard.path.chmod(0o644)
+
+        done = run_in_process(rig, monkeypatch, capsys)
+
+        assert done.code == 2
+        assert "shard file mode is 0644" in done.stderr
+        assert approve not in await rig.post_counts()
 
 
 class TestHttpAddressInUse:
