@@ -23,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from types import TracebackType
 from typing import Any, Protocol
 
+import certifi
 import httpx
 from tenacity import (
     AsyncRetrying,
@@ -116,8 +118,13 @@ class ApiClient:
         self._auth = SignAuth(merchant_no, api_key, api_secret, lang=lang, sort=sort)
         self._base_url = base_url
 
+        # One TLS context for every client (building one costs ~25 ms), with the
+        # CA bundle httpx itself would use.
+        tls = ssl.create_default_context(cafile=certifi.where())
+
         def make(one_connection: bool) -> httpx.AsyncClient:
             return httpx.AsyncClient(
+                verify=tls,
                 base_url=base_url, transport=transport, timeout=timeout, auth=self._auth,
                 headers={"Content-Type": "application/json", "Accept": "application/json"},
                 follow_redirects=False,
