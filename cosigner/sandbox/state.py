@@ -17,7 +17,6 @@ literal ``4.10`` is listed back as ``4.10``, never as a float.
 from __future__ import annotations
 
 import functools
-
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
