@@ -138,7 +138,7 @@ async def bench(items: int, concurrency: int | None = None) -> BenchResult:
                     api_secret=SecretStr(secret), pfx_path=work / "shard.pfx",
                     pfx_password=SecretStr(password), policy_path=policy,
                     database_url=SecretStr(f"sqlite://{work / 'journal.db'}"),
-                    http_addr="127.0.0.1:0", log_level="error", page_size=500,
+                    http_addr="127.0.0.1:0", log_level="error",
                     max_pending=max(items, 10000),
                     concurrency=concurrency or int(os.environ.get("COSIGNER_CONCURRENCY", 8)),
                     mode="enforce", pause_file=None, request_timeout=30.0)
