@@ -20,8 +20,15 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import HealthCheck, settings
 
 from cosigner.signing.throwaway import Encryption, make_certificate, pfx_bytes, write_private
+
+# Property tests check invariants, not speed: no per-example deadline, so a slow or
+# busy machine never fails them (timing targets live in benchmarks).
+settings.register_profile("cosigner", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("cosigner")
 
 REQUIRE_ALL_ENV = "COSIGNER_REQUIRE_ALL"
 SHARD_PASSWORD = "1bitpayM-TEST-0001"
