@@ -49,6 +49,22 @@ class TestItems:
         assert page.items[0].to_address is None
         assert page.items[1].chain_id is None
 
+    async def test_change_item_keeps_the_id(self, admin: SandboxAdmin,
+                                            client: ApiClient) -> None:
+        """PATCH /sandbox/items/{id} changes a pending item's fields under the same id."""
+        added = await admin.add_item({**ITEM, "amount": "4.10"})
+        changed = await admin.change_item(added["id"], {"amount": "9.99", "id": 77})
+        assert changed["id"] == added["id"]
+        page = await client.pending_page(1, 10)
+        assert [(i.id, i.amount_text) for i in page.items] == [(added["id"], "9.99")]
+
+    async def test_change_item_refuses_unknown_or_decided_ids(self,
+                                                             admin: SandboxAdmin) -> None:
+        """Only a pending item can be changed: otherwise 404."""
+        with pytest.raises(SandboxAdminError) as caught:
+            await admin.change_item(999, {"amount": "1"})
+        assert caught.value.status == 404
+
     async def test_duplicate_id_is_409(self, admin: SandboxAdmin) -> None:
         """Adding an existing id is refused with 409."""
         await admin.add_item({**ITEM, "id": 5})
