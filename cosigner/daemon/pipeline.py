@@ -247,6 +247,11 @@ class Pipeline:
                     if latest.state == "posted" or latest.state == "shadow":
                         result.skipped += 1
                         continue
+                    if paused and latest.action is Action.APPROVE:
+                        # The kill switch stops every approval, recorded ones too: it
+                        # stays decided and is posted once the pause file is gone.
+                        result.held += 1
+                        continue
                     to_post.append(latest)  # decided/failed: re-post the recorded decision
                     result.reposted += 1
                     continue

@@ -82,6 +82,27 @@ class TestCrashBetweenJournalAndPost:
         assert {i: r[-1].state for i, r in records.items()} == {
             approve: "posted", reject: "posted", hold: "decided"}
 
+    async def test_the_pause_file_stops_recorded_approvals_too(self, rig: Rig) -> None:
+        """A decided approve waiting for its post is not posted while paused; later once."""
+        approve, _reject = await rig.add(item("5"), item("5", to=SANCTIONED))
+        crashing = rig.build()
+        crashing.pipeline.after_journal = kill
+        with pytest.raises(SimulatedKill):
+            await crashing.run_once()
+        pause = rig.tmp / "PAUSE"
+        pause.touch()
+
+        paused = rig.build(rig.with_settings(pause_file=pause))
+        await paused.pipeline.poll()
+        await paused.close()
+        assert approve not in await rig.post_counts()
+        assert rig.latest()[approve].state == "decided"
+
+        pause.unlink()
+        assert await rig.build(rig.with_settings(pause_file=pause)).run_once() == 0
+        assert (await rig.post_counts())[approve] == 1
+        assert rig.latest()[approve].state == "posted"
+
     async def test_the_recorded_decision_is_reposted_not_reevaluated(self, rig: Rig) -> None:
         """A decided approve is posted after restart even if the new policy would hold it."""
         (approve,) = await rig.add(item("50"))
