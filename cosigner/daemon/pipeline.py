@@ -271,7 +271,13 @@ class Pipeline:
                 result.ok = False
                 result.errors.append(f"journal: {exc}")
                 self.log.error("journal.write_failed", error=str(exc), items=len(new))
-                self.state.ledger = ledger_from_journal(policy, self.journal, now)
+                try:
+                    self.state.ledger = await asyncio.to_thread(ledger_from_journal, policy,
+                                                                self.journal, now)
+                except Exception:
+                    # Keeping the ledger with the unrecorded approvals only over-counts
+                    # the limits: stricter, never looser.
+                    self.log.exception("ledger.rebuild_failed")
                 result.held += len(new)
                 return to_post
             for record, (_, decision, _item) in zip(records, new, strict=True):
