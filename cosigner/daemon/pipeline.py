@@ -247,9 +247,9 @@ class Pipeline:
                     if latest.state == "posted" or latest.state == "shadow":
                         result.skipped += 1
                         continue
-                    if paused and latest.action is Action.APPROVE:
-                        # The kill switch stops every approval, recorded ones too: it
-                        # stays decided and is posted once the pause file is gone.
+                    if paused:
+                        # The kill switch stops every post, recorded decisions too: they
+                        # stay decided and are posted once the pause file is gone.
                         result.held += 1
                         continue
                     to_post.append(latest)  # decided/failed: re-post the recorded decision

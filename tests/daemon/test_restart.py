@@ -83,8 +83,8 @@ class TestCrashBetweenJournalAndPost:
             approve: "posted", reject: "posted", hold: "decided"}
 
     async def test_the_pause_file_stops_recorded_approvals_too(self, rig: Rig) -> None:
-        """A decided approve waiting for its post is not posted while paused; later once."""
-        approve, _reject = await rig.add(item("5"), item("5", to=SANCTIONED))
+        """Recorded decisions waiting for their post are not posted while paused; later once."""
+        approve, reject = await rig.add(item("5"), item("5", to=SANCTIONED))
         crashing = rig.build()
         crashing.pipeline.after_journal = kill
         with pytest.raises(SimulatedKill):
@@ -95,12 +95,12 @@ class TestCrashBetweenJournalAndPost:
         paused = rig.build(rig.with_settings(pause_file=pause))
         await paused.pipeline.poll()
         await paused.close()
-        assert approve not in await rig.post_counts()
-        assert rig.latest()[approve].state == "decided"
+        assert await rig.post_counts() == {}
+        assert rig.latest()[approve].state == rig.latest()[reject].state == "decided"
 
         pause.unlink()
         assert await rig.build(rig.with_settings(pause_file=pause)).run_once() == 0
-        assert (await rig.post_counts())[approve] == 1
+        assert await rig.post_counts() == {approve: 1, reject: 1}
         assert rig.latest()[approve].state == "posted"
 
     async def test_the_recorded_decision_is_reposted_not_reevaluated(self, rig: Rig) -> None:
