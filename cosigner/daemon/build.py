@@ -22,6 +22,7 @@ from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
 from cosigner.store import open_journal
 
+from .callbacks import CallbackOptions, CallbackService, build_callbacks
 from .metrics import Metrics
 from .pipeline import DecisionEvent, Pipeline, PolicyState, ledger_from_journal
 from .service import Daemon, DaemonConfig
@@ -41,6 +42,8 @@ class BuildOptions:
     watch_interval: float = 2.0
     client_retries: int = 3
     log: Any = None
+    callback_port: int | None = None
+    callbacks: CallbackOptions | None = None
 
 
 def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Daemon:
@@ -54,9 +57,11 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
     secret = settings.api_secret.get_secret_value()
     password = settings.shard_password()
     db_url = settings.database_url.get_secret_value()
+    forward_secret = (settings.callback_forward_secret.get_secret_value()
+                      if settings.callback_forward_secret is not None else None)
     if opts.configure_logs:
         configure_logging(settings.log_format, settings.log_level,
-                          secrets=(secret, password, db_url))
+                          secrets=(secret, password, db_url, forward_secret))
     log = opts.log or get_logger("cosigner.daemon")
 
     policy = load_policy(settings.policy_path)
@@ -71,8 +76,12 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
 
     journal = open_journal(db_url, create=True)
     journal.open()
+    services: list[CallbackService] = []
     try:
         ledger = ledger_from_journal(policy, journal, datetime.now(UTC))
+        if settings.callback_addr is not None and not opts.once:
+            services.append(build_callbacks(settings, metrics, log, db_url, opts.callbacks,
+                                            port=opts.callback_port))
     except Exception:
         journal.close()
         raise
@@ -103,4 +112,4 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         await client.aclose()
         await signer.aclose()
 
-    return Daemon(pipeline, journal, metrics, log, config, on_close=close)
+    return Daemon(pipeline, journal, metrics, log, config, on_close=close, services=services)
