@@ -149,7 +149,8 @@ class OrderJournal(Protocol):
         ...
 
     def next_due(self) -> datetime | None:
-        """When the earliest undelivered event is due (None: the outbox is empty)."""
+        """When the earliest event :meth:`due_events` would return is due (None: the
+        outbox is empty)."""
         ...
 
     def delivered(self, event_id: str, at: datetime) -> None:
@@ -305,8 +306,11 @@ class MemoryOrderJournal:
     def next_due(self) -> datetime | None:
         with self._lock:
             self._check_open()
-            times = [e.next_attempt_at for e in self._events.values() if e.delivered_at is None]
-            return min(times) if times else None
+            heads: dict[str, OutboxEvent] = {}
+            for event in sorted(self._events.values(), key=lambda e: e.seq):
+                if event.delivered_at is None:
+                    heads.setdefault(event.order_no, event)
+            return min((e.next_attempt_at for e in heads.values()), default=None)
 
     def _update(self, event_id: str, **changes: Any) -> None:
         event = self._events.get(event_id)

@@ -120,6 +120,10 @@ _SELECT_DUE = (_SELECT_EVENTS + " AS o WHERE o.delivered_at IS NULL "  # noqa: S
                "AND o.next_attempt_at <= ? AND NOT EXISTS (SELECT 1 FROM order_outbox AS p "
                "WHERE p.order_no = o.order_no AND p.delivered_at IS NULL AND p.seq < o.seq) "
                "ORDER BY o.seq LIMIT ?")
+_SELECT_NEXT_DUE = ("SELECT min(o.next_attempt_at) FROM order_outbox AS o "
+                    "WHERE o.delivered_at IS NULL AND NOT EXISTS (SELECT 1 FROM order_outbox "
+                    "AS p WHERE p.order_no = o.order_no AND p.delivered_at IS NULL "
+                    "AND p.seq < o.seq)")
 _STATE_COLUMNS = ("order_no", "merchant_order_no", "status", "deal_amount", "order_type",
                   "first_seen", "updated_at", "callbacks")
 _SELECT_STATES = f"SELECT {', '.join(_STATE_COLUMNS)} FROM order_state"  # noqa: S608
@@ -288,8 +292,7 @@ class SqliteOrderJournal:
         return [_event(r) for r in rows]
 
     def next_due(self) -> datetime | None:
-        rows = self._fetch("SELECT min(next_attempt_at) FROM order_outbox "
-                           "WHERE delivered_at IS NULL")
+        rows = self._fetch(_SELECT_NEXT_DUE)
         return parse_timestamp(rows[0][0]) if rows and rows[0][0] else None
 
     def queue_size(self) -> int:
