@@ -90,6 +90,7 @@ class Forwarder:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._busy = asyncio.Lock()  # one pass at a time: an event is never sent twice at once
 
     def __repr__(self) -> str:
         return f"Forwarder(url={self.url!r}, secret=**********)"
@@ -98,11 +99,14 @@ class Forwarder:
         """A new event is in the outbox: look now rather than at the next tick."""
         self._wake.set()
 
-    async def start(self) -> None:
+    async def start(self, *, background: bool = True) -> None:
+        """Open the HTTP client and (``background``) start the worker loop; without it
+        the caller drives :meth:`run_once` (tests)."""
         self._client = httpx.AsyncClient(timeout=self.timeout, transport=self._transport,
                                          follow_redirects=False, trust_env=False)
         self._stop.clear()
-        self._task = asyncio.create_task(self._loop(), name="order-forwarder")
+        if background:
+            self._task = asyncio.create_task(self._loop(), name="order-forwarder")
 
     async def stop(self) -> None:
         """Stop after the attempt in flight (it is recorded either way)."""
@@ -148,15 +152,16 @@ class Forwarder:
 
     async def run_once(self) -> int:
         """Attempt every due event once; the number delivered."""
-        delivered = 0
-        events = await asyncio.to_thread(self.journal.due_events, self.clock(), self.batch)
-        for event in events:
-            if self._stop.is_set():
-                break
-            if await self.attempt(event):
-                delivered += 1
-        await self._report_queue()
-        return delivered
+        async with self._busy:
+            delivered = 0
+            events = await asyncio.to_thread(self.journal.due_events, self.clock(), self.batch)
+            for event in events:
+                if self._stop.is_set():
+                    break
+                if await self.attempt(event):
+                    delivered += 1
+            await self._report_queue()
+            return delivered
 
     async def attempt(self, event: OutboxEvent) -> bool:
         """POST one event and record the result; True when it was delivered."""
