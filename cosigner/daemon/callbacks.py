@@ -51,7 +51,12 @@ class CallbackService:
         self._started = False
 
     @property
+    def listening(self) -> bool:
+        return self._started
+
+    @property
     def port(self) -> int:
+        """The bound port (the chosen one with port 0); RuntimeError before start."""
         return self.server.port
 
     async def start(self) -> None:
