@@ -42,12 +42,12 @@ class FailingJournal(MemoryOrderJournal):
 
 
 class World:
-    def __init__(self, journal: MemoryOrderJournal, source: SourcePolicy = SourcePolicy(),
+    def __init__(self, journal: MemoryOrderJournal, source: SourcePolicy | None = None,
                  forward: bool = False) -> None:
         self.journal = journal
         self.observed = Observed()
         self.events = 0
-        self.app = create_app(journal, secret=SECRET, sort="casefold", source=source,
+        self.app = create_app(journal, secret=SECRET, sort="casefold", source=source or SourcePolicy(),
                               observer=self.observed, log=get_logger("test"),
                               forward=forward, on_event=self._event)
 
@@ -68,8 +68,8 @@ def journal() -> Iterator[MemoryOrderJournal]:
 
 
 @pytest.fixture
-async def world(journal: MemoryOrderJournal) -> AsyncIterator[World]:
-    yield World(journal, forward=True)
+def world(journal: MemoryOrderJournal) -> World:
+    return World(journal, forward=True)
 
 
 async def post(world: World, body: bytes, peer: str = "127.0.0.1",

@@ -268,6 +268,7 @@ class TestOrderCallbacks:
                                ("malformed", 2), ("late", 1), ("forbidden", 0)):
             assert sample(metrics, "cosigner_order_callbacks_total", outcome=outcome) == count
         code, out = await cosigner(crig, "orders", "show", order_no)
+        assert code == 0, out
         assert "status           1 (completed)" in out
         assert "late" in out
         assert len([line for line in out.splitlines() if "applied" in line]) == 2
@@ -296,6 +297,7 @@ class TestOrderCallbacks:
         assert sample(metrics, "cosigner_order_callbacks_total", outcome="accepted") == 2
         assert sample(metrics, "cosigner_order_callbacks_total", outcome="duplicate") == 2
         code, out = await cosigner(crig, "orders", "show", order_no)
+        assert code == 0, out
         assert out.count("applied") == 2
         await running.stop()
 
