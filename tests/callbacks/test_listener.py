@@ -48,7 +48,8 @@ class World:
         self.observed = Observed()
         self.events = 0
         self.app = create_app(journal, secret=SECRET, sort="casefold",
-                              source=source or SourcePolicy(), observer=self.observed, log=get_logger("test"),
+                              source=source or SourcePolicy(), observer=self.observed,
+                              log=get_logger("test"),
                               forward=forward, on_event=self._event)
 
     def _event(self) -> None:
