@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--since", help="updated at or after: an ISO 8601 time (UTC if no "
                          "offset) or a duration back from now: 30m, 24h, 7d")
     listing.add_argument("--status", type=_statuses, metavar="S[,S...]",
-                         help="only orders in these statuses (-2..9), e.g. 1,9")
+                         help="only orders in these statuses (-2..9), e.g. 1,9 or --status=-2,-1")
     listing.set_defaults(func=run_list)
 
     show = sub.add_parser("show", parents=[common],
