@@ -134,5 +134,5 @@ class TestSettings:
     def test_callbacks_are_off_by_default(self, cosigner_env: SetEnv) -> None:
         """Without CALLBACK_ADDR there is no listener."""
         assert load_settings().callback_host_port is None
-        cosigner_env(callback_addr="0.0.0.0:9465")
-        assert load_settings().callback_host_port == ("0.0.0.0", 9465)
+        cosigner_env(callback_addr="127.0.0.2:9465")
+        assert load_settings().callback_host_port == ("127.0.0.2", 9465)
