@@ -20,7 +20,7 @@ from cosigner.policy import load_policy
 from cosigner.settings import Settings
 from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
-from cosigner.store import open_journal
+from cosigner.store import Head, open_journal
 
 from .callbacks import CallbackOptions, CallbackService, build_callbacks
 from .metrics import Metrics
@@ -74,8 +74,15 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         log.warning("shard.expiring", not_after=shard.info.not_after.isoformat(),
                     subject=shard.info.subject)
 
-    journal = open_journal(db_url, create=True)
-    journal.open()
+    def committed(head: Head) -> None:
+        # Every commit's head, for an external system to anchor (DESIGN section 4).
+        metrics.journal_head_sequence.set(head.seq)
+        log.info("journal.committed", seq=head.seq, hash=head.hash)
+
+    witness = str(settings.journal_witness) if settings.journal_witness else None
+    journal = open_journal(db_url, writer=True, witness=witness, durable=True,
+                           on_commit=committed)
+    metrics.journal_head_sequence.set(journal.head().seq)
     services: list[CallbackService] = []
     try:
         ledger = ledger_from_journal(policy, journal, datetime.now(UTC))

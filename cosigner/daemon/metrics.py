@@ -71,6 +71,9 @@ class Metrics:
                                               "waiting to be forwarded", registry=r)
         self.order_forwards = Counter("cosigner_order_forwards", "Attempts to forward an order "
                                       "event, by outcome", ["outcome"], registry=r)
+        self.journal_head_sequence = Gauge(
+            "cosigner_journal_head_sequence", "Sequence number of the journal's last entry "
+            "(its head; anchor it externally to detect a rollback)", registry=r)
 
     def observe(self, endpoint: str, seconds: float, error_kind: str | None) -> None:
         """The API client's observer hook: latency and errors per endpoint."""

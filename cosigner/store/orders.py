@@ -376,8 +376,7 @@ def order_journal_from_url(url: str, transition: Transition, *, writer: bool = F
                            clock: Clock = utc_now) -> OrderJournal:
     """The order journal beside the decision journal ``url`` names, not yet opened.
 
-    ``writer``: the daemon's (verifies the chain at open, adds the order tables to a
-    journal that lacks them); commands read only.
+    ``writer``: the daemon's (verifies the callback chain at open); commands read only.
 
     Raises:
         SettingsError: the URL is unusable, or names a store without order tables yet.
@@ -394,8 +393,7 @@ def order_journal_from_url(url: str, transition: Transition, *, writer: bool = F
                             "now; PostgreSQL has no order tables yet")
     journal = journal_from_url(url)
     if isinstance(journal, SqliteJournal):
-        return SqliteOrderJournal(journal.path, transition, writer=writer,
-                                  create_tables=writer, clock=clock)
+        return SqliteOrderJournal(journal.path, transition, writer=writer, clock=clock)
     if isinstance(journal, MemoryJournal):
         return MemoryOrderJournal(transition, clock=clock)
     raise SettingsError(f"{SETTING}: this journal has no order tables")

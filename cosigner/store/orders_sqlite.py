@@ -3,9 +3,9 @@
 ``order_callbacks`` is the hash-chained log (append-only: triggers refuse UPDATE and
 DELETE), ``order_chain_head`` its head (so cutting callbacks off the end is
 detected), ``order_state`` each order's current status and ``order_outbox`` the
-events to forward.  The tables are created by :func:`create_order_tables`, a step
-of the journal's schema (:mod:`cosigner.store.sqlite`); this class never creates a
-database file.  It has its own connection: SQLite (WAL) serialises its writes with
+events to forward.  The tables are part of the journal's schema (version 3 of
+:mod:`cosigner.store.sqlite`, applied by ``cosigner journal init``); this class never
+creates a file or a table.  It has its own connection: SQLite (WAL) serialises its writes with
 the decision journal's.
 """
 
@@ -49,64 +49,6 @@ _T = TypeVar("_T")
 
 ORDER_TABLES = ("order_callbacks", "order_chain_head", "order_state", "order_outbox")
 
-#: The schema step that adds the order tables to a journal (one statement each).
-ORDER_SCHEMA: tuple[str, ...] = (
-    """CREATE TABLE order_callbacks (
-        seq INTEGER PRIMARY KEY,
-        kind TEXT NOT NULL,
-        prev_hash TEXT NOT NULL,
-        order_no TEXT NOT NULL,
-        merchant_order_no TEXT NOT NULL,
-        status INTEGER NOT NULL,
-        deal_amount TEXT NOT NULL,
-        order_type INTEGER NOT NULL,
-        content_hash TEXT NOT NULL UNIQUE,
-        outcome TEXT NOT NULL,
-        previous_status INTEGER,
-        event_id TEXT,
-        source TEXT,
-        body TEXT NOT NULL,
-        received_at TEXT NOT NULL,
-        record_hash TEXT NOT NULL)""",
-    "CREATE INDEX order_callbacks_by_order ON order_callbacks (order_no, seq)",
-    """CREATE TRIGGER order_callbacks_no_update BEFORE UPDATE ON order_callbacks
-        BEGIN SELECT RAISE(ABORT, 'order callbacks are append-only'); END""",
-    """CREATE TRIGGER order_callbacks_no_delete BEFORE DELETE ON order_callbacks
-        BEGIN SELECT RAISE(ABORT, 'order callbacks are append-only'); END""",
-    """CREATE TABLE order_chain_head (
-        id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL)""",
-    f"INSERT INTO order_chain_head (id, seq, hash) VALUES (1, 0, '{GENESIS_HASH}')",  # noqa: S608 - a constant
-    """CREATE TABLE order_state (
-        order_no TEXT PRIMARY KEY,
-        merchant_order_no TEXT NOT NULL,
-        status INTEGER NOT NULL,
-        deal_amount TEXT NOT NULL,
-        order_type INTEGER NOT NULL,
-        first_seen TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        callbacks INTEGER NOT NULL)""",
-    "CREATE INDEX order_state_by_time ON order_state (updated_at, order_no)",
-    """CREATE TABLE order_outbox (
-        event_id TEXT PRIMARY KEY,
-        seq INTEGER NOT NULL UNIQUE REFERENCES order_callbacks (seq),
-        order_no TEXT NOT NULL,
-        body BLOB NOT NULL,
-        created_at TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at TEXT NOT NULL,
-        last_attempt_at TEXT,
-        last_error TEXT,
-        delivered_at TEXT)""",
-    "CREATE INDEX order_outbox_pending ON order_outbox (delivered_at, order_no, seq)",
-)
-
-
-def create_order_tables(conn: sqlite3.Connection) -> None:
-    """Add the order tables (inside the caller's transaction)."""
-    for statement in ORDER_SCHEMA:
-        conn.execute(statement)
-
-
 # The SQL below is built from constants only, never from input (S608 is a false positive).
 _CALLBACK_COLUMNS = (*CALLBACK_KEYS, "record_hash")
 _INSERT_CALLBACK = (f"INSERT INTO order_callbacks ({', '.join(_CALLBACK_COLUMNS)}) "  # noqa: S608
@@ -133,18 +75,14 @@ class SqliteOrderJournal:
     """An :class:`~cosigner.store.orders.OrderJournal` in the SQLite journal at ``path``.
 
     ``writer``: the daemon's instance, which verifies the callback chain when it
-    opens; read-only commands leave that to ``verify``.  ``create_tables``: add the
-    order tables to a journal that lacks them (until the schema step that adds them
-    is in every journal, the daemon's writer does this; never a command).
+    opens; read-only commands leave that to ``verify``.
     """
 
     def __init__(self, path: str | os.PathLike[str], transition: Transition, *,
-                 writer: bool = False, create_tables: bool = False,
-                 clock: Clock = utc_now) -> None:
+                 writer: bool = False, clock: Clock = utc_now) -> None:
         self.path = Path(os.path.abspath(path))
         self._transition = transition
         self._writer = writer
-        self._create_tables = create_tables
         self._clock = clock
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
@@ -189,23 +127,11 @@ class SqliteOrderJournal:
             if "entries" not in tables:
                 raise self._unavailable("is not a cosigner journal (no entries table)")
             missing = [t for t in ORDER_TABLES if t not in tables]
-            if missing and len(missing) < len(ORDER_TABLES):
-                raise self._unavailable(f"has only some order tables (missing "
-                                        f"{', '.join(missing)})")
-            if missing and not self._create_tables:
-                raise self._unavailable("has no order tables (run `cosigner journal init`, "
-                                        "or start the daemon with COSIGNER_CALLBACK_ADDR)")
             if missing:
-                self._transaction(conn, self._add_tables)
+                raise self._unavailable(f"has no order tables ({', '.join(missing)} "
+                                        "missing): run `cosigner journal init` to migrate it")
         except sqlite3.Error as exc:
             raise self._unavailable(f"is unreadable ({exc})") from exc
-
-    @staticmethod
-    def _add_tables(conn: sqlite3.Connection) -> None:
-        present = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' "
-                               "AND name = 'order_callbacks'").fetchone()[0]
-        if not present:  # another process may have added them meanwhile
-            create_order_tables(conn)
 
     def close(self) -> None:
         with self._lock:

@@ -28,7 +28,7 @@ from cosigner.api.auth import SignSort, sign_callback
 from cosigner.callbacks.verify import transition
 from cosigner.models import JsonNumber, dumps_exact
 from cosigner.sandbox import UvicornServer
-from cosigner.store import SqliteJournal
+from cosigner.store import init_journal
 from cosigner.store.orders import MemoryOrderJournal, OrderJournal
 from cosigner.store.orders_sqlite import SqliteOrderJournal
 
@@ -67,10 +67,8 @@ class FakeClock:
 
 
 def new_sqlite_journal(path: Path) -> Path:
-    """Create an empty decision journal at ``path`` (what ``cosigner journal init`` does)."""
-    journal = SqliteJournal(path, create=True)
-    journal.open()
-    journal.close()
+    """Create an empty journal at ``path`` (what ``cosigner journal init`` does)."""
+    init_journal(f"sqlite://{path}")
     return path
 
 
@@ -88,7 +86,7 @@ def order_journal(request: pytest.FixtureRequest, tmp_path: Path,
         journal = MemoryOrderJournal(transition, clock=clock)
     else:
         path = new_sqlite_journal(tmp_path / "journal.db")
-        journal = SqliteOrderJournal(path, transition, writer=True, create_tables=True,
+        journal = SqliteOrderJournal(path, transition, writer=True,
                                      clock=clock)
     journal.open()
     try:

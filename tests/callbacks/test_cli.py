@@ -33,7 +33,7 @@ def run(capsys: pytest.CaptureFixture[str]) -> Run:
 def journal_env(tmp_path: Path, cosigner_env: SetEnv, clock: FakeClock) -> Path:
     """A journal with two orders: A (2, then 1, then a late 3) and B (2)."""
     path = new_sqlite_journal(tmp_path / "journal.db")
-    journal = SqliteOrderJournal(path, transition, writer=True, create_tables=True,
+    journal = SqliteOrderJournal(path, transition, writer=True,
                                  clock=clock)
     journal.open()
     journal.record(callback(2, order_no="A"), forward=True)
@@ -90,14 +90,21 @@ class TestOrdersCommands:
         assert code == 1
         assert out == "no callback recorded for order nope\n"
 
-    def test_journal_without_order_tables_exits_2(self, run: Run, tmp_path: Path,
-                                                  cosigner_env: SetEnv) -> None:
-        """A journal the daemon never received callbacks into: exit 2 naming it."""
+    def test_fresh_journal_has_no_orders(self, run: Run, tmp_path: Path,
+                                         cosigner_env: SetEnv) -> None:
+        """A journal that never received a callback: no orders, exit 0."""
         path = new_sqlite_journal(tmp_path / "fresh.db")
         cosigner_env(database_url=f"sqlite://{path}")
+        assert run("orders", "list") == (0, "no orders match\n", "")
+
+    def test_missing_journal_exits_2(self, run: Run, tmp_path: Path,
+                                     cosigner_env: SetEnv) -> None:
+        """No journal: exit 2 naming it, and nothing is created."""
+        cosigner_env(database_url=f"sqlite://{tmp_path}/none.db")
         code, _, err = run("orders", "list")
         assert code == 2
-        assert "has no order tables" in err
+        assert f"{tmp_path}/none.db does not exist" in err
+        assert not (tmp_path / "none.db").exists()
 
 
 class TestSettings:

@@ -11,6 +11,8 @@ import pytest
 
 from cosigner.callbacks.verify import OrderCallback, transition, verify
 from cosigner.errors import JournalUnavailableError, StoreError
+from cosigner.store import init_journal
+from cosigner.store import sqlite as sqlite_store
 from cosigner.store.orders import APPLIED, LATE, NewCallback, OrderJournal
 from cosigner.store.orders_sqlite import SqliteOrderJournal
 from tests.callbacks.conftest import SECRET, FakeClock, new_sqlite_journal, signed
@@ -130,7 +132,7 @@ class TestSqlite:
     def test_survives_reopen(self, tmp_path: Path, clock: FakeClock) -> None:
         """Callbacks, state and outbox are durable across a close and a new instance."""
         path = new_sqlite_journal(tmp_path / "j.db")
-        journal = SqliteOrderJournal(path, transition, writer=True, create_tables=True,
+        journal = SqliteOrderJournal(path, transition, writer=True,
                                      clock=clock)
         journal.open()
         journal.record(callback(1), forward=True)
@@ -144,24 +146,41 @@ class TestSqlite:
         finally:
             again.close()
 
-    def test_reader_refuses_a_journal_without_order_tables(self, tmp_path: Path) -> None:
-        """A command never adds the tables: it says how to get them."""
-        path = new_sqlite_journal(tmp_path / "j.db")
-        with pytest.raises(JournalUnavailableError, match="has no order tables"):
+    def test_journal_from_before_the_order_tables_is_migrated_by_init(
+            self, tmp_path: Path) -> None:
+        """A schema-2 journal has no order tables: refused until `journal init` adds them."""
+        path = tmp_path / "old.db"
+        conn = sqlite3.connect(path)
+        for script in sqlite_store._MIGRATIONS[:2]:
+            conn.executescript(script)
+        conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
+            ("creation_id", "c0ffee"), ("created_at", "2026-01-01T00:00:00.000000+00:00"),
+            ("head_seq", "0"), ("head_hash", "0" * 64), ("schema_version", "2")])
+        conn.commit()
+        conn.close()
+        with pytest.raises(JournalUnavailableError, match="run `cosigner journal init`"):
             SqliteOrderJournal(path, transition).open()
+        init_journal(f"sqlite://{path}")
+        journal = SqliteOrderJournal(path, transition, writer=True)
+        journal.open()
+        try:
+            assert journal.record(callback(1), forward=False).record is not None
+            assert journal.verify().ok
+        finally:
+            journal.close()
 
     def test_missing_journal_is_refused(self, tmp_path: Path) -> None:
         """No database file: unavailable, and none is created."""
         with pytest.raises(JournalUnavailableError, match="does not exist"):
             SqliteOrderJournal(tmp_path / "none.db", transition, writer=True,
-                               create_tables=True).open()
+                               ).open()
         assert not (tmp_path / "none.db").exists()
 
     def test_edited_callback_fails_verification_and_the_writer_open(
             self, tmp_path: Path) -> None:
         """An edited callback row breaks the chain: verify names it, the writer refuses."""
         path = new_sqlite_journal(tmp_path / "j.db")
-        journal = SqliteOrderJournal(path, transition, writer=True, create_tables=True)
+        journal = SqliteOrderJournal(path, transition, writer=True)
         journal.open()
         journal.record(callback(2), forward=False)
         journal.record(callback(1), forward=False)
@@ -183,7 +202,7 @@ class TestSqlite:
     def test_callbacks_are_append_only(self, tmp_path: Path) -> None:
         """Triggers refuse deleting a recorded callback."""
         path = new_sqlite_journal(tmp_path / "j.db")
-        journal = SqliteOrderJournal(path, transition, writer=True, create_tables=True)
+        journal = SqliteOrderJournal(path, transition, writer=True)
         journal.open()
         journal.record(callback(1), forward=False)
         journal.close()
@@ -195,7 +214,7 @@ class TestSqlite:
     def test_cut_off_end_is_refused_on_write(self, tmp_path: Path) -> None:
         """The last callback removed (triggers dropped): the next write is refused."""
         path = new_sqlite_journal(tmp_path / "j.db")
-        journal = SqliteOrderJournal(path, transition, writer=True, create_tables=True)
+        journal = SqliteOrderJournal(path, transition, writer=True)
         journal.open()
         journal.record(callback(2), forward=False)
         conn = sqlite3.connect(path)

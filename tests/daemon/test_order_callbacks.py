@@ -32,6 +32,7 @@ from cosigner.sandbox import Merchant, SandboxAdmin, SandboxConfig, SandboxServe
 from cosigner.sandbox.callbacks import FINAL_STATUSES
 from cosigner.settings import Settings
 from cosigner.signing.shard import certificate_pem
+from cosigner.store import init_journal
 from tests.callbacks.conftest import FORWARD_SECRET, Backend
 from tests.conftest import SHARD_PASSWORD, ShardFactory
 from tests.daemon.conftest import (
@@ -65,6 +66,7 @@ async def crig(tmp_path: Path, shard_factory: ShardFactory, test_policy: Path,
     state_dir = tmp_path / "state"
     state_dir.mkdir(mode=0o700)
     db_path = state_dir / "journal.db"
+    init_journal(f"sqlite://{db_path}")  # run never creates a journal
     config = SandboxConfig(callback_time_scale=SCALE,
                            callback_statuses=frozenset({2, 3, *FINAL_STATUSES}))
     async with SandboxServer(merchants=[merchant], config=config) as server, \
