@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -185,3 +188,18 @@ async def test_non_2xx_is_not_delivered(status: int, backend: tuple[Backend, Uvi
         await fwd.stop()
     assert observed.forwards == {"rejected": 1}
     assert journal.queue_size() == 1
+
+
+def test_the_documented_verification_accepts_a_real_forward() -> None:
+    """docs/callbacks.md's five lines verify what the forwarder signs, and nothing else."""
+    text = (Path(__file__).parents[2] / "docs" / "callbacks.md").read_text(encoding="utf-8")
+    snippet = re.search(r"```python\n(.*?)```", text, re.DOTALL)
+    assert snippet is not None
+    assert len(snippet.group(1).strip().splitlines()) <= 5
+    namespace: dict[str, Any] = {}
+    exec(snippet.group(1), namespace)  # noqa: S102 - the documentation's own code
+    body = b'{"event_id":"e1","status":1,"dealAmount":"10.50"}'
+    header = signature(FORWARD_SECRET.encode(), body)
+    assert namespace["verified"](body, header, FORWARD_SECRET.encode())
+    assert not namespace["verified"](body + b" ", header, FORWARD_SECRET.encode())
+    assert not namespace["verified"](body, header, b"another secret")
