@@ -108,13 +108,15 @@ class Forwarder:
         if background:
             self._task = asyncio.create_task(self._loop(), name="order-forwarder")
 
-    async def stop(self) -> None:
-        """Stop after the attempt in flight (it is recorded either way)."""
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop, letting the attempt in flight finish within ``grace`` seconds (the daemon
+        exits within 10 s).  An attempt cut short is not recorded, so the event is sent
+        again later with the same id: the backend deduplicates on it."""
         self._stop.set()
         self._wake.set()
         if self._task is not None:
             try:
-                await asyncio.wait_for(self._task, timeout=self.timeout + 2)
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=grace)
             except TimeoutError:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

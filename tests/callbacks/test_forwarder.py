@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from structlog.testing import capture_logs
 
 from cosigner.callbacks.forwarder import Backoff, Forwarder, signature
@@ -203,3 +207,28 @@ def test_the_documented_verification_accepts_a_real_forward() -> None:
     assert namespace["verified"](body, header, FORWARD_SECRET.encode())
     assert not namespace["verified"](body + b" ", header, FORWARD_SECRET.encode())
     assert not namespace["verified"](body, header, b"another secret")
+
+
+async def test_stop_cuts_a_hanging_attempt_and_keeps_the_event() -> None:
+    """A backend that never answers does not hold up the daemon's stop; the event stays
+    undelivered, to be sent again (same id) after the restart."""
+    arrived = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hang(_request: Request) -> Response:
+        arrived.set()
+        await release.wait()
+        return JSONResponse({}, status_code=200)
+
+    journal = MemoryOrderJournal(transition)
+    journal.open()
+    journal.record(callback(1), forward=True)
+    app = Starlette(routes=[Route("/events", hang, methods=["POST"])])
+    async with UvicornServer(app) as server:
+        fwd, observed = forwarder(journal, server.url + "/events", timeout=60.0)
+        await fwd.start()
+        await asyncio.wait_for(arrived.wait(), 10)
+        await fwd.stop(grace=0.1)
+        release.set()
+    assert journal.queue_size() == 1
+    assert observed.forwards == {}
