@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -337,3 +338,48 @@ class LossyProxy:
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/cb", self.handle, methods=["POST"])])
+
+
+class TestRealProcess:
+    async def test_cosigner_run_receives_forwards_and_stops_cleanly(
+            self, crig: Rig, backend: tuple[Backend, str]) -> None:
+        """`cosigner run` as a process: listener on its own port, a sandbox order's
+        callbacks recorded and forwarded, SIGTERM exits 0, no secret in its log."""
+        got, url = backend
+        env = {"CALLBACK_ADDR": "127.0.0.1:0", "CALLBACK_FORWARD_URL": url,
+               "CALLBACK_FORWARD_SECRET": FORWARD_SECRET, "POLL_INTERVAL": "5",
+               "COLLECT_INTERVAL": "5"}
+        process = await asyncio.create_subprocess_exec(
+            str(COSIGNER), "run", env=crig.env(**env), cwd=crig.tmp,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        assert process.stderr is not None
+        lines: list[bytes] = []
+        try:
+            async with asyncio.timeout(30):
+                while True:
+                    line = await process.stderr.readline()
+                    assert line, f"the daemon ended early: {lines}"
+                    lines.append(line)
+                    event = json.loads(line)
+                    if event.get("event") == "callbacks.started":
+                        break
+            port = event["port"]
+            order_no = await create_order(
+                crig, f"http://127.0.0.1:{port}/callbacks/order")
+            await got.wait_accepted(2, within=30)
+            process.send_signal(signal.SIGTERM)
+            _out, err = await asyncio.wait_for(process.communicate(), 10)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert process.returncode == 0, err.decode()
+        log = b"".join(lines) + err
+        assert FORWARD_SECRET.encode() not in log
+        assert API_SECRET.encode() not in log
+        assert [e["status"] for e in got.accepted if e["orderNo"] == order_no] == [2, 1]
+        assert got.bad_signatures == 0
+        events = [json.loads(line).get("event") for line in log.splitlines()]
+        assert events.count("callback.recorded") == 2
+        assert "daemon.stopped" in events
