@@ -90,7 +90,7 @@ def run_list(args: argparse.Namespace, *, out: TextIO | None = None,
         out.write("no orders match\n")
         return 0
     out.write(f"{'orderNo':<22} {'merchantOrderNo':<20} {'type':<4} {'status':<20} "
-              f"{'dealAmount':>14} {'callbacks':>9}  updated (UTC)\n")
+              f"{'dealAmount':>14} {'applied':>9}  updated (UTC)\n")
     for order in found:
         out.write(f"{printable(order.order_no):<22} {printable(order.merchant_order_no):<20} "
                   f"{ORDER_TYPES.get(order.order_type, '?'):<4} "

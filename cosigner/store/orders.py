@@ -90,7 +90,7 @@ class RecordResult:
 
 @dataclass(frozen=True, slots=True)
 class OrderState:
-    """An order as its applied callbacks left it."""
+    """An order as its applied callbacks left it (``callbacks``: how many were applied)."""
 
     order_no: str
     merchant_order_no: str
@@ -268,7 +268,7 @@ class MemoryOrderJournal:
             at = timestamp_text(now)
             state = self._states.get(callback.order_no)
             previous = state.status if state is not None else None
-            outcome = self._transition(previous, callback.status)
+            outcome = str(self._transition(previous, callback.status))
             event_id = new_event_id() if forward and outcome == APPLIED else None
             seq = len(self._entries) + 1
             prev = self._entries[-1].record_hash if self._entries else GENESIS_HASH

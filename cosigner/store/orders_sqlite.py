@@ -156,7 +156,7 @@ class SqliteOrderJournal:
                 state = c.execute("SELECT status, first_seen, callbacks FROM order_state "
                                   "WHERE order_no = ?", (callback.order_no,)).fetchone()
                 previous = state[0] if state else None
-                outcome = self._transition(previous, callback.status)
+                outcome = str(self._transition(previous, callback.status))
                 event_id = new_event_id() if forward and outcome == APPLIED else None
                 seq += 1
                 payload = callback_payload(seq, prev, callback, outcome, previous, event_id,
