@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -71,16 +70,6 @@ def new_sqlite_journal(path: Path) -> Path:
     """Create an empty journal at ``path`` (what ``cosigner journal init`` does)."""
     init_journal(f"sqlite://{path}")
     return path
-
-
-@pytest.fixture(autouse=True)
-def default_logging() -> Iterator[None]:
-    """structlog's defaults for each test (an earlier test may have configured a level
-    that filters warnings out of ``capture_logs``); the previous configuration after."""
-    saved = structlog.get_config()
-    structlog.reset_defaults()
-    yield
-    structlog.configure(**saved)
 
 
 @pytest.fixture
