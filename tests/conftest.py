@@ -133,3 +133,11 @@ def cosigner_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..
             monkeypatch.setenv(f"COSIGNER_{name.upper()}", os.fspath(value))
 
     return set_env
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """Each test starts with structlog's defaults: a command run in-process configures
+    logging onto the (then captured) stdout, which must not leak into the next test."""
+    yield
+    structlog.reset_defaults()
