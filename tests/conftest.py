@@ -32,17 +32,6 @@ settings.register_profile("cosigner", deadline=None,
 settings.load_profile("cosigner")
 
 REQUIRE_ALL_ENV = "COSIGNER_REQUIRE_ALL"
-
-
-@pytest.fixture(autouse=True)
-def _structlog_defaults() -> Iterator[None]:
-    """Each test starts from structlog's defaults.  A test that builds a daemon with
-    ``configure_logs`` (the bench) points structlog at its captured stderr, which is
-    closed after it: later tests logging there fail, and a configured level would filter
-    what ``capture_logs()`` sees."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 SHARD_PASSWORD = "1bitpayM-TEST-0001"
 
 
