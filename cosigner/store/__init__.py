@@ -9,8 +9,9 @@ picks an implementation from ``COSIGNER_DATABASE_URL``:
     SQLite at a path relative to the current directory (no slashes after the colon).
 ``memory://``
     An in-memory journal (tests, throwaway demos): nothing survives the process.
-``postgresql://...``
-    Not available yet (a later issue adds it).
+``postgresql://user@host:port/db`` (or ``postgres://``)
+    PostgreSQL (high availability, :mod:`cosigner.store.postgres`); the password
+    comes from the URL itself (so from ``COSIGNER_DATABASE_URL_FILE`` in production).
 
 Error messages never repeat a URL's password.
 """
@@ -84,11 +85,13 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def journal_from_url(url: str, *, create: bool = False, clock: Clock = utc_now) -> Journal:
+def journal_from_url(url: str, *, create: bool = False, clock: Clock = utc_now,
+                     election: bool = False) -> Journal:
     """The journal ``url`` names, not yet opened.
 
     ``create``: whether opening may create a new journal (the daemon) or must
-    find an existing one (``cosigner audit``).
+    find an existing one (``cosigner audit``).  ``election``: a PostgreSQL writer
+    that finds the leader lock held opens as a standby instead of failing.
 
     Raises:
         SettingsError: the URL is not one of the forms above (the message names
@@ -106,7 +109,8 @@ def journal_from_url(url: str, *, create: bool = False, clock: Clock = utc_now) 
             raise SettingsError(f"{SETTING}: use memory:// for the in-memory journal")
         return MemoryJournal(clock=clock)
     if scheme in ("postgresql", "postgres"):
-        raise SettingsError(f"{SETTING}: PostgreSQL journal is not available yet")
+        from cosigner.store.postgres import PostgresJournal  # psycopg only when used
+        return PostgresJournal(url, writer=create, election=election, clock=clock)
     raise SettingsError(f"{SETTING}: unsupported scheme {scheme!r}; use "
                         "sqlite:///abs/path.db, sqlite:relative.db or memory://")
 
