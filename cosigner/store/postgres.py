@@ -156,10 +156,9 @@ LEFT JOIN LATERAL (
     SELECT x.state, x.api_code, x.api_message, x.created_at FROM cosigner_entries AS x
     WHERE x.kind = 'outcome' AND x.decision_seq = d.seq ORDER BY x.seq DESC LIMIT 1) AS o ON true
 """
-_SELECT_RECORDS = (f"SELECT {_RECORD_COLUMNS} FROM cosigner_entries AS d {_LATEST_OUTCOME} "
-                   "WHERE d.kind = 'decision'")
-_INSERT = (f"INSERT INTO cosigner_entries ({', '.join(COLUMNS)}) "  # noqa: S608 - constants
-           f"VALUES ({', '.join(['%s'] * len(COLUMNS))})")
+# Built from constants only, never from input: the S608 warnings are false positives.
+_SELECT_RECORDS = (f"SELECT {_RECORD_COLUMNS} FROM cosigner_entries AS d "  # noqa: S608
+                   f"{_LATEST_OUTCOME} WHERE d.kind = 'decision'")
 
 
 def mask_url(url: str) -> str:
@@ -268,7 +267,7 @@ class PostgresJournal:
                         raise self._newer(version)
                     for step in range(version + 1, SCHEMA_VERSION + 1):
                         for statement in MIGRATIONS[step]:
-                            conn.execute(statement)  # type: ignore[arg-type]  # constants
+                            conn.execute(statement)
                         if step == 1:
                             self._seed(conn)
                         conn.execute("UPDATE cosigner_meta SET value = %s "
@@ -644,6 +643,11 @@ class PostgresJournal:
 
         self._write(write)
 
+    def holds_claim(self, item_id: int) -> bool:
+        """Whether this process recorded or claimed ``item_id`` on its current connection
+        (no I/O)."""
+        return item_id in self._claimed and self._conn is not None
+
     def claim_post(self, item_id: int) -> bool:
         """Whether this process may post the recorded verdict of ``item_id`` now.
 
@@ -713,9 +717,14 @@ class PostgresJournal:
         after, left = 0, limit
         while left is None or left > 0:
             page = _PAGE if left is None else min(_PAGE, left)
-            sql = _SELECT_RECORDS + where + " AND d.seq > %s ORDER BY d.seq LIMIT %s"
-            rows = self._read(lambda c, sql=sql, after=after, page=page: c.execute(
-                sql, [*params, after, page]).fetchall())  # type: ignore[arg-type]
+            query = _SELECT_RECORDS + where + " AND d.seq > %s ORDER BY d.seq LIMIT %s"
+            values = [*params, after, page]
+
+            def fetch(c: psycopg.Connection[Any], query: str = query,
+                      values: list[Any] = values) -> list[Any]:
+                return c.execute(query, values).fetchall()
+
+            rows = self._read(fetch)
             records = [self._record_from_row(row) for row in rows]
             yield from records
             if len(rows) < page:
@@ -732,9 +741,11 @@ class PostgresJournal:
         """Every entry as stored, in seq order (for ``cosigner journal copy``)."""
         after = 0
         while True:
-            rows = self._read(lambda c, after=after: c.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM cosigner_entries "  # noqa: S608
-                "WHERE seq > %s ORDER BY seq LIMIT %s", (after, _PAGE)).fetchall())
+            def fetch(c: psycopg.Connection[Any], after: int = after) -> list[Any]:
+                return c.execute(f"SELECT {', '.join(COLUMNS)} FROM cosigner_entries "  # noqa: S608
+                                 "WHERE seq > %s ORDER BY seq LIMIT %s", (after, _PAGE)).fetchall()
+
+            rows = self._read(fetch)
             for row in rows:
                 yield stored_entry(row)
             if len(rows) < _PAGE:
