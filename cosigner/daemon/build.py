@@ -95,7 +95,7 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         else:
             journal.fenced = False
             log.warning("leader.election_skipped", reason="test hook: every replica leads")
-        source = LeaderGatedSource(client, leadership)
+        source = LeaderGatedSource(client, leadership, journal)
     if isinstance(leadership, SoleLeader):
         metrics.leader.set(1)
     mode = "shadow" if opts.shadow or settings.mode == "shadow" else "enforce"

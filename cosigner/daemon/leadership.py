@@ -59,8 +59,8 @@ class Leadership(Protocol):
         has just become active (so the daemon polls at once)."""
         ...
 
-    async def may_post(self, item_id: int | None) -> bool:
-        """Whether this process may post now (for an item: and holds its post claim)."""
+    def may_post(self) -> bool:
+        """Whether this process may post now (no I/O)."""
         ...
 
 
@@ -79,7 +79,7 @@ class SoleLeader:
     async def step(self) -> bool:
         return False
 
-    async def may_post(self, item_id: int | None) -> bool:
+    def may_post(self) -> bool:
         return True
 
 
@@ -181,34 +181,33 @@ class ElectedLeader:
     def _lost(self, why: str) -> None:
         self._active_at = None
         self._was_active = False
-        self._last_try = float("-inf")  # try again at the next step
+        # Yield to the standbys: try again only after two retry intervals, so a replica
+        # whose connection flaps does not win the lock straight back.
+        self._last_try = self._clock() + self.retry
         self.metrics.leader.set(0)
         self.log.error("leader.lost", reason=why)
 
-    async def may_post(self, item_id: int | None) -> bool:
+    def may_post(self) -> bool:
         if not self.active():
             if self._active_at is not None and not self.journal.lock_held():
                 self._lost("a journal write found the lock gone")
             return False
-        if item_id is None or self.journal.holds_claim(item_id):
-            return True
-        try:
-            return await asyncio.to_thread(self.journal.claim_post, item_id)
-        except StoreError:
-            return False
+        return True
 
 
 class LeaderGatedSource:
-    """The API client, posting only while :meth:`Leadership.may_post` says so.
+    """The API client, posting only while :meth:`Leadership.may_post` says so and this
+    process holds the item's post claim in the journal (whatever the election says).
 
     A refused post raises :class:`ApiConnectError` (provably never sent), which the
     pipeline treats as an unknown outcome: the record stays ``decided`` for the
-    leader to post.
+    replica that holds the claim (or, once that one is gone, the leader) to post.
     """
 
-    def __init__(self, client: Any, leadership: Leadership) -> None:
+    def __init__(self, client: Any, leadership: Leadership, journal: PostgresJournal) -> None:
         self.client = client
         self.leadership = leadership
+        self.journal = journal
 
     async def pending(self) -> PendingSnapshot:
         snapshot: PendingSnapshot = await self.client.pending()
@@ -216,12 +215,25 @@ class LeaderGatedSource:
 
     async def approve(self, fields: dict[str, Any], data: str) -> None:
         item_id = fields.get("id")
-        if not await self.leadership.may_post(item_id if isinstance(item_id, int) else None):
+        if not self.leadership.may_post():
             raise ApiConnectError("approve", f"item {item_id}: not posted, this replica is "
-                                  "not the leader or another replica holds the item's claim")
+                                  "not the leader")
+        if not await self._claim(item_id):
+            raise ApiConnectError("approve", f"item {item_id}: not posted, another live "
+                                  "replica holds its post claim")
         await self.client.approve(fields, data)
 
+    async def _claim(self, item_id: object) -> bool:
+        if not isinstance(item_id, int) or isinstance(item_id, bool):
+            return False
+        if self.journal.holds_claim(item_id):
+            return True
+        try:
+            return await asyncio.to_thread(self.journal.claim_post, item_id)
+        except StoreError:
+            return False
+
     async def collect(self, is_main: int, data: str) -> None:
-        if not await self.leadership.may_post(None):
+        if not self.leadership.may_post():
             raise ApiConnectError("collect", "not collected, this replica is not the leader")
         await self.client.collect(is_main, data)
