@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -20,7 +21,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -356,6 +356,6 @@ def _one_leader_at_a_time(cluster: Cluster) -> None:
         if start is not None:
             spans.append((start, r.killed_at or end, r.name))
     spans.sort()
-    for (_, a_end, a), (b_start, _, b) in zip(spans, spans[1:], strict=False):
+    for (_, a_end, a), (b_start, _, b) in itertools.pairwise(spans):
         assert b_start >= a_end, f"{a} and {b} led at once"
     assert Counter(name for *_, name in spans)
