@@ -20,7 +20,7 @@ from cosigner.policy import load_policy
 from cosigner.settings import Settings
 from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
-from cosigner.store import journal_from_url
+from cosigner.store import Head, journal_from_url
 from cosigner.store.postgres import PostgresJournal, mask_url
 
 from .leadership import ElectedLeader, LeaderGatedSource, Leadership, SoleLeader
@@ -73,8 +73,16 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         log.warning("shard.expiring", not_after=shard.info.not_after.isoformat(),
                     subject=shard.info.subject)
 
-    journal = journal_from_url(db_url, create=True, election=True)
+    def committed(head: Head) -> None:
+        # Every commit's head, for an external system to anchor (DESIGN section 4).
+        metrics.journal_head_sequence.set(head.seq)
+        log.info("journal.committed", seq=head.seq, hash=head.hash)
+
+    witness = str(settings.journal_witness) if settings.journal_witness else None
+    journal = journal_from_url(db_url, writer=True, witness=witness, durable=True,
+                               on_commit=committed, election=True)
     journal.open()
+    metrics.journal_head_sequence.set(journal.head().seq)
     try:
         ledger = ledger_from_journal(policy, journal, datetime.now(UTC))
     except Exception:

@@ -95,6 +95,8 @@ LEADER_KEY = 0x636F_7369_676E_0001
 MIGRATE_KEY = 0x636F_7369_676E_0002
 
 _T = TypeVar("_T")
+#: Called with the new head after every commit.
+CommitHook = Callable[[Head], None]
 _PAGE = 1000
 _VERDICTS = (Action.APPROVE.value, Action.REJECT.value)
 
@@ -193,20 +195,25 @@ class PostgresJournal:
     ``writer``: this process records (takes the leader lock at :meth:`open`).
     ``election``: a writer that finds the lock held opens as a *standby* instead of
     raising :class:`JournalLockedError`, and becomes the writer with :meth:`try_lead`.
-    ``witness``: the rollback witness file (checked at open, written after commits).
+    ``witness``: the rollback witness file (checked at open, written after commits; none
+    by default: with several replicas, point ``COSIGNER_JOURNAL_WITNESS`` at a volume of
+    each replica's own).  ``on_commit``: called with the new head after every commit.
 
     One connection (autocommit, explicit transactions), shared with worker threads
     and guarded by a lock: the leader lock, every read and every write live on it.
     """
 
     def __init__(self, url: str, *, writer: bool = False, election: bool = False,
-                 witness: Witness | None = None, clock: Clock = utc_now,
+                 witness: str | os.PathLike[str] | Witness | None = None,
+                 clock: Clock = utc_now, on_commit: CommitHook | None = None,
                  connect_timeout: float = 10.0) -> None:
         self._url = url
         self.where = mask_url(url)
         self.writer = writer
         self.election = election
-        self.witness = witness
+        self.witness = witness if witness is None or isinstance(witness, Witness) \
+            else Witness(witness)
+        self._on_commit = on_commit
         self._clock = clock
         self._connect_timeout = connect_timeout
         self._lock = threading.RLock()
@@ -272,7 +279,7 @@ class PostgresJournal:
                             self._seed(conn)
                         conn.execute("UPDATE cosigner_meta SET value = %s "
                                      "WHERE key = 'schema_version'", (str(step),))
-                journal_id = self._meta(conn)["creation_id"]
+                journal_id = self._journal_id = self._meta(conn)["creation_id"]
                 head = self._read_head(conn)
                 if self.witness is not None:
                     state = self.witness.read()
@@ -515,10 +522,8 @@ class PostgresJournal:
 
     @property
     def journal_id(self) -> str:
-        """See :meth:`Journal.journal_id`."""
-        if self._journal_id is None:
-            raise StoreError(f"journal {self.where} is not open")
-        return self._journal_id
+        """See :meth:`Journal.journal_id` (empty until opened or initialised)."""
+        return self._journal_id or ""
 
     def head(self) -> Head:
         """See :meth:`Journal.head`."""
@@ -857,9 +862,12 @@ class PostgresJournal:
             except psycopg.Error as exc:
                 raise StoreError(f"journal {self.where} cannot be written "
                                  f"({self._scrub(exc)}); nothing was recorded") from None
-            head = self._read_head(conn) if self.witness is not None else None
+            head = self._read_head(conn) \
+                if self.witness is not None or self._on_commit is not None else None
         if head is not None and self._journal_id is not None:
             self._write_witness(self._journal_id, head)
+        if self._on_commit is not None:
+            self._on_commit(head or self.head())
         return result
 
     def _lock_head(self, conn: psycopg.Connection[Any]) -> tuple[int, str]:
@@ -928,9 +936,8 @@ class PostgresJournal:
                 cur.execute(f"SELECT {', '.join(COLUMNS)} FROM cosigner_entries "  # noqa: S608
                             "WHERE seq > %s ORDER BY seq", (after,))
                 entries = (stored_entry(row) for row in cur)
-                if start is None:
-                    return verify_entries(entries, (head.seq, head.hash))
-                return _verify_from(start, entries, head)
+                origin = (0, GENESIS_HASH) if start is None else (start.seq, start.hash)
+                return verify_entries(entries, (head.seq, head.hash), start=origin)
 
     def _decisions_for(self, conn: psycopg.Connection[Any], seqs: list[int]
                        ) -> dict[int, tuple[dict[str, Any] | None, str]]:
@@ -956,32 +963,6 @@ class PostgresJournal:
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"journal {self.where}: record seq {row[0]} cannot be read "
                              f"({exc}); run `cosigner audit verify`") from exc
-
-
-def _verify_from(start: Head, entries: Iterable[StoredEntry], head: Head) -> VerifyResult:
-    """Like :func:`verify_entries`, for the entries after an already verified ``start``."""
-    expected, prev = start.seq + 1, start.hash
-    for entry in entries:
-        if entry.seq != expected:
-            return VerifyResult(False, expected - 1, expected, f"record seq {expected} is missing")
-        try:
-            recomputed = entry_hash(entry.payload)
-        except (TypeError, ValueError):
-            recomputed = ""
-        where = f"record seq {entry.seq} (item {entry.item_id})"
-        if recomputed != entry.record_hash:
-            return VerifyResult(False, expected - 1, entry.seq, f"{where} was edited: hash "
-                                "mismatch")
-        if entry.payload.get("prev_hash") != prev:
-            return VerifyResult(False, expected - 1, entry.seq, f"{where} does not follow "
-                                f"record seq {entry.seq - 1}: prev_hash mismatch")
-        prev = entry.record_hash
-        expected += 1
-    count = expected - 1
-    if (head.seq, head.hash) != (count, prev):
-        return VerifyResult(False, count, count, f"record seq {count} does not match the "
-                            f"journal's head (seq {head.seq})")
-    return VerifyResult(True, count)
 
 
 def _row(payload: dict[str, Any], record_hash: str) -> tuple[Any, ...]:
