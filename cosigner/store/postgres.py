@@ -335,9 +335,9 @@ class PostgresJournal:
             if self._conn is not None:
                 return
             conn = self._connect()
+            self._conn = conn  # from here on, _drop_connection closes it on failure
             try:
                 self._journal_id = self._check_schema(conn)
-                self._conn = conn
                 self._remember_backend()
                 if self.writer:
                     if not self._take_lock(conn) and not self.election:
@@ -835,11 +835,12 @@ class PostgresJournal:
         """Run ``fn(conn, head_seq, head_hash)`` in one transaction holding the head row
         lock, after proving this process is still the leader; then update the witness."""
         with self._lock:
-            conn = self._connection()
-            if self.writer and self.fenced and not self._leading:
+            if self.writer and self.fenced and not self._leading and \
+                    self._journal_id is not None:
                 raise LockLostError(f"journal {self.where}: this process is not the writer "
                                     "(it lost or never held the leader lock); nothing was "
                                     "recorded")
+            conn = self._connection()
             if not self.writer:
                 raise StoreError(f"journal {self.where} is open read-only")
             try:
