@@ -22,7 +22,6 @@ from cosigner.errors import (
     JournalLockedError,
     JournalUnavailableError,
     LockLostError,
-    StoreError,
 )
 from cosigner.models import Action
 from cosigner.store import ApprovalRow, NewDecision, NewOutcome, SqliteJournal
@@ -157,7 +156,8 @@ class TestLeaderLock:
             first_epoch = writer.epoch
             writer.close()
             assert standby.try_lead()
-            assert standby.epoch is not None and first_epoch is not None
+            assert standby.epoch is not None
+            assert first_epoch is not None
             assert standby.epoch > first_epoch
             assert standby.record_decisions([decision(1)])[0].seq == 1
         finally:
@@ -267,7 +267,8 @@ class TestWitness:
         journal.open()
         journal.record_decisions([decision(1), decision(2)])
         state = witness.read()
-        assert state is not None and state.head.seq == 2
+        assert state is not None
+        assert state.head.seq == 2
         journal.close()
         witness.write(state.journal_id, type(state.head)(5, state.head.hash))
         with pytest.raises(JournalUnavailableError, match="behind its witness"):
@@ -370,13 +371,7 @@ class TestCopy:
             conn.execute("DROP TRIGGER IF EXISTS entries_no_update")
             conn.execute("UPDATE entries SET amount_text = '9999' WHERE seq = 2")
         conn.close()
-        code = main(["journal", "copy", "--from", source_url, "--to", url])
-        assert code in (1, 2)
-        with pytest.raises(StoreError):
-            journal = PostgresJournal(url, writer=True)
-            journal.open()
-            try:
-                assert journal.head().seq == 0
-                raise StoreError("empty, as expected")
-            finally:
-                journal.close()
+        assert main(["journal", "copy", "--from", source_url, "--to", url]) == 2
+        assert "does not verify" in capsys.readouterr().err
+        with psycopg.connect(url) as check:
+            assert check.execute("SELECT count(*) FROM cosigner_entries").fetchone() == (0,)
