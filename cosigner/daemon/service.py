@@ -147,8 +147,9 @@ class Daemon:
             if job is not None:
                 job.modify(next_run_time=datetime.now(UTC))
 
-    async def _await_leadership(self) -> None:
-        """For ``--once``: try the election, and wait out a new leader's grace."""
+    async def await_leadership(self) -> None:
+        """For ``--once`` and the bench: try the election once, and wait out a new
+        leader's grace; a standby returns at once."""
         deadline = time.monotonic() + 60
         while self.leadership.interval > 0 and not self.leadership.active() \
                 and time.monotonic() < deadline:
@@ -216,7 +217,7 @@ class Daemon:
         """One poll and one collection; 0 when every step (each post included) succeeded,
         else 1."""
         try:
-            await self._await_leadership()
+            await self.await_leadership()
             poll_ok = await self.poll_job()
             collect_ok = await self.collect_job()
         finally:

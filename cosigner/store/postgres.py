@@ -865,7 +865,7 @@ class PostgresJournal:
                                  f"({self._scrub(exc)}); nothing was recorded") from None
             head = self._read_head(conn) \
                 if self.witness is not None or self._on_commit is not None else None
-        if head is not None and self._journal_id is not None:
+        if head is not None and self.witness is not None and self._journal_id is not None:
             self._write_witness(self._journal_id, head)
         if self._on_commit is not None:
             self._on_commit(head or self.head())

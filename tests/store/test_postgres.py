@@ -375,3 +375,19 @@ class TestCopy:
         assert "does not verify" in capsys.readouterr().err
         with psycopg.connect(url) as check:
             assert check.execute("SELECT count(*) FROM cosigner_entries").fetchone() == (0,)
+
+
+class TestCommitHook:
+    def test_on_commit_without_a_witness(self, url: str) -> None:
+        """The commit hook gets every new head; no witness configured is fine (a write
+        must not fail after its commit)."""
+        heads: list[int] = []
+        journal = PostgresJournal(url, writer=True, on_commit=lambda head: heads.append(head.seq))
+        journal.init()
+        journal.open()
+        try:
+            records = journal.record_decisions([decision(1), decision(2)])
+            journal.record_outcomes([NewOutcome(records[0].seq, 1, "posted", 200, "ok")])
+        finally:
+            journal.close()
+        assert heads == [2, 3]
