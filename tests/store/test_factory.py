@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cosigner.errors import ConfigError, JournalUnavailableError, SettingsError
+from cosigner.errors import JournalUnavailableError, SettingsError
 from cosigner.store import (
     MemoryJournal,
     SqliteJournal,
