@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-from tests.conftest import require_tool
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 OVERLAY = DEPLOY / "kubernetes-ha"
@@ -45,26 +42,32 @@ class TestComposeHa:
         assert postgres["environment"]["POSTGRES_PASSWORD_FILE"]
 
 
-@pytest.fixture(scope="module")
-def manifests() -> list[dict[str, Any]]:
-    """``kubectl kustomize deploy/kubernetes-ha`` (skips without kubectl)."""
-    kubectl = require_tool("kubectl", "kubectl is needed to build the kustomization")
-    assert kubectl is not None
-    built = subprocess.run([kubectl, "kustomize", str(OVERLAY)], check=True,
-                           capture_output=True, text=True, timeout=60)
-    return _documents(built.stdout)
+def _load(name: str) -> list[dict[str, Any]]:
+    return _documents((OVERLAY / name).read_text(encoding="utf-8"))
 
 
 class TestKubernetesHa:
+    """The overlay's files as written (``kubectl apply -k deploy/kubernetes-ha``)."""
 
-    def _one(self, manifests: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-        [found] = [m for m in manifests if m["kind"] == kind]
-        return found
+    def test_overlay_builds_on_the_base(self) -> None:
+        """It takes the single-replica base, adds the PDB and the egress rule, and
+        deletes the journal PVC."""
+        [kustomization] = _load("kustomization.yaml")
+        assert kustomization["namespace"] == "cosigner"
+        assert kustomization["resources"] == ["../kubernetes", "pdb.yaml",
+                                              "networkpolicy-postgres.yaml"]
+        patches = kustomization["patches"]
+        assert {"path": "deployment-patch.yaml"} in patches
+        assert any(p.get("target") == {"kind": "PersistentVolumeClaim",
+                                       "name": "cosigner-journal"}
+                   and "$patch: delete" in p["patch"] for p in patches)
+        listed = {"kustomization.yaml", "deployment-patch.yaml", "job-journal-init.yaml",
+                  *kustomization["resources"][1:]}
+        assert {p.name for p in OVERLAY.glob("*.yaml")} == listed
 
-    @pytest.mark.external_service
-    def test_two_replicas_rolling_update(self, manifests: list[dict[str, Any]]) -> None:
+    def test_two_replicas_rolling_update(self) -> None:
         """2 replicas, RollingUpdate that never drops below 2, the URL from the Secret."""
-        deployment = self._one(manifests, "Deployment")
+        [deployment] = _load("deployment-patch.yaml")
         spec = deployment["spec"]
         assert spec["replicas"] == 2
         assert spec["strategy"] == {"type": "RollingUpdate",
@@ -74,18 +77,21 @@ class TestKubernetesHa:
         assert env["COSIGNER_DATABASE_URL_FILE"] == "/run/secrets/cosigner/database_url"
         assert "COSIGNER_DATABASE_URL" not in env
         volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
-        assert "persistentVolumeClaim" not in volumes["journal"]
+        assert volumes["journal"]["persistentVolumeClaim"] is None  # removed by the merge
         keys = {i["key"] for i in volumes["secrets"]["secret"]["items"]}
-        assert "database_url" in keys
+        assert keys == {"api_secret", "pfx_password", "database_url"}
 
-    @pytest.mark.external_service
-    def test_pdb_network_and_no_pvc(self, manifests: list[dict[str, Any]]) -> None:
-        """One pod may be disrupted at a time; egress to 5432 is allowed; no journal PVC."""
-        pdb = self._one(manifests, "PodDisruptionBudget")
+    def test_pdb_and_network(self) -> None:
+        """One pod may be disrupted at a time; egress to PostgreSQL's port is allowed."""
+        [pdb] = _load("pdb.yaml")
         assert pdb["spec"]["maxUnavailable"] == 1
-        assert not [m for m in manifests if m["kind"] == "PersistentVolumeClaim"]
-        ports = [p["port"] for m in manifests if m["kind"] == "NetworkPolicy"
-                 for rule in m["spec"].get("egress", []) for p in rule.get("ports", [])]
-        assert 5432 in ports
-        assert {m["metadata"].get("namespace") for m in manifests
-                if m["kind"] != "Namespace"} == {"cosigner"}
+        [policy] = _load("networkpolicy-postgres.yaml")
+        assert [p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]] == [5432]
+
+    def test_journal_init_job(self) -> None:
+        """The Job runs `cosigner journal init` with only the database URL mounted."""
+        [job] = _load("job-journal-init.yaml")
+        [container] = job["spec"]["template"]["spec"]["containers"]
+        assert container["args"] == ["journal", "init"]
+        assert container["env"] == [{"name": "COSIGNER_DATABASE_URL_FILE",
+                                     "value": "/run/secrets/cosigner/database_url"}]
