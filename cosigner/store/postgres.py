@@ -450,6 +450,11 @@ class PostgresJournal:
         return self._leading and self._conn is not None
 
     @property
+    def backend_pid(self) -> int | None:
+        """The server process of this journal's connection (None when not connected)."""
+        return self._backend[0] if self._backend is not None else None
+
+    @property
     def epoch(self) -> int | None:
         """The leader epoch this process holds (None when it does not lead)."""
         return self._epoch if self._leading else None

@@ -24,14 +24,34 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from cosigner.models import Action
 from cosigner.store.postgres import PostgresJournal
-from tests.daemon.conftest import COSIGNER, REPO, SANCTIONED, Rig, address, item
-from tests.postgres import require_postgres, scratch_database, terminate_backends
+from tests.daemon.conftest import (
+    COSIGNER,
+    REPO,
+    SANCTIONED,
+    Rig,
+    address,
+    item,
+    sample,
+    samples,
+    wait_for,
+)
+from tests.daemon.test_metrics import get
+from tests.daemon.test_service import running
+from tests.postgres import (
+    drop_database,
+    require_postgres,
+    scratch_database,
+    terminate_backends,
+)
 
 pytestmark = [pytest.mark.external_service, pytest.mark.slow, pytest.mark.timeout(240)]
 
+# Read at import: the daemon fixtures clear every COSIGNER_* variable.
+RESTART = os.environ.get("COSIGNER_TEST_PG_RESTART") == "1"
 RETRY = 2.0          # COSIGNER_LEADER_RETRY in these tests
 MAX_COUNT = 30       # the policy's approval limit
 APPROVABLE = 40      # more than the limit: 10 of them must be held
@@ -359,3 +379,87 @@ def _one_leader_at_a_time(cluster: Cluster) -> None:
     for (_, a_end, a), (b_start, _, b) in itertools.pairwise(spans):
         assert b_start >= a_end, f"{a} and {b} led at once"
     assert Counter(name for *_, name in spans)
+
+
+class TestRoles:
+    async def test_standby_is_ready_and_says_so(self, pg_admin: str, rig: Rig) -> None:
+        """Two in-process replicas: the leader polls (cosigner_leader 1), the standby is
+        ready too (/readyz 200, role standby, cosigner_leader 0); when the leader stops, the
+        standby leads."""
+        with _scratch(pg_admin) as url:
+            PostgresJournal(url).init()
+            settings = rig.with_settings(database_url=SecretStr(url), leader_retry=0.5)
+            first, second = rig.build(settings), rig.build(settings)
+            async with running(first):
+                await wait_for(lambda: first.leadership.active() and first.polls >= 1,
+                               within=20, what="the first replica to lead")
+                async with running(second):
+                    await wait_for(lambda: second.leadership.healthy(), within=10,
+                                   what="the standby to reach the database")
+                    leader = await get(first, "/readyz")
+                    standby = await get(second, "/readyz")
+                    metrics = [samples((await get(d, "/metrics")).text)
+                               for d in (first, second)]
+                    assert second.polls == 0
+                    first.request_stop()
+                    await wait_for(lambda: second.leadership.active() and second.polls >= 1,
+                                   within=20, what="the standby to take over")
+                    after = await get(second, "/readyz")
+        assert (leader.status_code, leader.json()["role"]) == (200, "leader")
+        assert (standby.status_code, standby.json()["role"]) == (200, "standby")
+        assert standby.json()["checks"] == {"policy_loaded": True, "shard_loaded": True,
+                                            "journal_open": True, "standby": True}
+        assert [sample(m, "cosigner_leader") for m in metrics] == [1.0, 0.0]
+        assert (after.status_code, after.json()["role"]) == (200, "leader")
+
+    async def test_standby_without_database_is_not_ready(self, pg_admin: str,
+                                                         rig: Rig) -> None:
+        """A standby that cannot reach the database fails /readyz (a check that fires)."""
+        with _scratch(pg_admin) as url:
+            PostgresJournal(url).init()
+            holder = PostgresJournal(url, writer=True)
+            holder.open()  # another process leads
+            try:
+                settings = rig.with_settings(database_url=SecretStr(url), leader_retry=0.3)
+                daemon = rig.build(settings)
+                async with running(daemon):
+                    await wait_for(lambda: daemon.leadership.healthy(), within=10,
+                                   what="a healthy standby")
+                    # The database goes away (every session ended with it).
+                    drop_database(pg_admin, url.rpartition("/")[2])
+                    await wait_for(lambda: not daemon.leadership.healthy(), within=10,
+                                   what="the standby to notice")
+                    response = await get(daemon, "/readyz")
+            finally:
+                holder.close()
+        assert response.status_code == 503
+        assert response.json()["checks"]["standby"] is False
+
+
+@pytest.mark.pg_restart
+class TestServerRestart:
+    """Opt-in (``COSIGNER_TEST_PG_RESTART=1``, run by ``.ci/run`` at the end): restarts
+    the PostgreSQL server itself, which every other user of the server notices."""
+
+    async def test_replicas_recover_from_a_server_restart(self, cluster: Cluster) -> None:
+        """pg_ctlcluster restart mid-backlog: no approval without a record, the replicas
+        recover by themselves and drain the backlog."""
+        if not RESTART:
+            pytest.skip("restarts the shared PostgreSQL server: set COSIGNER_TEST_PG_RESTART=1")
+        import shutil
+        import subprocess
+        ctl = shutil.which("pg_ctlcluster")
+        assert ctl is not None, "pg_ctlcluster is needed to restart the server"
+        version = sorted(await asyncio.to_thread(os.listdir, "/etc/postgresql"))[-1]
+        await cluster.start(2)
+        await cluster.wait(lambda: len(cluster.leaders()) == 1, 30, "a leader")
+        feeding = asyncio.create_task(cluster.backlog(_batches(), every=0.4))
+        first = cluster.leaders()[0]
+        await cluster.wait(lambda: len(first.posted()) >= 5, 30, "the leader to post")
+        await asyncio.to_thread(subprocess.run, [ctl, "--skip-systemctl-redirect", version,
+                                                 "main", "restart"], check=True, timeout=60)
+        await feeding
+        await cluster.wait(lambda: cluster.settled(MAX_COUNT + REJECTED), 90, "the backlog")
+        await asyncio.sleep(1.0)
+        await _check_outcome(cluster)
+        assert len(cluster.leaders()) == 1
