@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from cosigner.api.client import ApiClient
+from cosigner.errors import JournalUnavailableError, StoreError
 from cosigner.logs import configure_logging, get_logger
 from cosigner.policy import load_policy
 from cosigner.settings import Settings
@@ -82,9 +83,16 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
     journal = journal_from_url(db_url, writer=True, witness=witness, durable=True,
                                on_commit=committed, election=True)
     journal.open()
-    metrics.journal_head_sequence.set(journal.head().seq)
     try:
+        metrics.journal_head_sequence.set(journal.head().seq)
+        # Every approval the limits count is hash-checked as it is read: an edited one
+        # stops the start (exit 2), like a chain that does not verify.
         ledger = ledger_from_journal(policy, journal, datetime.now(UTC))
+    except StoreError as exc:
+        journal.close()
+        if isinstance(exc, JournalUnavailableError):
+            raise
+        raise JournalUnavailableError(str(exc)) from exc
     except Exception:
         journal.close()
         raise

@@ -232,11 +232,11 @@ class SqliteJournal:
         with self._lock:
             if self._conn is not None:
                 return
+            marker_id = self._read_marker()
+            self._check_file(marker_id, creating=False)  # before the lock: create nothing
             if self.writer:
                 self._take_lock()
             try:
-                marker_id = self._read_marker()
-                self._check_file(marker_id, creating=False)
                 conn = self._connect()
                 try:
                     self._journal_id = self._prepare(conn, marker_id=marker_id, migrate=False)

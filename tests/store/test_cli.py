@@ -204,7 +204,8 @@ class TestAuditVerify:
         path = tmp_path / "absent.db"
         code, out, err = audit(capsys, f"sqlite://{path}", "verify")
         assert (code, out) == (2, "")
-        assert err == f"cosigner: journal {path} does not exist; create it with `cosigner journal init`\n"
+        assert err == (f"cosigner: journal {path} does not exist; create it with "
+                       "`cosigner journal init`\n")
         assert not path.exists()
         assert not Path(f"{path}.marker").exists()
 
