@@ -225,6 +225,7 @@ class PostgresJournal:
         self._token = secrets.token_hex(8)       # this process, in cosigner_claims
         self._backend: tuple[int, datetime] | None = None
         self._claimed: set[int] = set()
+        self._closed = False  # close() was called (a lost connection is not a close)
         #: Test hook: False skips the leader-epoch check (two "leaders" at once), so
         #: only the database's constraints and row locks stand between them.
         self.fenced = True
@@ -334,6 +335,7 @@ class PostgresJournal:
         with self._lock:
             if self._conn is not None:
                 return
+            self._closed = False
             conn = self._connect()
             self._conn = conn  # from here on, _drop_connection closes it on failure
             try:
@@ -387,6 +389,7 @@ class PostgresJournal:
     def close(self) -> None:
         """Close the connection, which releases the leader lock (idempotent)."""
         with self._lock:
+            self._closed = True
             self._drop_connection()
 
     def _drop_connection(self) -> None:
@@ -482,6 +485,8 @@ class PostgresJournal:
                 witness check fails.
         """
         with self._lock:
+            if self._closed:
+                raise StoreError(f"journal {self.where} is not open")
             if self.check_lead():
                 return True
             if self._conn is not None:
@@ -602,7 +607,13 @@ class PostgresJournal:
             if guard is not None and approvals:
                 history = self._approvals(conn, timestamp_text(now - guard.window)) \
                     if guard.window.total_seconds() > 0 else []
-                for item_id, reason in guard.violations(history, approvals, now).items():
+                try:
+                    violations = guard.violations(history, approvals, now)
+                except (ArithmeticError, ValueError) as exc:
+                    raise StoreError(f"journal {self.where}: its approvals cannot be counted "
+                                     f"({type(exc).__name__}); run `cosigner audit verify`"
+                                     ) from exc
+                for item_id, reason in violations.items():
                     conflicts.setdefault(item_id, reason)
             if conflicts:
                 raise JournalConflictError(self.where, conflicts)
@@ -840,6 +851,8 @@ class PostgresJournal:
         """Run ``fn(conn, head_seq, head_hash)`` in one transaction holding the head row
         lock, after proving this process is still the leader; then update the witness."""
         with self._lock:
+            if self._closed:
+                raise StoreError(f"journal {self.where} is not open")
             if self.writer and self.fenced and not self._leading and \
                     self._journal_id is not None:
                 raise LockLostError(f"journal {self.where}: this process is not the writer "
@@ -852,7 +865,7 @@ class PostgresJournal:
                 with conn.transaction():
                     seq, prev = self._lock_head(conn)
                     result = fn(conn, seq, prev)
-            except (JournalConflictError, LockLostError):
+            except StoreError:
                 raise
             except pg_errors.UniqueViolation as exc:
                 raise JournalConflictError(self.where, {-1: "already_decided"}) from exc
