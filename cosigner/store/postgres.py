@@ -226,6 +226,10 @@ class PostgresJournal:
         self._backend: tuple[int, datetime] | None = None
         self._claimed: set[int] = set()
         self._closed = False  # close() was called (a lost connection is not a close)
+        # Enforced approvals already read and hash-checked for the limits (by seq).
+        self._approvals_cache: list[tuple[int, ApprovalRow]] = []
+        self._approvals_seq = 0
+        self._approvals_cover: str | None = None
         #: Test hook: False skips the leader-epoch check (two "leaders" at once), so
         #: only the database's constraints and row locks stand between them.
         self.fenced = True
@@ -398,6 +402,7 @@ class PostgresJournal:
         self._epoch = None
         self._backend = None
         self._claimed.clear()
+        self._approvals_cover = None
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -605,7 +610,7 @@ class PostgresJournal:
                     conflicts[item_id] = "already_decided"
             approvals = [d for d in verdicts if d.action is Action.APPROVE]
             if guard is not None and approvals:
-                history = self._approvals(conn, timestamp_text(now - guard.window)) \
+                history = self._checked_approvals(conn, timestamp_text(now - guard.window)) \
                     if guard.window.total_seconds() > 0 else []
                 try:
                     violations = guard.violations(history, approvals, now)
@@ -708,6 +713,38 @@ class PostgresJournal:
         """See :meth:`Journal.approvals_since`."""
         cutoff = timestamp_text(since)
         return self._read(lambda conn: self._approvals(conn, cutoff))
+
+    def _checked_approvals(self, conn: psycopg.Connection[Any], cutoff: str
+                           ) -> list[ApprovalRow]:
+        """The enforced approvals since ``cutoff`` for the limits, each hash-checked as it
+        is read (an edited amount must not loosen a limit).  Called under the head row
+        lock; rows are append-only, so only the ones after the last read are fetched."""
+        if self._approvals_cover is None or cutoff < self._approvals_cover:
+            self._approvals_cache, self._approvals_seq = [], 0
+            self._approvals_cover = cutoff
+        rows = conn.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM cosigner_entries "  # noqa: S608 - constants
+            "WHERE kind = 'decision' AND mode = %s AND action = %s AND seq > %s "
+            "AND created_at >= %s ORDER BY seq",
+            (ENFORCE, Action.APPROVE.value, self._approvals_seq, self._approvals_cover)
+        ).fetchall()
+        for row in rows:
+            entry = stored_entry(row)
+            try:
+                good = entry_hash(entry.payload) == entry.record_hash
+            except (TypeError, ValueError):
+                good = False
+            if not good:
+                raise StoreError(f"journal {self.where}: record seq {entry.seq} (item "
+                                 f"{entry.item_id}) was edited: hash mismatch; its approvals "
+                                 "cannot be counted; run `cosigner audit verify`")
+            p = entry.payload
+            self._approvals_cache.append((entry.seq, ApprovalRow(
+                p["chain_id"], p["from_address"], p["to_address"], p["amount_text"],
+                parse_timestamp(p["created_at"]))))
+            self._approvals_seq = entry.seq
+        return [r for _, r in self._approvals_cache
+                if timestamp_text(r.created_at) >= cutoff]
 
     @staticmethod
     def _approvals(conn: psycopg.Connection[Any], cutoff: str) -> list[ApprovalRow]:

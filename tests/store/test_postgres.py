@@ -22,6 +22,7 @@ from cosigner.errors import (
     JournalLockedError,
     JournalUnavailableError,
     LockLostError,
+    StoreError,
 )
 from cosigner.models import Action
 from cosigner.store import ApprovalRow, NewDecision, NewOutcome, SqliteJournal
@@ -237,6 +238,38 @@ class TestAuthority:
         finally:
             for j in journals:
                 j.close()
+
+    def test_an_edited_approval_stops_the_limits(self, writer: PostgresJournal,
+                                                 url: str) -> None:
+        """An approval whose amount was edited in the database is caught when the limits
+        read it: the write is refused instead of counting a falsified history."""
+        writer.record_decisions([decision(1)], CountGuard(5))
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE cosigner_entries DISABLE TRIGGER USER")
+            conn.execute("UPDATE cosigner_entries SET amount_text = '0.01' WHERE seq = 1")
+            conn.execute("ALTER TABLE cosigner_entries ENABLE TRIGGER USER")
+        fresh = PostgresJournal(url, writer=True, election=True)
+        writer.close()
+        with pytest.raises(JournalUnavailableError, match="does not verify"):
+            fresh.open()
+        fresh.close()
+        # A writer that verified before the edit reads the approvals once, checked.
+        again = PostgresJournal(url, writer=True)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE cosigner_entries DISABLE TRIGGER USER")
+            conn.execute("UPDATE cosigner_entries SET amount_text = '4.10' WHERE seq = 1")
+            conn.execute("ALTER TABLE cosigner_entries ENABLE TRIGGER USER")
+        again.open()
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("ALTER TABLE cosigner_entries DISABLE TRIGGER USER")
+                conn.execute("UPDATE cosigner_entries SET amount_text = '0.01' WHERE seq = 1")
+                conn.execute("ALTER TABLE cosigner_entries ENABLE TRIGGER USER")
+            with pytest.raises(StoreError, match="was edited"):
+                again.record_decisions([decision(2)], CountGuard(5))
+            assert again.head().seq == 1
+        finally:
+            again.close()
 
     def test_post_claims(self, writer: PostgresJournal, url: str) -> None:
         """The recording session holds an item's claim; another live session cannot take
