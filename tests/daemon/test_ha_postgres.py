@@ -412,6 +412,23 @@ class TestRoles:
         assert [sample(m, "cosigner_leader") for m in metrics] == [1.0, 0.0]
         assert (after.status_code, after.json()["role"]) == (200, "leader")
 
+    async def test_configured_log_masks_the_database_userinfo(self, pg_admin: str,
+                                                              rig: Rig) -> None:
+        """daemon.configured names the journal with its userinfo masked; the password
+        appears in no log event."""
+        from structlog.testing import capture_logs
+        with _scratch(pg_admin) as url:
+            PostgresJournal(url).init()
+            user_url = url.replace("://postgres@", "://postgres:s3cret-pw@")
+            settings = rig.with_settings(database_url=SecretStr(user_url))
+            with capture_logs() as logs:
+                daemon = rig.build(settings)
+                await daemon.close()
+        [configured] = [e for e in logs if e["event"] == "daemon.configured"]
+        assert configured["journal"].startswith("postgresql://***@127.0.0.1:")
+        assert configured["role"] == "standby"
+        assert "s3cret-pw" not in repr(logs)
+
     async def test_standby_without_database_is_not_ready(self, pg_admin: str,
                                                          rig: Rig) -> None:
         """A standby that cannot reach the database fails /readyz (a check that fires)."""
