@@ -468,8 +468,13 @@ class PostgresJournal:
         return self._epoch if self._leading else None
 
     def check_lead(self) -> bool:
-        """Probe the lock's connection; False (and no longer leading) when it is gone."""
-        with self._lock:
+        """Probe the lock's connection; False (and no longer leading) when it is gone.
+
+        While a read or write holds the connection, that call is the probe: it clears
+        the leader flag itself if the connection fails, so the flag is the answer."""
+        if not self._lock.acquire(blocking=False):
+            return self.lock_held()
+        try:
             if not self._leading or self._conn is None:
                 return False
             try:
@@ -478,6 +483,8 @@ class PostgresJournal:
                 self._drop_connection()
                 return False
             return True
+        finally:
+            self._lock.release()
 
     def try_lead(self) -> bool:
         """Become the writer if nobody is; reconnect first when the connection is gone.
