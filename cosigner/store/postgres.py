@@ -300,6 +300,8 @@ class PostgresJournal:
                 raise self._unavailable(f"cannot be initialised ({self._scrub(exc)})") from None
             finally:
                 conn.close()
+                if self.witness is not None:
+                    self.witness.close()
             return journal_id
 
     def _seed(self, conn: psycopg.Connection[Any]) -> None:
@@ -395,6 +397,8 @@ class PostgresJournal:
         with self._lock:
             self._closed = True
             self._drop_connection()
+            if self.witness is not None:
+                self.witness.close()
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
