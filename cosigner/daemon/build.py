@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from cosigner.api.client import ApiClient
+from cosigner.api.tls import tls_context
 from cosigner.logs import configure_logging, get_logger
 from cosigner.policy import load_policy
 from cosigner.settings import Settings
@@ -22,6 +23,7 @@ from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
 from cosigner.store import open_journal
 
+from .control import check_pause_location
 from .metrics import Metrics
 from .pipeline import DecisionEvent, Pipeline, PolicyState, ledger_from_journal
 from .service import Daemon, DaemonConfig
@@ -59,10 +61,12 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
                           secrets=(secret, password, db_url))
     log = opts.log or get_logger("cosigner.daemon")
 
+    tls = tls_context(settings.ca_bundle)
     policy = load_policy(settings.policy_path)
     shard = load_shard(settings.pfx_path, password, scheme=settings.sign_scheme)
     metrics = Metrics()
     metrics.set_policy(policy.name, policy.sha256)
+    metrics.set_limit_scopes({limit.name: limit.per for limit in policy.limits})
     metrics.shard_cert_expiry.set(shard.info.not_after.timestamp())
     metrics.leader.set(1)
     if shard.info.not_after - datetime.now(UTC) < timedelta(days=EXPIRY_WARNING_DAYS):
@@ -71,7 +75,12 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
 
     journal = open_journal(db_url, create=True)
     journal.open()
+    pause_file = settings.pause_path()
     try:
+        # The kill switch must be visible to the daemon (exit 2, not a traceback per poll).
+        if not check_pause_location(pause_file):
+            log.warning("pause.not_writable", pause_file=str(pause_file),
+                        hint="`cosigner pause` cannot create the file there as this user")
         ledger = ledger_from_journal(policy, journal, datetime.now(UTC))
     except Exception:
         journal.close()
@@ -81,13 +90,17 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         lang=settings.lang, sort=settings.sign_sort, timeout=settings.request_timeout,
         transport=opts.transport, page_size=settings.page_size,
         max_pending=settings.max_pending, observer=metrics, retries=opts.client_retries,
-        max_connections=settings.concurrency + 2)
+        max_connections=settings.concurrency + 2, tls=tls)
     mode = "shadow" if opts.shadow or settings.mode == "shadow" else "enforce"
+    metrics.configure(mode=mode, poll_interval=settings.poll_interval,
+                      collect_interval=settings.collect_interval,
+                      collect_is_main=settings.collect_is_main_values)
+    metrics.follow_pause_file(pause_file)
     signer = BatchSigner(shard, path=settings.pfx_path, password=password)
     pipeline = Pipeline(
         client, shard, journal, PolicyState(policy, ledger, Path(settings.policy_path)),
         metrics, log, mode=mode, concurrency=settings.concurrency,
-        pause_file=settings.pause_file, collect_is_main=settings.collect_is_main_values,
+        pause_file=pause_file, collect_is_main=settings.collect_is_main_values,
         listeners=opts.listeners, signer=signer)
     host, port = settings.http_host_port
     config = DaemonConfig(
@@ -96,7 +109,7 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         policy_path=Path(settings.policy_path), watch_interval=opts.watch_interval,
         install_signals=opts.install_signals)
     log.info("daemon.configured", policy=policy.name, policy_sha256=policy.sha256,
-             shard=shard.info.fingerprint_sha256, mode=mode,
+             shard=shard.info.fingerprint_sha256, mode=mode, pause_file=str(pause_file),
              api=settings.api_base_url, merchant=settings.merchant_no)
 
     async def close() -> None:
