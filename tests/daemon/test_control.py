@@ -86,7 +86,7 @@ class TestPauseLocationAtStart:
 
     def test_missing_directory(self, tmp_path: Path) -> None:
         """A directory that does not exist: the kill switch could never be pulled."""
-        with pytest.raises(ConfigError, match="COSIGNER_PAUSE_FILE: directory .* does not"):
+        with pytest.raises(ConfigError, match=r"COSIGNER_PAUSE_FILE: directory .* does not"):
             check_pause_location(tmp_path / "absent" / "PAUSE")
 
     def test_uncheckable_path(self, tmp_path: Path) -> None:

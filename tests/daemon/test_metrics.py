@@ -7,7 +7,6 @@ import time
 import httpx
 
 from cosigner import __version__
-
 from cosigner.daemon.service import Daemon
 from tests.conftest import SHARD_PASSWORD
 from tests.daemon.conftest import (
