@@ -188,7 +188,8 @@ class TestMonitoringConfigs:
 def _generator() -> Any:
     spec = importlib.util.spec_from_file_location(
         "prometheusrule", DEPLOY / "prometheus" / "prometheusrule.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -260,7 +261,8 @@ class TestReproducibleImage:
         assert "-r requirements.lock" in text
         assert "COPY --from=build /opt/cosigner /opt/cosigner" in text
         runtime = text.split("\nFROM ", 2)[2]
-        assert "pip install" not in runtime and "gcc" not in runtime
+        assert "pip install" not in runtime
+        assert "gcc" not in runtime
         assert "!requirements.lock" in (ROOT / ".dockerignore").read_text("utf-8")
 
     def test_lock_pins_every_dependency_with_hashes(self) -> None:
