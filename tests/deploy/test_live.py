@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from tests.conftest import require_tool
-from tests.daemon.conftest import COSIGNER, Rig, item, rig, test_policy  # noqa: F401 - the daemon tests' fixtures
+from tests.daemon.conftest import COSIGNER, Rig, item
 from tests.deploy.conftest import DOCKERFILE, ROOT, RULES
 
 UID = 10001
@@ -72,8 +72,16 @@ async def until(check: Any, what: str, *, within: float = 60.0, log: Path | None
             if last:
                 return last
         await asyncio.sleep(0.5)
-    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-    pytest.fail(f"timed out waiting for {what} (last: {last!r})\n{tail}")
+    pytest.fail(f"timed out waiting for {what} (last: {last!r})\n{_tail(log)}")
+
+
+def _tail(log: Path | None) -> str:
+    return log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+
+
+def promtool_lint(promtool: str, metrics: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool, "check", "metrics"], input=metrics, text=True,
+                          capture_output=True, timeout=30, check=False)
 
 
 @pytest.mark.external_service
@@ -139,8 +147,7 @@ class TestPrometheusScrapesTheDaemon:
             assert await query("process_start_time_seconds > 0")
             metrics = (await http.get(f"http://127.0.0.1:{daemon_port}/metrics")).text
 
-        lint = subprocess.run([promtool, "check", "metrics"], input=metrics, text=True,
-                              capture_output=True, timeout=30, check=False)
+        lint = promtool_lint(promtool, metrics)
         assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
@@ -212,20 +219,7 @@ class TestImageInstallReplayed:
         """`cosigner run --once` decides and posts as uid 10001 with only the journal
         directory writable; the journal is created 0600 in it, the pause file found."""
         (approvable,) = await rig.add(item("5"))
-        work = Path(tempfile.mkdtemp(prefix="run-", dir=image_root))
-        work.chmod(0o755)
-        journal_dir = work / "journal"
-        journal_dir.mkdir(mode=0o700)
-        secrets = work / "secrets"
-        secrets.mkdir(mode=0o755)
-        shard = secrets / "shard.pfx"
-        shutil.copyfile(rig.shard.path, shard)
-        shard.chmod(0o400)
-        policy_dir = work / "policy"
-        shutil.copytree(rig.policy_path.parent, policy_dir)
-        if os.geteuid() == 0:
-            os.chown(journal_dir, UID, UID)
-            os.chown(shard, UID, UID)
+        work, journal_dir, shard, policy_dir = image_layout(image_root, rig)
         env = rig.env(PFX_PATH=shard, POLICY_PATH=policy_dir / rig.policy_path.name,
                       DATABASE_URL=f"sqlite://{journal_dir}/journal.db",
                       HTTP_ADDR="127.0.0.1:0")
@@ -238,10 +232,34 @@ class TestImageInstallReplayed:
         out, err = await asyncio.wait_for(proc.communicate(), 120)
         assert proc.returncode == 0, (out + err).decode(errors="replace")[-3000:]
         assert [int(d["id"]) for d in await rig.received()] == [approvable]
-        database = journal_dir / "journal.db"
-        assert database.stat().st_mode & 0o777 == 0o600
-        if os.geteuid() == 0:
-            assert database.stat().st_uid == UID
-        writable_by_uid = [p for p in work.rglob("*") if p.stat().st_uid == UID
-                           and p.is_dir()]
-        assert writable_by_uid == [journal_dir]
+        assert owned_directories(work) == [journal_dir]
+        database = (journal_dir / "journal.db").stat()
+        assert database.st_mode & 0o777 == 0o600
+        assert database.st_uid == (UID if os.geteuid() == 0 else os.geteuid())
+
+
+def image_layout(image_root: Path, rig: Rig) -> tuple[Path, Path, Path, Path]:
+    """The container's files: a journal directory 0700 owned by 10001 (the only place it
+    may write), the shard 0400 owned by 10001, the policy read-only (root's)."""
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=image_root))
+    work.chmod(0o755)
+    journal_dir = work / "journal"
+    journal_dir.mkdir(mode=0o700)
+    secrets = work / "secrets"
+    secrets.mkdir(mode=0o755)
+    shard = secrets / "shard.pfx"
+    shutil.copyfile(rig.shard.path, shard)
+    shard.chmod(0o400)
+    policy_dir = work / "policy"
+    shutil.copytree(rig.policy_path.parent, policy_dir)
+    if os.geteuid() == 0:
+        os.chown(journal_dir, UID, UID)
+        os.chown(shard, UID, UID)
+    return work, journal_dir, shard, policy_dir
+
+
+def owned_directories(work: Path) -> list[Path]:
+    """Directories under ``work`` the daemon's user owns (so may write)."""
+    uid = UID if os.geteuid() == 0 else os.geteuid()
+    return sorted(p for p in work.rglob("*") if p.is_dir() and p.stat().st_uid == uid
+                  and p.name != "__pycache__")
