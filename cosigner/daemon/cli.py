@@ -118,7 +118,8 @@ def status_report(settings: Settings) -> dict[str, Any]:
         "pause": _pause_dict(pause_state),
         "mode": settings.mode,
         "policy_path": str(settings.policy_path) if settings.policy_path else None,
-        "journal": _journal_report(url),
+        "journal": _journal_report(
+            url, str(settings.journal_witness) if settings.journal_witness else None),
         "daemon": _live_report(live),
     }
 
@@ -128,10 +129,10 @@ def _pause_dict(state: PauseState) -> dict[str, Any]:
             "by": state.by}
 
 
-def _journal_report(url: str) -> dict[str, Any]:
+def _journal_report(url: str, witness: str | None) -> dict[str, Any]:
     report: dict[str, Any] = {"url": redact_url(url)}
     try:
-        journal = open_journal(url, create=False)
+        journal = open_journal(url, witness=witness)  # a reader: works beside the daemon
     except CosignerError as exc:
         report["error"] = str(exc)
         return report
@@ -139,6 +140,7 @@ def _journal_report(url: str) -> dict[str, Any]:
         counts = journal.count_by_state()
         report["records"] = sum(counts.values())
         report["by_state"] = dict(sorted(counts.items()))
+        report["head_sequence"] = journal.head().seq
     except CosignerError as exc:
         report["error"] = str(exc)
     finally:
@@ -185,7 +187,8 @@ def status_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"journal: {journal['url']}: {journal['error']}")
     else:
         states = ", ".join(f"{k} {v}" for k, v in journal["by_state"].items()) or "empty"
-        lines.append(f"journal: {journal['url']}: {journal['records']} records ({states})")
+        lines.append(f"journal: {journal['url']}: {journal['records']} records ({states}), "
+                     f"head sequence {journal['head_sequence']}")
     daemon = report["daemon"]
     if not daemon["reachable"]:
         lines.append(f"daemon:  not reachable at {daemon['url']} ({daemon['error']})")

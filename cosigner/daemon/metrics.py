@@ -90,6 +90,9 @@ class Metrics:
                                        "Unix time the shard's certificate expires", registry=r)
         self.leader = Gauge("cosigner_leader", "1 when this instance may decide and post",
                             registry=r)
+        self.journal_head_sequence = Gauge(
+            "cosigner_journal_head_sequence", "Sequence number of the journal's last entry "
+            "(its head; anchor it externally to detect a rollback)", registry=r)
         self.build_info = Gauge("cosigner_build_info", "The running version (value 1)",
                                 ["version"], registry=r)
         self.mode = Gauge("cosigner_mode", "1 for the mode in force (enforce or shadow)",

@@ -216,8 +216,8 @@ class TestImageInstallReplayed:
 
     async def test_run_once_against_the_sandbox(self, installed: Path, image_root: Path,
                                                 rig: Rig) -> None:
-        """`cosigner run --once` decides and posts as uid 10001 with only the journal
-        directory writable; the journal is created 0600 in it, the pause file found."""
+        """`cosigner journal init` then `cosigner run --once` decide and post as uid 10001
+        with only the journal directory writable; the journal is 0600 in it."""
         (approvable,) = await rig.add(item("5"))
         work, journal_dir, shard, policy_dir = image_layout(image_root, rig)
         env = rig.env(PFX_PATH=shard, POLICY_PATH=policy_dir / rig.policy_path.name,
@@ -225,12 +225,13 @@ class TestImageInstallReplayed:
                       HTTP_ADDR="127.0.0.1:0")
         env.update(PATH=f"{installed}:/usr/bin:/bin", HOME=str(work))
         env = {k: v for k, v in env.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
-        proc = await asyncio.create_subprocess_exec(
-            *as_uid([str(installed / "cosigner"), "run", "--once"]), env=env, cwd=work,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-        assert proc.returncode == 0, (out + err).decode(errors="replace")[-3000:]
+        for command in (["journal", "init"], ["run", "--once"]):  # run never creates one
+            proc = await asyncio.create_subprocess_exec(
+                *as_uid([str(installed / "cosigner"), *command]), env=env, cwd=work,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 120)
+            assert proc.returncode == 0, (command, (out + err).decode(errors="replace")[-3000:])
         assert [int(d["id"]) for d in await rig.received()] == [approvable]
         assert owned_directories(work) == [journal_dir]
         database = (journal_dir / "journal.db").stat()
