@@ -271,7 +271,7 @@ class TestKubernetes:
 
     def test_network_policy_allows_only_dns_and_https_out(self) -> None:
         """Egress to port 53 (DNS) and 443 (the API); ingress only to 9464."""
-        policy = k8s_object("NetworkPolicy")["spec"]
+        policy = k8s_object("NetworkPolicy", path=KUBERNETES / "networkpolicy.yaml")["spec"]
         assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
         assert policy["podSelector"]["matchLabels"] == (
             k8s_object("Deployment")["spec"]["selector"]["matchLabels"])
@@ -280,6 +280,35 @@ class TestKubernetes:
         assert egress_ports == {(53, "UDP"), (53, "TCP"), (443, "TCP")}
         ingress_ports = {p["port"] for rule in policy["ingress"] for p in rule["ports"]}
         assert ingress_ports == {9464}
+
+    def test_https_egress_over_ipv4_and_ipv6(self) -> None:
+        """Port 443 is reachable on 0.0.0.0/0 and ::/0 (dual-stack and IPv6-only clusters),
+        cloud metadata excepted on both."""
+        policy = k8s_object("NetworkPolicy", path=KUBERNETES / "networkpolicy.yaml")["spec"]
+        (https,) = [rule for rule in policy["egress"]
+                    if {p["port"] for p in rule["ports"]} == {443}]
+        blocks = {peer["ipBlock"]["cidr"]: peer["ipBlock"].get("except", [])
+                  for peer in https["to"]}
+        assert set(blocks) == {"0.0.0.0/0", "::/0"}
+        assert all(blocks.values())
+
+    def test_journal_init_job_has_no_network(self) -> None:
+        """The init Job's pod is selected by a policy that admits nothing in or out."""
+        job = k8s_object("Job")["spec"]["template"]
+        policy = k8s_object("NetworkPolicy",
+                            path=KUBERNETES / "networkpolicy-journal-init.yaml")["spec"]
+        assert policy["podSelector"]["matchLabels"] == job["metadata"]["labels"]
+        assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+        assert "ingress" not in policy
+        assert "egress" not in policy
+
+    def test_startup_probe_and_cpu_limit(self) -> None:
+        """A startupProbe covers the start-up checks; every container has a CPU limit."""
+        pod = k8s_object("Deployment")["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        for each in pod["containers"] + pod["initContainers"]:
+            assert "cpu" in each["resources"]["limits"], each["name"]
 
     def test_no_pod_disruption_budget(self) -> None:
         """With one replica a PodDisruptionBudget would only block node drains."""
