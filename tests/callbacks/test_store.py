@@ -10,10 +10,17 @@ from pathlib import Path
 import pytest
 
 from cosigner.callbacks.verify import OrderCallback, transition, verify
-from cosigner.errors import JournalUnavailableError, StoreError
+from cosigner.errors import JournalUnavailableError, SettingsError, StoreError
 from cosigner.store import init_journal
 from cosigner.store import sqlite as sqlite_store
-from cosigner.store.orders import APPLIED, LATE, NewCallback, OrderJournal
+from cosigner.store.orders import (
+    APPLIED,
+    LATE,
+    MemoryOrderJournal,
+    NewCallback,
+    OrderJournal,
+    order_journal_from_url,
+)
 from cosigner.store.orders_sqlite import SqliteOrderJournal
 from tests.callbacks.conftest import SECRET, FakeClock, new_sqlite_journal, signed
 
@@ -228,3 +235,17 @@ class TestSqlite:
             assert not journal.verify().ok
         finally:
             journal.close()
+
+
+class TestFactory:
+    def test_postgresql_has_no_order_tables_yet(self) -> None:
+        """With a PostgreSQL journal, callbacks are refused at start with one clear line."""
+        with pytest.raises(SettingsError, match="PostgreSQL has no order tables yet"):
+            order_journal_from_url("postgresql://cosigner:pw@db/journal", transition)
+
+    def test_sqlite_and_memory(self, tmp_path: Path) -> None:
+        """sqlite URLs give the SQLite order journal; memory:// the in-memory one."""
+        journal = order_journal_from_url(f"sqlite://{tmp_path}/j.db", transition)
+        assert isinstance(journal, SqliteOrderJournal)
+        assert journal.path == tmp_path / "j.db"
+        assert isinstance(order_journal_from_url("memory://", transition), MemoryOrderJournal)
