@@ -77,6 +77,8 @@ def scratch_database(prefix: str = "t") -> Iterator[str]:
 def reset_journal(url: str) -> None:
     """Remove every cosigner table from the database at ``url`` (an empty database again)."""
     with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS cosigner_order_outbox, cosigner_order_state, "
+                     "cosigner_order_head, cosigner_order_callbacks CASCADE")
         conn.execute("DROP TABLE IF EXISTS cosigner_claims, cosigner_verdicts, "
                      "cosigner_policies, cosigner_entries, cosigner_head, cosigner_meta CASCADE")
         conn.execute("DROP FUNCTION IF EXISTS cosigner_append_only() CASCADE")

@@ -109,7 +109,7 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         ledger = ledger_from_journal(policy, journal, datetime.now(UTC))
         if settings.callback_addr is not None and not opts.once:
             services.append(build_callbacks(settings, metrics, log, db_url, callback_options,
-                                            port=opts.callback_port))
+                                            port=opts.callback_port, fence=journal))
     except StoreError as exc:
         journal.close()
         if isinstance(exc, JournalUnavailableError):

@@ -84,8 +84,9 @@ class CallbackService:
 
 def build_callbacks(settings: Settings, metrics: Metrics, log: Any, database_url: str,
                     options: CallbackOptions | None = None,
-                    port: int | None = None) -> CallbackService:
+                    port: int | None = None, fence: object | None = None) -> CallbackService:
     """The callback service the settings describe (``CALLBACK_ADDR`` must be set).
+    ``fence``: the daemon's decision journal (on PostgreSQL only the leader records).
 
     Raises:
         SettingsError: a callback setting is unusable; JournalUnavailableError: the
@@ -100,7 +101,7 @@ def build_callbacks(settings: Settings, metrics: Metrics, log: Any, database_url
         allow=parse_networks(settings.callback_allow_ips, "COSIGNER_CALLBACK_ALLOW_IPS"),
         trusted_proxies=parse_networks(settings.callback_trusted_proxies,
                                        "COSIGNER_CALLBACK_TRUSTED_PROXIES"))
-    journal = order_journal_from_url(database_url, transition, writer=True)
+    journal = order_journal_from_url(database_url, transition, writer=True, fence=fence)
     journal.open()
     forwarder: Forwarder | None = None
     if settings.callback_forward_url:

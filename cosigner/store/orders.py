@@ -13,8 +13,9 @@ Three parts, written together in one transaction per callback:
   body to POST; delivery attempts update it until it is delivered.
 
 :class:`OrderJournal` is the interface; :class:`MemoryOrderJournal` (tests,
-``memory://``) and :class:`~cosigner.store.orders_sqlite.SqliteOrderJournal` (tables
-in the SQLite journal file) implement it and pass ``tests/callbacks/test_store.py``.
+``memory://``), :class:`~cosigner.store.orders_sqlite.SqliteOrderJournal` (tables
+in the SQLite journal file) and :class:`~cosigner.store.orders_postgres.PostgresOrderJournal`
+(tables in the PostgreSQL journal) implement it and pass ``tests/callbacks/test_store.py``.
 """
 
 from __future__ import annotations
@@ -373,25 +374,29 @@ class MemoryOrderJournal:
 
 
 def order_journal_from_url(url: str, transition: Transition, *, writer: bool = False,
-                           clock: Clock = utc_now) -> OrderJournal:
+                           clock: Clock = utc_now, fence: object | None = None) -> OrderJournal:
     """The order journal beside the decision journal ``url`` names, not yet opened.
 
     ``writer``: the daemon's (verifies the callback chain at open); commands read only.
+    ``fence``: the daemon's decision journal; on PostgreSQL every callback write checks
+    its leader epoch (a process that is not the leader cannot record).
 
     Raises:
-        SettingsError: the URL is unusable, or names a store without order tables yet.
+        SettingsError: the URL is unusable, or names a store without order tables.
     """
     # Imported here: cosigner.store imports this package's siblings, not the reverse.
     from cosigner.errors import SettingsError
     from cosigner.store import SETTING, journal_from_url
     from cosigner.store.memory import MemoryJournal
+    from cosigner.store.orders_postgres import PostgresOrderJournal
     from cosigner.store.orders_sqlite import SqliteOrderJournal
+    from cosigner.store.postgres import PostgresJournal
     from cosigner.store.sqlite import SqliteJournal
 
-    if url.lower().startswith(("postgresql:", "postgres:")):
-        raise SettingsError(f"{SETTING}: order callbacks are kept in the SQLite journal for "
-                            "now; PostgreSQL has no order tables yet")
     journal = journal_from_url(url)
+    if isinstance(journal, PostgresJournal):
+        return PostgresOrderJournal(url, transition, writer=writer, clock=clock,
+                                    fence=fence if isinstance(fence, PostgresJournal) else None)
     if isinstance(journal, SqliteJournal):
         return SqliteOrderJournal(journal.path, transition, writer=writer, clock=clock)
     if isinstance(journal, MemoryJournal):

@@ -22,6 +22,9 @@ at once do not race):
     recorded it, or one that claims it once that session is gone.
 ``cosigner_policies``
     when each policy bundle digest was first seen (``remember_policy``).
+``cosigner_order_*`` (schema 2)
+    the C2C order callbacks' own chain, order state and outbox; written by
+    :class:`~cosigner.store.orders_postgres.PostgresOrderJournal`.
 
 The writer / leader lock is a session-level advisory lock taken on the journal's
 one connection, and every write runs on that same connection *and* checks the leader
@@ -87,8 +90,6 @@ from cosigner.store.chain import (
 from cosigner.store.records import build_record, check_outcome, decision_state
 from cosigner.store.witness import Witness, check_head
 
-SCHEMA_VERSION = 1
-
 #: Session-level advisory lock held by the one writer (the leader).
 LEADER_KEY = 0x636F_7369_676E_0001
 #: Transaction-level advisory lock serialising schema creation and migrations.
@@ -146,7 +147,63 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         """CREATE TABLE cosigner_policies (
             sha256 text PRIMARY KEY, first_seen text NOT NULL)""",
     ),
+    # C2C order callbacks (DESIGN section 10; :mod:`cosigner.store.orders_postgres`), the
+    # tables of SQLite's schema 3: their own hash chain (append-only, its head in one row
+    # that every write locks FOR UPDATE), each order's current state, and the outbox.
+    2: (
+        """CREATE TABLE cosigner_order_callbacks (
+            seq bigint PRIMARY KEY,
+            kind text NOT NULL,
+            prev_hash text NOT NULL,
+            order_no text NOT NULL,
+            merchant_order_no text NOT NULL,
+            status integer NOT NULL,
+            deal_amount text NOT NULL,
+            order_type integer NOT NULL,
+            content_hash text NOT NULL UNIQUE,
+            outcome text NOT NULL,
+            previous_status integer,
+            event_id text,
+            source text,
+            body text NOT NULL,
+            received_at text NOT NULL,
+            record_hash text NOT NULL)""",
+        "CREATE INDEX cosigner_order_callbacks_by_order ON cosigner_order_callbacks "
+        "(order_no, seq)",
+        "CREATE TRIGGER cosigner_order_callbacks_append_only BEFORE UPDATE OR DELETE ON "
+        "cosigner_order_callbacks FOR EACH ROW EXECUTE FUNCTION cosigner_append_only()",
+        "CREATE TRIGGER cosigner_order_callbacks_no_truncate BEFORE TRUNCATE ON "
+        "cosigner_order_callbacks FOR EACH STATEMENT EXECUTE FUNCTION cosigner_append_only()",
+        """CREATE TABLE cosigner_order_head (
+            id integer PRIMARY KEY CHECK (id = 1), seq bigint NOT NULL, hash text NOT NULL)""",
+        "INSERT INTO cosigner_order_head (id, seq, hash) VALUES (1, 0, repeat('0', 64))",
+        """CREATE TABLE cosigner_order_state (
+            order_no text PRIMARY KEY,
+            merchant_order_no text NOT NULL,
+            status integer NOT NULL,
+            deal_amount text NOT NULL,
+            order_type integer NOT NULL,
+            first_seen text NOT NULL,
+            updated_at text NOT NULL,
+            callbacks integer NOT NULL)""",
+        "CREATE INDEX cosigner_order_state_by_time ON cosigner_order_state "
+        "(updated_at, order_no)",
+        """CREATE TABLE cosigner_order_outbox (
+            event_id text PRIMARY KEY,
+            seq bigint NOT NULL UNIQUE REFERENCES cosigner_order_callbacks (seq),
+            order_no text NOT NULL,
+            body bytea NOT NULL,
+            created_at text NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            next_attempt_at text NOT NULL,
+            last_attempt_at text,
+            last_error text,
+            delivered_at text)""",
+        "CREATE INDEX cosigner_order_outbox_pending ON cosigner_order_outbox "
+        "(order_no, seq) WHERE delivered_at IS NULL",
+    ),
 }
+SCHEMA_VERSION = len(MIGRATIONS)
 
 # A decision with its latest outcome (o.* NULL when there is none).
 _RECORD_COLUMNS = ("d.seq, d.kind, d.prev_hash, d.item_id, d.content_hash, d.chain_id, "

@@ -77,13 +77,29 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A scratch PostgreSQL database for the session (skips without a server)."""
+    from tests.postgres import scratch_database
+    with scratch_database("orders") as url:
+        yield url
+
+
+@pytest.fixture(params=["memory", "sqlite",
+                        pytest.param("postgresql", marks=pytest.mark.external_service)])
 def order_journal(request: pytest.FixtureRequest, tmp_path: Path,
                   clock: FakeClock) -> Iterator[OrderJournal]:
     """Each order journal implementation, opened (the contract suite runs over all)."""
     journal: OrderJournal
     if request.param == "memory":
         journal = MemoryOrderJournal(transition, clock=clock)
+    elif request.param == "postgresql":
+        from cosigner.store.orders_postgres import PostgresOrderJournal
+        from tests.postgres import reset_journal
+        url: str = request.getfixturevalue("postgres_url")
+        reset_journal(url)
+        init_journal(url)
+        journal = PostgresOrderJournal(url, transition, writer=True, clock=clock)
     else:
         path = new_sqlite_journal(tmp_path / "journal.db")
         journal = SqliteOrderJournal(path, transition, writer=True,

@@ -1,4 +1,4 @@
-"""The order journal contract, run over every implementation (memory, SQLite)."""
+"""The order journal contract, run over every implementation (memory, SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from cosigner.callbacks.verify import OrderCallback, transition, verify
-from cosigner.errors import JournalUnavailableError, SettingsError, StoreError
+from cosigner.errors import JournalUnavailableError, LockLostError, StoreError
 from cosigner.store import init_journal
+from cosigner.store import postgres as pg_store
 from cosigner.store import sqlite as sqlite_store
 from cosigner.store.orders import (
     APPLIED,
@@ -21,8 +23,11 @@ from cosigner.store.orders import (
     OrderJournal,
     order_journal_from_url,
 )
+from cosigner.store.orders_postgres import PostgresOrderJournal
 from cosigner.store.orders_sqlite import SqliteOrderJournal
+from cosigner.store.postgres import PostgresJournal
 from tests.callbacks.conftest import SECRET, FakeClock, new_sqlite_journal, signed
+from tests.postgres import reset_journal
 
 
 def callback(status: int = 1, *, source: str | None = "127.0.0.1", **kwargs: object
@@ -237,11 +242,115 @@ class TestSqlite:
             journal.close()
 
 
+@pytest.mark.external_service
+class TestPostgres:
+    """What only the PostgreSQL order journal has: migration, triggers, fencing."""
+
+    def test_survives_reopen_and_verifies_at_writer_open(self, postgres_url: str) -> None:
+        """Durable across instances; an edited row makes the writer's open refuse."""
+        reset_journal(postgres_url)
+        init_journal(postgres_url)
+        journal = PostgresOrderJournal(postgres_url, transition, writer=True)
+        journal.open()
+        journal.record(callback(2), forward=True)
+        journal.record(callback(1), forward=True)
+        journal.close()
+        again = PostgresOrderJournal(postgres_url, transition)
+        again.open()
+        try:
+            assert again.queue_size() == 2
+            assert again.record(callback(1), forward=True).duplicate
+        finally:
+            again.close()
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                conn.execute("DELETE FROM cosigner_order_callbacks")
+            conn.execute("ALTER TABLE cosigner_order_callbacks DISABLE TRIGGER "
+                         "cosigner_order_callbacks_append_only")
+            conn.execute("UPDATE cosigner_order_callbacks SET deal_amount = '99' WHERE seq = 1")
+        with pytest.raises(JournalUnavailableError, match="do not verify"):
+            PostgresOrderJournal(postgres_url, transition, writer=True).open()
+
+    def test_cut_off_end_is_refused_on_write(self, postgres_url: str) -> None:
+        """The last callback removed (triggers disabled): the next write is refused."""
+        reset_journal(postgres_url)
+        init_journal(postgres_url)
+        journal = PostgresOrderJournal(postgres_url, transition, writer=True)
+        journal.open()
+        try:
+            journal.record(callback(2), forward=False)
+            with psycopg.connect(postgres_url, autocommit=True) as conn:
+                conn.execute("ALTER TABLE cosigner_order_callbacks DISABLE TRIGGER "
+                             "cosigner_order_callbacks_append_only")
+                conn.execute("DELETE FROM cosigner_order_callbacks")
+            with pytest.raises(StoreError, match="does not match the recorded head"):
+                journal.record(callback(1), forward=False)
+            assert not journal.verify().ok
+        finally:
+            journal.close()
+
+    def test_schema_1_journal_is_migrated_by_init(self, postgres_url: str) -> None:
+        """A journal from before the order tables is refused until `journal init` migrates
+        it (under the advisory lock, keeping its decisions)."""
+        reset_journal(postgres_url)
+        with psycopg.connect(postgres_url, autocommit=True) as conn, conn.transaction():
+            for statement in pg_store.MIGRATIONS[1]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO cosigner_meta (key, value) VALUES ('schema_version', "
+                         "'1'), ('creation_id', 'c0ffee'), ('created_at', "
+                         "'2026-01-01T00:00:00.000000+00:00')")
+            conn.execute("INSERT INTO cosigner_head (id, seq, hash) VALUES (1, 0, %s)",
+                         ("0" * 64,))
+        with pytest.raises(JournalUnavailableError, match="run `cosigner journal init`"):
+            PostgresOrderJournal(postgres_url, transition).open()
+        assert init_journal(postgres_url) == "c0ffee"
+        journal = PostgresOrderJournal(postgres_url, transition, writer=True)
+        journal.open()
+        try:
+            assert journal.record(callback(1), forward=False).record is not None
+            assert journal.verify().ok
+        finally:
+            journal.close()
+
+    def test_only_the_leader_records(self, postgres_url: str) -> None:
+        """Fenced by the decision journal's leader epoch: a process that lost the lead
+        records nothing (LockLostError, a StoreError: the listener answers 503)."""
+        reset_journal(postgres_url)
+        init_journal(postgres_url)
+        first = PostgresJournal(postgres_url, writer=True, election=True)
+        second = PostgresJournal(postgres_url, writer=True, election=True)
+        first.open()
+        second.open()
+        orders = PostgresOrderJournal(postgres_url, transition, writer=True, fence=first)
+        standby = PostgresOrderJournal(postgres_url, transition, writer=True, fence=second)
+        orders.open()
+        standby.open()
+        try:
+            assert first.lock_held()
+            assert not second.lock_held()
+            assert orders.record(callback(2), forward=False).record is not None
+            with pytest.raises(LockLostError, match="not the writer"):
+                standby.record(callback(1), forward=False)
+            first.step_down()
+            assert second.try_lead()
+            with pytest.raises(LockLostError, match="not the writer"):
+                orders.record(callback(1), forward=False)
+            recorded = standby.record(callback(1), forward=False).record
+            assert recorded is not None
+            assert recorded.seq == 2
+            assert standby.verify().ok
+        finally:
+            for journal in (orders, standby, first, second):
+                journal.close()
+
+
 class TestFactory:
-    def test_postgresql_has_no_order_tables_yet(self) -> None:
-        """With a PostgreSQL journal, callbacks are refused at start with one clear line."""
-        with pytest.raises(SettingsError, match="PostgreSQL has no order tables yet"):
-            order_journal_from_url("postgresql://cosigner:pw@db/journal", transition)
+    def test_postgresql(self) -> None:
+        """postgresql URLs give the PostgreSQL order journal (not opened: no I/O); its
+        name never shows the password."""
+        journal = order_journal_from_url("postgresql://cosigner:pw@db/journal", transition)
+        assert isinstance(journal, PostgresOrderJournal)
+        assert "pw" not in repr(journal)
 
     def test_sqlite_and_memory(self, tmp_path: Path) -> None:
         """sqlite URLs give the SQLite order journal; memory:// the in-memory one."""
