@@ -25,6 +25,7 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -61,13 +62,15 @@ ORDER_TABLES = ("cosigner_order_callbacks", "cosigner_order_head", "cosigner_ord
                 "cosigner_order_outbox")
 
 # The SQL below is built from constants only, never from input (S608 is a false positive).
-_CALLBACK_COLUMNS = (*CALLBACK_KEYS, "record_hash")
-_INSERT_CALLBACK = (f"INSERT INTO cosigner_order_callbacks ({', '.join(_CALLBACK_COLUMNS)}) "  # noqa: S608
+CALLBACK_COLUMNS = _CALLBACK_COLUMNS = (*CALLBACK_KEYS, "record_hash")
+_INSERT_CALLBACK = ("INSERT INTO cosigner_order_callbacks "  # noqa: S608
+                    f"({', '.join(_CALLBACK_COLUMNS)}) "
                     f"VALUES ({', '.join(['%s'] * len(_CALLBACK_COLUMNS))})")
 _SELECT_CALLBACKS = (f"SELECT {', '.join(_CALLBACK_COLUMNS)} "  # noqa: S608
                      "FROM cosigner_order_callbacks")
-_EVENT_COLUMNS = ("event_id", "seq", "order_no", "body", "created_at", "attempts",
-                  "next_attempt_at", "last_attempt_at", "last_error", "delivered_at")
+EVENT_COLUMNS = _EVENT_COLUMNS = ("event_id", "seq", "order_no", "body", "created_at",
+                                  "attempts", "next_attempt_at", "last_attempt_at",
+                                  "last_error", "delivered_at")
 _SELECT_EVENTS = f"SELECT {', '.join(_EVENT_COLUMNS)} FROM cosigner_order_outbox"  # noqa: S608
 # Due events, an event waiting while an older one of its order is undelivered.
 _SELECT_DUE = (_SELECT_EVENTS + " AS o WHERE o.delivered_at IS NULL "  # noqa: S608
@@ -78,8 +81,8 @@ _SELECT_NEXT_DUE = ("SELECT min(o.next_attempt_at) FROM cosigner_order_outbox AS
                     "WHERE o.delivered_at IS NULL AND NOT EXISTS (SELECT 1 FROM "
                     "cosigner_order_outbox AS p WHERE p.order_no = o.order_no "
                     "AND p.delivered_at IS NULL AND p.seq < o.seq)")
-_STATE_COLUMNS = ("order_no", "merchant_order_no", "status", "deal_amount", "order_type",
-                  "first_seen", "updated_at", "callbacks")
+STATE_COLUMNS = _STATE_COLUMNS = ("order_no", "merchant_order_no", "status", "deal_amount",
+                                  "order_type", "first_seen", "updated_at", "callbacks")
 _SELECT_STATES = f"SELECT {', '.join(_STATE_COLUMNS)} FROM cosigner_order_state"  # noqa: S608
 
 
@@ -403,3 +406,42 @@ def _state(row: Sequence[Any]) -> OrderState:
     order_no, merchant_order_no, status, deal_amount, order_type, first, updated, count = row
     return OrderState(order_no, merchant_order_no, status, deal_amount, order_type,
                       parse_timestamp(first), parse_timestamp(updated), count)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRows:
+    """The order tables of a journal as stored (``journal copy``): callbacks in
+    :data:`CALLBACK_COLUMNS` order by seq, the recorded head, state and outbox rows."""
+
+    callbacks: list[tuple[Any, ...]]
+    head: tuple[int, str]
+    states: list[tuple[Any, ...]]
+    events: list[tuple[Any, ...]]
+
+    def check(self, where: str) -> None:
+        """Raise StoreError unless the callbacks hash, link and end at the head."""
+        result = verify_entries((_stored(r) for r in self.callbacks), self.head)
+        if not result.ok:
+            raise StoreError(f"journal {where}: its order callbacks do not verify "
+                             f"({result.problem}); nothing was copied")
+
+
+def import_order_rows(conn: psycopg.Connection[Any], rows: OrderRows, where: str) -> None:
+    """Insert ``rows`` (checked) into the empty order tables on ``conn``, in the caller's
+    transaction, hashes as they are."""
+    head = conn.execute("SELECT seq FROM cosigner_order_head WHERE id = 1 FOR UPDATE"
+                        ).fetchone()
+    if head is None or int(head[0]) != 0 or conn.execute(
+            "SELECT 1 FROM cosigner_order_callbacks LIMIT 1").fetchone():
+        raise StoreError(f"journal {where} already has order callbacks; copy only into an "
+                         "empty journal")
+    state_columns = ", ".join(_STATE_COLUMNS)
+    event_columns = ", ".join(_EVENT_COLUMNS)
+    with conn.cursor() as cur:
+        cur.executemany(_INSERT_CALLBACK, rows.callbacks)
+        cur.executemany(f"INSERT INTO cosigner_order_state ({state_columns}) "  # noqa: S608
+                        f"VALUES ({', '.join(['%s'] * len(_STATE_COLUMNS))})", rows.states)
+        cur.executemany(f"INSERT INTO cosigner_order_outbox ({event_columns}) "  # noqa: S608
+                        f"VALUES ({', '.join(['%s'] * len(_EVENT_COLUMNS))})",
+                        [(*r[:3], bytes(r[3]), *r[4:]) for r in rows.events])
+    conn.execute("UPDATE cosigner_order_head SET seq = %s, hash = %s WHERE id = 1", rows.head)

@@ -885,9 +885,11 @@ class PostgresJournal:
         return {r[0]: parse_timestamp(r[1]) for r in rows}
 
     def import_entries(self, entries: Iterable[StoredEntry],
-                       policies: dict[str, datetime] | None = None) -> Head:
+                       policies: dict[str, datetime] | None = None,
+                       also: Callable[[psycopg.Connection[Any]], None] | None = None) -> Head:
         """Append entries copied from another journal, hashes as they are, into this
-        *empty* journal, in one transaction; return the new head.
+        *empty* journal, in one transaction; return the new head.  ``also`` runs in
+        that transaction (``journal copy`` adds the order tables there).
 
         Raises:
             StoreError: this journal is not empty, or an entry does not continue the chain.
@@ -921,6 +923,8 @@ class PostgresJournal:
                 conn.execute("INSERT INTO cosigner_policies (sha256, first_seen) VALUES "
                              "(%s, %s) ON CONFLICT (sha256) DO NOTHING",
                              (sha, timestamp_text(seen)))
+            if also is not None:
+                also(conn)
             self._set_head(conn, seq, prev)
             return Head(seq, prev)
 

@@ -15,6 +15,7 @@ from cosigner.errors import JournalUnavailableError, LockLostError, StoreError
 from cosigner.store import init_journal
 from cosigner.store import postgres as pg_store
 from cosigner.store import sqlite as sqlite_store
+from cosigner.store.copy import copy_journal
 from cosigner.store.orders import (
     APPLIED,
     LATE,
@@ -342,6 +343,65 @@ class TestPostgres:
         finally:
             for journal in (orders, standby, first, second):
                 journal.close()
+
+    def test_journal_copy_moves_the_order_tables(self, postgres_url: str, tmp_path: Path,
+                                                 clock: FakeClock) -> None:
+        """`journal copy` from SQLite brings callbacks (same chain), state and outbox into
+        PostgreSQL in the copy's transaction; the leader then continues the chain."""
+        reset_journal(postgres_url)
+        path = new_sqlite_journal(tmp_path / "j.db")
+        source = SqliteOrderJournal(path, transition, writer=True, clock=clock)
+        source.open()
+        source.record(callback(2), forward=True)
+        source.record(callback(1), forward=True)
+        source.record(callback(3), forward=True)  # late: after a final status
+        [first, *_] = source.events("335793449653514240")
+        source.delivered(first.event_id, clock.now)
+        history, events = source.history("335793449653514240"), source.events(
+            "335793449653514240")
+        state = source.order("335793449653514240")
+        source.close()
+        result = copy_journal(f"sqlite://{path}", postgres_url)
+        assert result.order_callbacks == 3
+        assert "3 order callbacks copied and verified" in result.summary()
+        target = PostgresOrderJournal(postgres_url, transition, writer=True, clock=clock)
+        target.open()
+        try:
+            assert target.history("335793449653514240") == history
+            assert target.events("335793449653514240") == events
+            assert target.order("335793449653514240") == state
+            assert target.queue_size() == 1
+            assert target.record(callback(1), forward=True).duplicate
+            more = target.record(callback(1, order_no="42"), forward=False).record
+            assert more is not None
+            assert more.seq == 4
+            assert more.prev_hash == history[-1].record_hash
+            assert target.verify().ok
+        finally:
+            target.close()
+
+    def test_journal_copy_refuses_edited_order_callbacks(self, postgres_url: str,
+                                                         tmp_path: Path) -> None:
+        """A source whose order callbacks do not verify: nothing is copied."""
+        reset_journal(postgres_url)
+        path = new_sqlite_journal(tmp_path / "j.db")
+        source = SqliteOrderJournal(path, transition, writer=True)
+        source.open()
+        source.record(callback(2), forward=False)
+        source.close()
+        conn = sqlite3.connect(path)
+        conn.execute("DROP TRIGGER order_callbacks_no_update")
+        conn.execute("UPDATE order_callbacks SET deal_amount = '99' WHERE seq = 1")
+        conn.commit()
+        conn.close()
+        with pytest.raises(StoreError, match="order callbacks do not verify"):
+            copy_journal(f"sqlite://{path}", postgres_url)
+        check = PostgresJournal(postgres_url)
+        check.open()
+        try:
+            assert check.head().seq == 0
+        finally:
+            check.close()
 
 
 class TestFactory:
