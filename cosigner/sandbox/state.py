@@ -491,9 +491,9 @@ class SqliteState:
                     "SELECT * FROM items WHERE merchant_no = ? AND status = 'pending' "
                     "ORDER BY id LIMIT ? OFFSET ?",
                     (merchant_no, page_size, max(0, (page_num - 1) * page_size))).fetchall()
-            if page_num >= 1 and (rows or after is not None):
-                self._cursors[(merchant_no, page_size, page_num)] = (
-                    rows[-1]["id"] if rows else after)
+            last: int | None = rows[-1]["id"] if rows else after
+            if page_num >= 1 and last is not None:
+                self._cursors[(merchant_no, page_size, page_num)] = last
         return total, [self._item(r) for r in rows]
 
     def _data_version(self) -> int:
