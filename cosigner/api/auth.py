@@ -34,6 +34,10 @@ SIGN_SORTS: tuple[SignSort, ...] = ("casefold", "ascii")
 PUBLIC_HEADERS = ("Nonce", "TimeStamp", "MerchantNo", "SignType", "Lang", "ApiKey")
 
 _NONCE_ALPHABET = string.ascii_letters + string.digits
+_NONCE_SPACE = len(_NONCE_ALPHABET) ** 8
+
+#: Request extension carrying the fields a JSON body was encoded from (see :func:`signed_body`).
+SIGN_FIELDS = "cosigner.sign_fields"
 
 
 def format_value(value: Any) -> str | None:
@@ -135,8 +139,13 @@ def sign_callback(fields: Mapping[str, Any], secret: str, sort: SignSort = "case
 
 
 def new_nonce() -> str:
-    """8 random letters and digits (DESIGN section 1)."""
-    return "".join(secrets.choice(_NONCE_ALPHABET) for _ in range(8))
+    """8 random letters and digits (DESIGN section 1), uniform, from one ``secrets`` draw."""
+    n = secrets.randbelow(_NONCE_SPACE)
+    chars = []
+    for _ in range(8):
+        n, digit = divmod(n, 62)
+        chars.append(_NONCE_ALPHABET[digit])
+    return "".join(chars)
 
 
 def timestamp_ms() -> int:
@@ -147,8 +156,11 @@ def timestamp_ms() -> int:
 class SignAuth(httpx.Auth):
     """httpx auth flow adding the six public headers and the ``Sign`` to each request.
 
-    The JSON body must already be encoded on the request; it is parsed back
-    with exact numbers so the signature covers exactly the bytes that are sent.
+    The JSON body must already be encoded on the request.  When the request carries
+    the fields it was encoded from (:func:`signed_body`), the ``Sign`` is computed
+    from them; otherwise the body is parsed back with exact numbers.  Both give the
+    same ``Sign``: a field's text is the same before encoding and after decoding
+    (strings, integers, booleans, Decimals and exact number literals alike).
     """
 
     def __init__(self, merchant_no: str, api_key: str, secret: str, *, lang: str = "en",
@@ -178,8 +190,10 @@ class SignAuth(httpx.Auth):
         }
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        body = request.content
-        fields = loads_exact(body) if body else {}
+        fields = request.extensions.get(SIGN_FIELDS)
+        if fields is None:
+            body = request.content
+            fields = loads_exact(body) if body else {}
         if not isinstance(fields, Mapping):
             raise TypeError("1BitPay request bodies are JSON objects")
         headers = self.public_params()
@@ -191,5 +205,14 @@ class SignAuth(httpx.Auth):
 def encode_body(fields: Mapping[str, Any]) -> bytes:
     """The JSON request body for ``fields`` (Decimals as plain strings, exact numbers kept)."""
     return dumps_exact(fields).encode("utf-8")
+
+
+def signed_body(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``content`` and ``extensions`` for an httpx request whose body is ``fields``.
+
+    The body and the fields :class:`SignAuth` signs come from the same mapping, so the
+    ``Sign`` is computed without parsing back the body just built.
+    """
+    return {"content": encode_body(fields), "extensions": {SIGN_FIELDS: fields}}
 
 

@@ -24,6 +24,7 @@ from cosigner.api.auth import (
     format_value,
     new_nonce,
     sign_callback,
+    signed_body,
     signs_equal,
     timestamp_ms,
     verify_callback,
@@ -350,6 +351,32 @@ class TestSignAuth:
         fields = {**json.loads(request.content), **{h: request.headers[h] for h in PUBLIC_HEADERS}}
         assert fields["value"] == "4.10"
         assert request.headers["Sign"] == _reference_sign(fields, SECRET, "ascii")
+
+    @given(st.dictionaries(
+        st.text(string.ascii_letters, min_size=1, max_size=8),
+        st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=12),
+                  st.decimals(allow_nan=False, allow_infinity=False, places=4),
+                  st.decimals(allow_nan=False, allow_infinity=False, places=2).map(
+                      lambda d: JsonNumber(format(d, "f"))),
+                  st.lists(st.integers(), max_size=3)),
+        max_size=6))
+    def test_fields_sign_like_their_body(self, fields: dict[str, Any]) -> None:
+        """Signing the fields a body came from gives the Sign of the body parsed back."""
+        auth = SignAuth("M1", "key", SECRET, clock=lambda: 1566781991111, nonce=lambda: "abcd1234")
+        kwargs = signed_body(fields)
+        from_fields = next(auth.auth_flow(httpx.Request("POST", "https://x.invalid/", **kwargs)))
+        from_body = next(auth.auth_flow(httpx.Request("POST", "https://x.invalid/",
+                                                      content=kwargs["content"])))
+        assert from_fields.headers["Sign"] == from_body.headers["Sign"]
+
+    def test_fields_are_not_parsed_back(self) -> None:
+        """Issue 12: with the fields on the request, the body is not parsed again."""
+        auth = SignAuth("meraojiasdoa123", "asdhuasdaosd", SECRET, clock=lambda: 1566781991111,
+                        nonce=lambda: "dnasja1N")
+        fields = {"orderNo": "Or12898771811", "name": "John Li"}
+        request = httpx.Request("POST", "https://x.invalid/", content=b"not json",
+                                extensions={"cosigner.sign_fields": fields})
+        assert next(auth.auth_flow(request)).headers["Sign"] == DOC_SIGN
 
     def test_repr_hides_the_secret(self) -> None:
         """The auth object's repr never shows the secret."""
