@@ -35,6 +35,7 @@ PUBLIC_HEADERS = ("Nonce", "TimeStamp", "MerchantNo", "SignType", "Lang", "ApiKe
 
 _NONCE_ALPHABET = string.ascii_letters + string.digits
 _NONCE_SPACE = len(_NONCE_ALPHABET) ** 8
+_SIGNED_LOWER = frozenset(h.lower().encode("ascii") for h in (*PUBLIC_HEADERS, "Sign"))
 
 #: Request extension carrying the fields a JSON body was encoded from (see :func:`signed_body`).
 SIGN_FIELDS = "cosigner.sign_fields"
@@ -189,6 +190,12 @@ class SignAuth(httpx.Auth):
             "ApiKey": self._api_key,
         }
 
+    def signed_headers(self, fields: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
+        """The six public headers and the ``Sign`` for a body made of ``fields``."""
+        headers = self.public_params()
+        headers["Sign"] = compute_sign({**fields, **headers}, self._secret, self._sort)
+        return [(k.encode("ascii"), v.encode("utf-8")) for k, v in headers.items()]
+
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         fields = request.extensions.get(SIGN_FIELDS)
         if fields is None:
@@ -196,9 +203,9 @@ class SignAuth(httpx.Auth):
             fields = loads_exact(body) if body else {}
         if not isinstance(fields, Mapping):
             raise TypeError("1BitPay request bodies are JSON objects")
-        headers = self.public_params()
-        headers["Sign"] = compute_sign({**fields, **headers}, self._secret, self._sort)
-        request.headers.update(headers)
+        # One new Headers instead of seven updates of the old one (each a scan).
+        kept = [(k, v) for k, v in request.headers.raw if k.lower() not in _SIGNED_LOWER]
+        request.headers = httpx.Headers(kept + self.signed_headers(fields))
         yield request
 
 

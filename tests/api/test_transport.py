@@ -282,3 +282,33 @@ class TestTls:
             assert raw.requests == []
         finally:
             tls.close()
+
+
+class TestApiClientTransport:
+    async def test_proxy_from_the_environment_is_honoured(
+            self, raw: RawServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        """With HTTP_PROXY set, requests go to the proxy (httpx's own transport), not direct."""
+        from cosigner.api.client import ApiClient
+        monkeypatch.setenv("HTTP_PROXY", raw.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        body = b'{"code":200,"message":"ok","data":null}'
+        raw.script = [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)]
+        async with ApiClient("http://api.example.invalid", "M1", "K1", "s", retries=1) as api:
+            await api.collect(1, "data")
+        assert raw.requests[0].startswith(
+            b"POST http://api.example.invalid/api/transaction/assets/collect HTTP/1.1")
+
+    async def test_base_url_path_is_kept(self, raw: RawServer) -> None:
+        """A base URL with a path prefix keeps it, like httpx's base_url merging."""
+        from cosigner.api.client import ApiClient
+        body = b'{"code":200,"message":"ok","data":null}'
+        raw.script = [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)]
+        async with ApiClient(raw.url + "/prefix", "M1", "K1", "s", retries=1) as api:
+            await api.collect(0, "data")
+        head = raw.requests[0].split(b"\r\n\r\n")[0].split(b"\r\n")
+        assert head[0] == b"POST /prefix/api/transaction/assets/collect HTTP/1.1"
+        names = [line.split(b":")[0].lower() for line in head[1:]]
+        assert names.count(b"host") == 1
+        assert {b"nonce", b"timestamp", b"merchantno", b"signtype", b"lang", b"apikey",
+                b"sign", b"content-length"} <= set(names)
