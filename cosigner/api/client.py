@@ -18,8 +18,8 @@ request provably never reached the server; anything else is left to the
 daemon's journal, which re-posts the *recorded* decision on the next cycle.
 Both policies are built once, with the client.
 
-Each request is an ``httpx.Request`` signed by the :class:`SignAuth` auth flow and
-handed to an ``httpx`` transport: the one given (tests pass ``httpx.MockTransport``),
+Each request is an ``httpx.Request`` carrying the headers :class:`SignAuth` signs (the
+same signing as its httpx auth flow), handed to an ``httpx`` transport: the one given (tests pass ``httpx.MockTransport``),
 else :class:`~cosigner.api.transport.LeanTransport` (keep-alive HTTP/1.1 at a
 fraction of httpcore's CPU per request), or, when the environment names a proxy,
 an ``httpx.AsyncClient`` that honours it.  The client calls the transport directly:
@@ -46,7 +46,7 @@ import certifi
 import httpx
 
 from cosigner import __version__
-from cosigner.api.auth import SIGN_FIELDS, SignAuth, SignSort, encode_body
+from cosigner.api.auth import SignAuth, SignSort, encode_body
 from cosigner.api.models import CreatedOrder, PendingPage, PendingSnapshot, Rate
 from cosigner.api.transport import LeanTransport
 from cosigner.errors import (
@@ -247,11 +247,13 @@ class ApiClient:
     async def _send(self, url: httpx.URL, fields: Mapping[str, Any]) -> httpx.Response:
         """One signed POST of ``fields`` through the transport; the answer read in full."""
         body = encode_body(fields)
+        # The auth flow's own signing, with the headers given to the request at once
+        # (rebuilding httpx Headers in the flow costs as much as the Sign itself).
         request = httpx.Request(
             "POST", url, content=body,
-            headers=[*self._headers, (b"Content-Length", str(len(body)).encode())],
-            extensions={"timeout": self._timeout, SIGN_FIELDS: fields})
-        request = next(self._auth.auth_flow(request))
+            headers=[*self._headers, (b"Content-Length", str(len(body)).encode()),
+                     *self._auth.signed_headers(fields)],
+            extensions={"timeout": self._timeout})
         response = await self._transport.handle_async_request(request)
         try:
             await response.aread()

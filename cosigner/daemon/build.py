@@ -57,7 +57,8 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
     if opts.configure_logs:
         configure_logging(settings.log_format, settings.log_level,
                           secrets=(secret, password, db_url))
-    log = opts.log or get_logger("cosigner.daemon")
+    # Bound once, after configuring: a lazy proxy re-binds on every call (per item).
+    log = opts.log or get_logger("cosigner.daemon").bind()
 
     policy = load_policy(settings.policy_path)
     shard = load_shard(settings.pfx_path, password, scheme=settings.sign_scheme)
