@@ -19,10 +19,11 @@ daemon's journal, which re-posts the *recorded* decision on the next cycle.
 Both policies are built once, with the client.
 
 Each request is an ``httpx.Request`` carrying the headers :class:`SignAuth` signs (the
-same signing as its httpx auth flow), handed to an ``httpx`` transport: the one given (tests pass ``httpx.MockTransport``),
-else :class:`~cosigner.api.transport.LeanTransport` (keep-alive HTTP/1.1 at a
-fraction of httpcore's CPU per request), or, when the environment names a proxy,
-an ``httpx.AsyncClient`` that honours it.  The client calls the transport directly:
+same signing as its httpx auth flow), handed to an ``httpx`` transport: the one given
+(tests pass ``httpx.MockTransport``), else
+:class:`~cosigner.api.transport.LeanTransport` (keep-alive HTTP/1.1 at a fraction
+of httpcore's CPU per request), or, when the environment names a proxy, an
+``httpx.AsyncClient`` that honours it.  The client calls the transport directly:
 ``AsyncClient.send`` (redirects, cookies, hooks, URL merging) cost three times the
 exchange itself, and none of it applies to a signed JSON API.
 """
@@ -31,11 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import re
 import ssl
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -160,8 +161,8 @@ class _ProxiedTransport(httpx.AsyncBaseTransport):
 def _env_proxy(base_url: str) -> bool:
     """True when the environment names a proxy for ``base_url``'s scheme: httpx's own
     transport then handles proxying (and ``NO_PROXY``) as it always did."""
-    proxies = urllib.request.getproxies_environment()
-    return bool(proxies.get(httpx.URL(base_url).scheme) or proxies.get("all"))
+    names = {f"{httpx.URL(base_url).scheme}_proxy", "all_proxy"}
+    return any(value and name.lower() in names for name, value in os.environ.items())
 
 
 class ApiClient:

@@ -9,8 +9,11 @@ and speaks only what a JSON API client needs, on asyncio protocols directly:
 * answers framed by ``Content-Length``, ``Transfer-Encoding: chunked`` or the
   end of the connection; ``1xx`` interim answers are skipped;
 * keep-alive connections per origin, reused most-recent-first, dropped once the
-  server closed them, when they were idle longer than ``keepalive_expiry``, or
-  when an exchange on them did not end cleanly;
+  server closed them (checked on the socket itself before reuse, as httpcore does),
+  when they were idle longer than ``keepalive_expiry`` (2 s by default: well under
+  the usual server keep-alive timeouts, uvicorn's 5 s included, so a request is
+  not written into a connection the server is closing), or when an exchange on
+  them did not end cleanly;
 * TLS through the ``ssl.SSLContext`` it is given (``https`` origins).
 
 No proxies, no HTTP/2, no upgrades.  Every failure is raised as httpx's own
@@ -26,6 +29,7 @@ exception, so the client above maps it as it would httpx's transport's:
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 import time
 from types import TracebackType
@@ -123,8 +127,18 @@ class _Connection(asyncio.Protocol):
 
     def usable(self, now: float, expiry: float) -> bool:
         transport = self.transport
-        return (not self.closed and transport is not None and not transport.is_closing()
-                and not self._buffer and now - self.idle_since < expiry)
+        if (self.closed or transport is None or transport.is_closing() or self._buffer
+                or now - self.idle_since >= expiry):
+            return False
+        # Readable while idle means the server's close (or stray bytes) arrived but the
+        # loop has not read it yet: never write a request into that connection.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            if poller.poll(0):
+                return False
+        return True
 
     async def exchange(self, message: bytes, no_body: bool,
                        read_timeout: float | None) -> _Answer:
@@ -272,7 +286,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
     """
 
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None,
-                 max_connections: int = 16, keepalive_expiry: float = 5.0) -> None:
+                 max_connections: int = 16, keepalive_expiry: float = 2.0) -> None:
         self._ssl_context = ssl_context
         self._max_connections = max(1, max_connections)
         self._keepalive_expiry = keepalive_expiry
@@ -330,8 +344,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         finally:
             slots.release()
             if connection is not None:
-                if reusable and not self._closed and connection.usable(time.monotonic(),
-                                                                       float("inf")):
+                if reusable and not self._closed and not connection.closed:
                     connection.idle_since = time.monotonic()
                     idle = self._idle.setdefault(origin, [])
                     idle.append(connection)

@@ -312,3 +312,43 @@ class TestApiClientTransport:
         assert names.count(b"host") == 1
         assert {b"nonce", b"timestamp", b"merchantno", b"signtype", b"lang", b"apikey",
                 b"sign", b"content-length"} <= set(names)
+
+
+class TestStaleConnection:
+    async def test_close_not_yet_seen_by_the_loop(self) -> None:
+        """A connection the server closed while idle is not reused even before the loop
+        has read the close: the request goes out on a new connection, no error."""
+        import socket
+        import threading
+        import time
+
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        close_first = threading.Event()
+        accepted: list[socket.socket] = []
+
+        def serve() -> None:
+            for _ in range(2):
+                conn, _ = listener.accept()
+                accepted.append(conn)
+                conn.recv(65536)
+                conn.sendall(OK)
+                if len(accepted) == 1:
+                    close_first.wait(5)
+                    conn.close()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            async with await _client(f"http://127.0.0.1:{port}") as http:
+                assert (await http.get("/")).status_code == 200
+                close_first.set()
+                # Block the loop: the close reaches the socket, not the protocol.
+                time.sleep(0.2)  # noqa: ASYNC251 - on purpose, see above
+                assert (await http.get("/")).status_code == 200
+            assert len(accepted) == 2
+        finally:
+            thread.join(5)
+            for conn in accepted:
+                conn.close()
+            listener.close()
