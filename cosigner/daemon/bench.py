@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -188,8 +189,8 @@ class _Latency:
     """Listener timing each item from its recorded decision to its post's answer."""
 
     def __init__(self, progress: Progress | None) -> None:
-        self.decided: dict[int, float] = {}
-        self.samples: list[float] = []
+        self.decided: dict[int, float] = {}   # only items decided and not yet posted
+        self.samples = array("d")              # compact: 8 bytes a sample
         self.progress = progress
 
     def __call__(self, event: DecisionEvent) -> None:
