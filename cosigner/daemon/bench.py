@@ -50,6 +50,7 @@ from cosigner.signing import load_shard
 from cosigner.signing.objects import approval_sign_object
 from cosigner.signing.shard import Shard
 from cosigner.signing.throwaway import make_throwaway_shard
+from cosigner.store import init_journal
 
 MERCHANT_NO = "M-BENCH-0001"
 API_KEY = "ak-bench"
@@ -242,11 +243,13 @@ async def bench(items: int, concurrency: int | None = None, *, ceiling: bool = T
         ceiling_figures: _CeilingFigures | None = None
         try:
             await _wait_ready(url, proc)
+            journal_url = f"sqlite://{work / 'journal.db'}"
+            init_journal(journal_url)  # run never creates a journal
             settings = Settings(
                 api_base_url=url, merchant_no=MERCHANT_NO, api_key=API_KEY,
                 api_secret=SecretStr(secret), pfx_path=work / "shard.pfx",
                 pfx_password=SecretStr(password), policy_path=policy,
-                database_url=SecretStr(f"sqlite://{work / 'journal.db'}"),
+                database_url=SecretStr(journal_url),
                 http_addr="127.0.0.1:0", log_level="error",
                 max_pending=max(items, 10000),
                 concurrency=concurrency or int(os.environ.get("COSIGNER_CONCURRENCY", 8)),
