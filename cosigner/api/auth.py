@@ -77,11 +77,12 @@ def _sort_key(sort: SignSort) -> Callable[[str], Any]:
     raise ValueError(f"COSIGNER_SIGN_SORT must be casefold or ascii, not {sort!r}")
 
 
-def canonical_string(params: Mapping[str, Any], sort: SignSort = "casefold") -> str:
-    """``k1=v1&k2=v2...`` over the non-empty parameters, ``Sign`` excluded, sorted."""
+def canonical_string(params: Mapping[str, Any], sort: SignSort = "casefold", *,
+                     skip: str | None = "Sign") -> str:
+    """``k1=v1&k2=v2...`` over the non-empty parameters, ``skip`` (``Sign``) excluded, sorted."""
     pairs = []
     for key in sorted(params, key=_sort_key(sort)):
-        if key == "Sign":
+        if key == skip:
             continue
         text = format_value(params[key])
         if text is not None:
@@ -89,9 +90,10 @@ def canonical_string(params: Mapping[str, Any], sort: SignSort = "casefold") -> 
     return "&".join(pairs)
 
 
-def compute_sign(params: Mapping[str, Any], secret: str, sort: SignSort = "casefold") -> str:
+def compute_sign(params: Mapping[str, Any], secret: str, sort: SignSort = "casefold", *,
+                 skip: str | None = "Sign") -> str:
     """The 32-character lowercase md5 ``Sign`` of ``params`` under ``secret``."""
-    text = canonical_string(params, sort) + secret
+    text = canonical_string(params, sort, skip=skip) + secret
     # md5 is the provider's choice for request signing, not ours.
     return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
 
@@ -102,10 +104,10 @@ def signs_equal(a: str, b: str) -> bool:
 
 
 def verify_sign(params: Mapping[str, Any], sign: str, secret: str,
-                sort: SignSort = "casefold") -> bool:
+                sort: SignSort = "casefold", *, skip: str | None = "Sign") -> bool:
     """True when ``sign`` is the ``Sign`` of ``params`` (``Sign`` itself ignored)."""
     try:
-        expected = compute_sign(params, secret, sort)
+        expected = compute_sign(params, secret, sort, skip=skip)
     except (TypeError, ValueError, InvalidOperation):
         return False
     return signs_equal(expected, sign)
@@ -131,13 +133,15 @@ def verify_callback(body: bytes | str | Mapping[str, Any], secret: str,
     signature = data.get("signature")
     if not isinstance(signature, str) or not signature:
         return False
+    # Every field but ``signature`` is signed, a field named ``Sign`` included.
     fields = {k: v for k, v in data.items() if k != "signature"}
-    return verify_sign(fields, signature, secret, sort)
+    return verify_sign(fields, signature, secret, sort, skip=None)
 
 
 def sign_callback(fields: Mapping[str, Any], secret: str, sort: SignSort = "casefold") -> str:
     """The ``signature`` a provider puts on a callback carrying ``fields``."""
-    return compute_sign({k: v for k, v in fields.items() if k != "signature"}, secret, sort)
+    return compute_sign({k: v for k, v in fields.items() if k != "signature"}, secret, sort,
+                        skip=None)
 
 
 def new_nonce() -> str:

@@ -312,6 +312,14 @@ class TestCallbacks:
         body[key] = body[key] + data.draw(st.characters())
         assert not verify_callback(dumps_exact(body), SECRET)
 
+    def test_a_field_named_sign_is_signed_too(self) -> None:
+        """A callback field called ``Sign`` is covered: changing it fails the check
+        (hypothesis found ``{"Sign": "0"}`` tampered undetected)."""
+        body = {"Sign": "0", "signature": sign_callback({"Sign": "0"}, SECRET)}
+        assert verify_callback(dumps_exact(body), SECRET)
+        body["Sign"] = "1"
+        assert not verify_callback(dumps_exact(body), SECRET)
+
     def test_number_literal_is_signed_as_sent(self) -> None:
         """``"dealAmount": 10.10`` is signed as 10.10, so a float parse would break it."""
         fields = {"orderNo": "O1", "dealAmount": JsonNumber("10.10"), "status": 2}
