@@ -2,8 +2,9 @@
 
 The sandbox runs in its own process (so daemon and provider each get a core, as
 they would in production), is seeded with N generated pending items, and the
-real pipeline of ``cosigner run`` decides, journals (SQLite, ``synchronous=FULL``),
-signs and posts every one in one poll cycle.
+real pipeline of ``cosigner run`` decides, journals (SQLite, ``synchronous=FULL``,
+or the empty PostgreSQL database ``--database-url`` names), signs and posts every
+one in one poll cycle.
 
 Then the **ceiling**: the sandbox is reset and seeded with the same N items, and
 a bare loop does only the unavoidable work at the same concurrency: read the
@@ -44,7 +45,7 @@ from pydantic import SecretStr
 from cosigner.api.auth import compute_sign, new_nonce, timestamp_ms
 from cosigner.daemon.build import BuildOptions, build_daemon
 from cosigner.daemon.pipeline import DecisionEvent
-from cosigner.errors import CosignerError
+from cosigner.errors import ConfigError, CosignerError
 from cosigner.models import loads_exact
 from cosigner.sandbox import SandboxAdmin
 from cosigner.sandbox.generate import eip55_address
@@ -53,7 +54,8 @@ from cosigner.signing import load_shard
 from cosigner.signing.objects import approval_sign_object
 from cosigner.signing.pool import BatchSigner
 from cosigner.signing.throwaway import make_throwaway_shard
-from cosigner.store import init_journal
+from cosigner.store import init_journal, open_journal
+from cosigner.store.postgres import mask_url
 
 MERCHANT_NO = "M-BENCH-0001"
 API_KEY = "ak-bench"
@@ -128,10 +130,11 @@ def _free_port() -> int:
 
 
 def run_bench(items: int = 10000, concurrency: int | None = None, *,
-              as_json: bool = False) -> int:
+              as_json: bool = False, database_url: str | None = None) -> int:
     """Run the benchmark and print its figures; exit 0 when every item was handled."""
     progress = Progress(sys.stderr) if sys.stderr.isatty() else None
-    result = asyncio.run(bench(items, concurrency, progress=progress))
+    result = asyncio.run(bench(items, concurrency, progress=progress,
+                               database_url=database_url))
     if as_json:
         print(json.dumps(asdict(result)))
     else:
@@ -219,10 +222,23 @@ class _Latency:
 
 
 async def bench(items: int, concurrency: int | None = None, *, ceiling: bool = True,
-                progress: Progress | None = None) -> BenchResult:
-    """Start a sandbox process with ``items`` items, run one poll cycle, then the ceiling."""
+                progress: Progress | None = None,
+                database_url: str | None = None) -> BenchResult:
+    """Start a sandbox process with ``items`` items, run one poll cycle, then the ceiling.
+
+    ``database_url``: an empty journal to use (created if absent), e.g. a PostgreSQL
+    database; by default a temporary SQLite file."""
     if items < 1:
         raise CosignerError("--items must be at least 1")
+    if database_url is not None:
+        init_journal(database_url)
+        journal = open_journal(database_url)
+        try:
+            if journal.head().seq:
+                raise ConfigError(f"--database-url {mask_url(database_url)}: the journal is "
+                                  "not empty; bench needs an empty one")
+        finally:
+            journal.close()
     with tempfile.TemporaryDirectory(prefix="cosigner-bench-") as tmp:
         work = Path(tmp)
         secret = secrets.token_urlsafe(24)
@@ -246,8 +262,9 @@ async def bench(items: int, concurrency: int | None = None, *, ceiling: bool = T
         ceiling_figures: _CeilingFigures | None = None
         try:
             await _wait_ready(url, proc)
-            journal_url = f"sqlite://{work / 'journal.db'}"
-            init_journal(journal_url)  # run never creates a journal
+            journal_url = database_url or f"sqlite://{work / 'journal.db'}"
+            if database_url is None:
+                init_journal(journal_url)  # run never creates a journal
             settings = Settings(
                 api_base_url=url, merchant_no=MERCHANT_NO, api_key=API_KEY,
                 api_secret=SecretStr(secret), pfx_path=work / "shard.pfx",
@@ -256,10 +273,11 @@ async def bench(items: int, concurrency: int | None = None, *, ceiling: bool = T
                 http_addr="127.0.0.1:0", log_level="error",
                 max_pending=max(items, 10000),
                 concurrency=concurrency or int(os.environ.get("COSIGNER_CONCURRENCY", 8)),
-                mode="enforce", pause_file=None, request_timeout=30.0)
+                mode="enforce", pause_file=None, request_timeout=30.0, leader_retry=0.2)
             latency = _Latency(progress)
             daemon = build_daemon(settings, BuildOptions(install_signals=False,
                                                          listeners=[latency]))
+            await daemon.await_leadership()  # PostgreSQL: the only replica leads
             drawing = _start_progress(progress, "daemon", items)
             cpu0, sandbox0 = time.process_time(), _cpu_of(proc.pid)
             started = time.perf_counter()
@@ -273,7 +291,7 @@ async def bench(items: int, concurrency: int | None = None, *, ceiling: bool = T
                 peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 signer_rss = _children_peak_rss_mb(exclude={proc.pid})
                 await daemon.close()
-            journal_bytes = _journal_bytes(work)
+            journal_bytes = _journal_bytes(work) if database_url is None else None
             async with SandboxAdmin(url, timeout=120) as admin:
                 received = await admin.decisions()
                 if ceiling:
@@ -312,7 +330,7 @@ async def bench(items: int, concurrency: int | None = None, *, ceiling: bool = T
         p50_ms=latency.percentile(0.5), p99_ms=latency.percentile(0.99),
         peak_rss_mb=round(peak_rss, 1), signer_peak_rss_mb=signer_rss,
         journal_bytes_per_decision=(round(journal_bytes / result.decided, 1)
-                                    if result.decided else None),
+                                    if result.decided and journal_bytes is not None else None),
         approved=result.approved, rejected=result.rejected, held=result.held,
         posted=result.posted, received_by_sandbox=len(received),
         verified_by_sandbox=verified,
