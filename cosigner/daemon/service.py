@@ -196,6 +196,7 @@ class Daemon:
             self.pipeline.state = PolicyState(candidate, ledger, Path(path))
             self._watch_stamp = self._stamp()
             self.metrics.set_policy(candidate.name, candidate.sha256)
+            self.metrics.set_limit_scopes({lim.name: lim.per for lim in candidate.limits})
             self.metrics.policy_reloads.labels("ok").inc()
             self.log.info("policy.reloaded", trigger=trigger, name=candidate.name,
                           sha256=candidate.sha256, previous=old.sha256)
