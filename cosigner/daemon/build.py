@@ -7,7 +7,7 @@ shard and journal are all checked before anything touches the network.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from cosigner.signing.pool import BatchSigner
 from cosigner.store import Head, journal_from_url
 from cosigner.store.postgres import PostgresJournal, mask_url
 
+from .callbacks import CallbackOptions, CallbackService, build_callbacks
 from .control import check_pause_location
 from .leadership import ElectedLeader, LeaderGatedSource, Leadership, SoleLeader
 from .metrics import Metrics
@@ -46,6 +47,8 @@ class BuildOptions:
     watch_interval: float = 2.0
     client_retries: int = 3
     log: Any = None
+    callback_port: int | None = None
+    callbacks: CallbackOptions | None = None
     #: False (tests only): skip the PostgreSQL election and its fencing, as if every
     #: replica led; the database's constraints and row locks must still hold.
     election: bool = True
@@ -62,9 +65,11 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
     secret = settings.api_secret.get_secret_value()
     password = settings.shard_password()
     db_url = settings.database_url.get_secret_value()
+    forward_secret = (settings.callback_forward_secret.get_secret_value()
+                      if settings.callback_forward_secret is not None else None)
     if opts.configure_logs:
         configure_logging(settings.log_format, settings.log_level,
-                          secrets=(secret, password, db_url))
+                          secrets=(secret, password, db_url, forward_secret))
     # Bound once, after configuring: a lazy proxy re-binds on every call (per item).
     log = opts.log or get_logger("cosigner.daemon").bind()
 
@@ -89,6 +94,11 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
                                on_commit=committed, election=True)
     journal.open()
     pause_file = settings.pause_path()
+    services: list[CallbackService] = []
+    # In HA only the leader forwards order events (leadership is known further down).
+    callback_options = opts.callbacks or CallbackOptions()
+    if callback_options.forward_gate is None:
+        callback_options = replace(callback_options, forward_gate=lambda: leadership.active())
     try:
         metrics.journal_head_sequence.set(journal.head().seq)
         # The kill switch must be visible to the daemon (exit 2, not a traceback per poll).
@@ -98,6 +108,9 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         # Every approval the limits count is hash-checked as it is read: an edited one
         # stops the start (exit 2), like a chain that does not verify.
         ledger = ledger_from_journal(policy, journal, datetime.now(UTC))
+        if settings.callback_addr is not None and not opts.once:
+            services.append(build_callbacks(settings, metrics, log, db_url, callback_options,
+                                            port=opts.callback_port))
     except StoreError as exc:
         journal.close()
         if isinstance(exc, JournalUnavailableError):
@@ -151,7 +164,7 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         await signer.aclose()
 
     return Daemon(pipeline, journal, metrics, log, config, on_close=close,
-                  leadership=leadership)
+                  leadership=leadership, services=services)
 
 
 def _rebuild_ledger(pipeline: Pipeline, journal: PostgresJournal) -> None:
