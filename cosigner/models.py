@@ -155,3 +155,26 @@ def item_content_hash(raw: Mapping[str, Any]) -> str:
     canonical = json.dumps(dict(raw), sort_keys=True, separators=(",", ":"),
                            ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPage:
+    """One page of ``/api/transaction/pending``."""
+
+    page_num: int
+    total: int
+    items: list[PendingItem]
+    malformed: int = 0  # list entries that were not JSON objects (nothing can be posted for them)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSnapshot:
+    """Every page read into one list, deduplicated by id and capped at ``max_pending``."""
+
+    items: list[PendingItem]
+    total: int
+    pages: int
+    truncated: bool = False
+    duplicates: int = 0
+    malformed: int = 0
+    ids: frozenset[int] = field(default_factory=frozenset)

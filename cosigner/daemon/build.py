@@ -1,25 +1,28 @@
-"""The composition root: settings are read here, once, and passed down as plain values.
+"""The daemon's composition: plain values in (a :class:`DaemonSpec`), a wired Daemon out.
 
-Startup fails fast with one clear line per problem (exit 2): settings, policy,
+The settings are read by the command line (:mod:`cosigner.cli.daemon`), which
+turns them into a :class:`DaemonSpec`; the demo and the benchmark build one
+directly.  Startup fails fast with one clear line per problem (exit 2): policy,
 shard and journal are all checked before anything touches the network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from cosigner.api.auth import SignSort
 from cosigner.api.client import ApiClient
 from cosigner.logs import configure_logging, get_logger
 from cosigner.policy import load_policy
-from cosigner.settings import Settings
 from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
+from cosigner.signing.shard import SignScheme
 from cosigner.store import open_journal
 
 from .metrics import Metrics
@@ -27,11 +30,44 @@ from .pipeline import DecisionEvent, Pipeline, PolicyState, ledger_from_journal
 from .service import Daemon, DaemonConfig
 
 
+@dataclass(frozen=True)
+class DaemonSpec:
+    """Everything the daemon is configured with, as plain values (DESIGN section 6).
+
+    Secrets are plain strings here: they never leave this process, and logging
+    registers them for redaction before anything is logged.
+    """
+
+    api_base_url: str
+    merchant_no: str
+    api_key: str
+    api_secret: str = field(repr=False)
+    pfx_path: Path
+    pfx_password: str = field(repr=False)
+    policy_path: Path
+    database_url: str = field(repr=False)
+    lang: str = "en"
+    sign_sort: SignSort = "casefold"
+    sign_scheme: SignScheme = "java-rsa"
+    request_timeout: float = 10.0
+    page_size: int = 50
+    max_pending: int = 10000
+    concurrency: int = 8
+    poll_interval: float = 120.0
+    collect_interval: float = 300.0
+    collect_is_main: Sequence[int] = (1, 0)
+    http_host: str = "127.0.0.1"
+    http_port: int = 9464
+    pause_file: Path | None = None
+    mode: str = "enforce"
+    log_format: str = "json"
+    log_level: str = "info"
+
+
 @dataclass
 class BuildOptions:
-    """What a caller (``run``, the demo, a test) may change beyond the settings."""
+    """What a caller (``run``, the demo, a test) may change beyond the spec."""
 
-    once: bool = False
     shadow: bool = False
     transport: httpx.AsyncBaseTransport | None = None
     listeners: Iterable[Callable[[DecisionEvent], None]] = ()
@@ -43,24 +79,16 @@ class BuildOptions:
     log: Any = None
 
 
-def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Daemon:
+def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemon:
     """Check everything, then wire client, shard, journal, policy and metrics into a Daemon."""
     opts = options or BuildOptions()
-    settings.require("api_base_url", "merchant_no", "api_key", "api_secret", "pfx_path",
-                     "policy_path", why="to run the daemon")
-    assert settings.api_secret is not None
-    assert settings.pfx_path is not None
-    assert settings.policy_path is not None
-    secret = settings.api_secret.get_secret_value()
-    password = settings.shard_password()
-    db_url = settings.database_url.get_secret_value()
+    secret, password, db_url = spec.api_secret, spec.pfx_password, spec.database_url
     if opts.configure_logs:
-        configure_logging(settings.log_format, settings.log_level,
-                          secrets=(secret, password, db_url))
+        configure_logging(spec.log_format, spec.log_level, secrets=(secret, password, db_url))
     log = opts.log or get_logger("cosigner.daemon")
 
-    policy = load_policy(settings.policy_path)
-    shard = load_shard(settings.pfx_path, password, scheme=settings.sign_scheme)
+    policy = load_policy(spec.policy_path)
+    shard = load_shard(spec.pfx_path, password, scheme=spec.sign_scheme)
     metrics = Metrics()
     metrics.set_policy(policy.name, policy.sha256)
     metrics.shard_cert_expiry.set(shard.info.not_after.timestamp())
@@ -70,34 +98,33 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
                     subject=shard.info.subject)
 
     journal = open_journal(db_url, create=True)
-    journal.open()
     try:
         ledger = ledger_from_journal(policy, journal, datetime.now(UTC))
     except Exception:
         journal.close()
         raise
     client = ApiClient(
-        settings.api_base_url or "", settings.merchant_no or "", settings.api_key or "", secret,
-        lang=settings.lang, sort=settings.sign_sort, timeout=settings.request_timeout,
-        transport=opts.transport, page_size=settings.page_size,
-        max_pending=settings.max_pending, observer=metrics, retries=opts.client_retries,
-        max_connections=settings.concurrency + 2)
-    mode = "shadow" if opts.shadow or settings.mode == "shadow" else "enforce"
-    signer = BatchSigner(shard, path=settings.pfx_path, password=password)
+        spec.api_base_url, spec.merchant_no, spec.api_key, secret,
+        lang=spec.lang, sort=spec.sign_sort, timeout=spec.request_timeout,
+        transport=opts.transport, page_size=spec.page_size,
+        max_pending=spec.max_pending, observer=metrics, retries=opts.client_retries,
+        max_connections=spec.concurrency + 2)
+    mode = "shadow" if opts.shadow or spec.mode == "shadow" else "enforce"
+    signer = BatchSigner(shard, path=spec.pfx_path, password=password)
     pipeline = Pipeline(
-        client, shard, journal, PolicyState(policy, ledger, Path(settings.policy_path)),
-        metrics, log, mode=mode, concurrency=settings.concurrency,
-        pause_file=settings.pause_file, collect_is_main=settings.collect_is_main_values,
+        client, shard, journal, PolicyState(policy, ledger, spec.policy_path),
+        metrics, log, mode=mode, concurrency=spec.concurrency,
+        pause_file=spec.pause_file, collect_is_main=spec.collect_is_main,
         listeners=opts.listeners, signer=signer)
-    host, port = settings.http_host_port
     config = DaemonConfig(
-        poll_interval=settings.poll_interval, collect_interval=settings.collect_interval,
-        http_host=host, http_port=port if opts.http_port is None else opts.http_port,
-        policy_path=Path(settings.policy_path), watch_interval=opts.watch_interval,
+        poll_interval=spec.poll_interval, collect_interval=spec.collect_interval,
+        http_host=spec.http_host,
+        http_port=spec.http_port if opts.http_port is None else opts.http_port,
+        policy_path=spec.policy_path, watch_interval=opts.watch_interval,
         install_signals=opts.install_signals)
     log.info("daemon.configured", policy=policy.name, policy_sha256=policy.sha256,
              shard=shard.info.fingerprint_sha256, mode=mode,
-             api=settings.api_base_url, merchant=settings.merchant_no)
+             api=spec.api_base_url, merchant=spec.merchant_no)
 
     async def close() -> None:
         await client.aclose()

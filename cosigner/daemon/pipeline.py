@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from cosigner.api.models import PendingSnapshot
+from cosigner.abc import PendingSource
 from cosigner.errors import (
     AlreadyProcessedError,
     ApiError,
@@ -43,14 +43,6 @@ from .metrics import Metrics
 Signed = tuple[DecisionRecord, "str | SigningError"]
 
 CHUNK = 500  # items decided, journaled (one commit) and signed together
-
-
-class PendingSource(Protocol):
-    """What the pipeline needs of the API client."""
-
-    async def pending(self) -> PendingSnapshot: ...
-    async def approve(self, fields: dict[str, Any], data: str) -> None: ...
-    async def collect(self, is_main: int, data: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """What ``cosigner audit`` shows: the decision table, JSONL/CSV exports, the verdict
 of the chain check.  Functions of records and a text stream; opening the journal
-and parsing arguments is :mod:`cosigner.store.cli`'s job.
+and parsing arguments is :mod:`cosigner.cli.audit`'s job.
 
 Journal fields come from 1BitPay's pending list, so they are untrusted text: the
 table escapes control and invisible characters (no terminal escape sequences

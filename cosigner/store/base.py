@@ -26,11 +26,13 @@ passes ``tests/store/test_contract.py``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from cosigner.abc import Clock as Clock  # re-exported: the store's modules import it from here
+from cosigner.abc import utc_now as utc_now
 from cosigner.models import Action
 
 #: Decision modes: ``enforce`` decisions are posted, ``shadow`` ones never are.
@@ -50,15 +52,6 @@ OUTCOME_STATES = (POSTED, FAILED)
 
 #: ``prev_hash`` of the first entry.
 GENESIS_HASH = "0" * 64
-
-#: A clock: returns the current time, timezone-aware.
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    """The default clock."""
-    return datetime.now(UTC)
-
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _INT64 = (-(2**63), 2**63 - 1)
