@@ -27,7 +27,7 @@ INVALID_RULE: Final = "<invalid>"
 INVALID_REASONS: Final = frozenset({
     "missing_field", "bad_type", "unknown_chain", "amount_syntax", "amount_not_finite",
     "amount_not_positive", "amount_precision", "amount_out_of_range", "address_chars",
-    "address_format",
+    "address_format", "duplicate_key", "bad_id",
 })
 REQUIRED_FIELDS: Final = ("id", "chainId", "fromAddress", "toAddress", "amount")
 MAX_AMOUNT_TEXT: Final = 80
@@ -195,6 +195,31 @@ def _first_match(policy: CompiledPolicy, chain: Chain, to_key: str, from_key: st
         if checks[i](to_key, from_key, amount, now):
             return rules[i]
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class RuleCheck:
+    """One rule tried in policy order: None, or the first of its conditions that failed."""
+
+    rule: Rule
+    why_not: str | None
+
+
+def explain_rules(policy: CompiledPolicy, item: PendingItem,
+                  now: datetime) -> list[RuleCheck] | str:
+    """Each rule in order up to the first that matches, with why the others did not; the
+    invalid reason code for a malformed item.  Used for ``policy explain``'s trace; the
+    property tests hold it to the indexed :func:`first_match`."""
+    facts = item_facts(policy, item)
+    if isinstance(facts, str):
+        return facts
+    out = []
+    for rule in policy.rules:
+        why = rule.mismatch(facts, now)
+        out.append(RuleCheck(rule, why))
+        if why is None:
+            break
+    return out
 
 
 def limit_effect(limit: Limit, facts: ItemFacts, ledger: Ledger, now: datetime) -> LimitEffect:

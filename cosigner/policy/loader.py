@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from cosigner.durations import EXAMPLES as DURATION_EXAMPLES
+from cosigner.durations import parse_duration
 from cosigner.errors import PolicyError
 from cosigner.models import Action
 from cosigner.policy import addresses
@@ -52,9 +54,7 @@ _EXPAND_AT_MOST = 64  # a larger list in a rule's to: in is probed as a set, not
 
 _LIST_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 _RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_WINDOW = re.compile(r"([1-9][0-9]{0,6})([smhd])")
 _HOURS = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]|24):([0-5][0-9])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _EXPLICIT_ACTIONS = (Action.HOLD.value, Action.REJECT.value)
 # libyaml's composer gives the same nodes (tags, styles, marks) about ten times faster.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -470,13 +470,12 @@ class _Loader:
 
     def _window(self, node: yaml.Node, what: str) -> timedelta | None:
         text = self.r.string(node, f"window of {what}")
-        match = _WINDOW.fullmatch(text) if text is not None else None
-        if match is None:
+        window = parse_duration(text) if text is not None else None
+        if not window:  # None, or a zero window
             if text is not None:
-                self.r.error(node, f"window of {what} must look like 30m, 24h or 7d, "
+                self.r.error(node, f"window of {what} must look like {DURATION_EXAMPLES}, "
                                    f"not {text!r}")
             return None
-        window = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
         if window > MAX_WINDOW:
             self.r.error(node, f"window of {what} is longer than 366d")
             return None

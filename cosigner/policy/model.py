@@ -164,11 +164,6 @@ class Scope:
     to: AddressCond | None
     from_: AddressCond | None
 
-    def matches(self, facts: ItemFacts) -> bool:
-        """True when *facts* are in scope (``mismatch`` is None)."""
-        return self.admits(facts.chain.chain_id, facts.chain.address, facts.to_key,
-                           facts.from_key)
-
     def admits(self, chain_id: str, fmt: Format, to_key: str, from_key: str) -> bool:
         """``matches`` on the facts' values (evaluation builds no ItemFacts)."""
         if self.chains is not None and chain_id not in self.chains:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from cosigner.durations import parse_duration
 from cosigner.errors import ConfigError
 from cosigner.store.base import DecisionRecord, VerifyResult
 
@@ -32,20 +32,18 @@ EXPORT_COLUMNS = (
 _TABLE = (("seq", 6), ("time", 20), ("item", 10), ("action", 7), ("rule", 20), ("state", 7),
           ("amount", 14), ("chain", 5))
 
-_DURATION = re.compile(r"(\d+)([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def parse_since(text: str, now: datetime) -> datetime:
     """``--since``: an ISO 8601 time (UTC when it has no offset) or a duration
-    before ``now`` such as ``90s``, ``30m``, ``24h``, ``7d``, ``2w``.
+    before ``now`` such as ``90s``, ``30m``, ``24h``, ``7d`` (:mod:`cosigner.durations`).
 
     Raises:
         ConfigError: ``text`` is neither.
     """
-    match = _DURATION.fullmatch(text.strip())
-    if match:
-        return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    duration = parse_duration(text.strip())
+    if duration is not None:
+        return now - duration
     try:
         at = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -33,22 +33,25 @@ from typing import Protocol, runtime_checkable
 
 from cosigner.abc import Clock as Clock  # re-exported: the store's modules import it from here
 from cosigner.abc import utc_now as utc_now
-from cosigner.models import Action
+from cosigner.models import Action, Mode, RecordState
 
-#: Decision modes: ``enforce`` decisions are posted, ``shadow`` ones never are.
-ENFORCE = "enforce"
-SHADOW = "shadow"
-MODES = (ENFORCE, SHADOW)
+#: Decision modes (:class:`~cosigner.models.Mode`): ``enforce`` decisions are posted,
+#: ``shadow`` ones never are.
+ENFORCE = Mode.ENFORCE
+SHADOW = Mode.SHADOW
+MODES = tuple(Mode)
 
-#: Decision states (see the module docstring).
-DECIDED = "decided"
-POSTED = "posted"
-FAILED = "failed"
-SHADOW_STATE = SHADOW
-STATES = (DECIDED, POSTED, FAILED, SHADOW_STATE)
+#: Decision states (:class:`~cosigner.models.RecordState`; see the module docstring).
+DECIDED = RecordState.DECIDED
+POSTED = RecordState.POSTED
+FAILED = RecordState.FAILED
+GONE = RecordState.GONE
+SHADOW_STATE = RecordState.SHADOW
+STATES = tuple(RecordState)
 
-#: The states an outcome entry can record.
-OUTCOME_STATES = (POSTED, FAILED)
+#: The states an outcome entry can record (``gone``: the item left the pending list
+#: before the post's outcome was known).
+OUTCOME_STATES = (POSTED, FAILED, GONE)
 
 #: ``prev_hash`` of the first entry.
 GENESIS_HASH = "0" * 64
@@ -100,7 +103,7 @@ class NewDecision:
     reasons: tuple[str, ...]
     policy_name: str
     policy_sha256: str
-    mode: str
+    mode: Mode
 
     def __post_init__(self) -> None:
         _check_int("item_id", self.item_id)
@@ -119,6 +122,7 @@ class NewDecision:
             _check_text("reasons[]", reason)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        object.__setattr__(self, "mode", Mode(self.mode))
         if self.action is Action.APPROVE and None in (
                 self.chain_id, self.from_address, self.to_address, self.amount_text):
             raise ValueError(f"item {self.item_id}: an approve needs chain, from, to and amount")
@@ -145,9 +149,9 @@ class DecisionRecord:
     reasons: tuple[str, ...]
     policy_name: str
     policy_sha256: str
-    mode: str
+    mode: Mode
     created_at: datetime
-    state: str
+    state: RecordState
     outcome_code: int | None
     outcome_message: str | None
     prev_hash: str
@@ -168,7 +172,7 @@ class NewOutcome:
 
     decision_seq: int
     item_id: int
-    state: str
+    state: RecordState
     api_code: int | None
     api_message: str
 
@@ -176,7 +180,9 @@ class NewOutcome:
         _check_int("decision_seq", self.decision_seq, minimum=1)
         _check_int("item_id", self.item_id)
         if self.state not in OUTCOME_STATES:
-            raise ValueError(f"outcome state must be posted or failed, not {self.state!r}")
+            raise ValueError(f"outcome state must be posted, failed or gone, "
+                             f"not {self.state!r}")
+        object.__setattr__(self, "state", RecordState(self.state))
         if self.api_code is not None:
             _check_int("api_code", self.api_code)
         _check_text("api_message", self.api_message)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cosigner.errors import StoreError
-from cosigner.models import Action
+from cosigner.models import Action, Mode, RecordState
 from cosigner.store.base import (
     DECIDED,
     POSTED,
@@ -20,11 +20,11 @@ from cosigner.store.base import (
 from cosigner.store.chain import parse_timestamp
 
 
-def decision_state(mode: str, outcome_state: str | None) -> str:
+def decision_state(mode: str, outcome_state: str | None) -> RecordState:
     """A decision's state from its mode and its latest outcome's state."""
     if mode == SHADOW:
         return SHADOW_STATE
-    return outcome_state or DECIDED
+    return RecordState(outcome_state) if outcome_state else DECIDED
 
 
 def build_record(decision: Mapping[str, Any], record_hash: str,
@@ -37,7 +37,7 @@ def build_record(decision: Mapping[str, Any], record_hash: str,
         amount_text=decision["amount_text"], action=Action(decision["action"]),
         rule=decision["rule"], reasons=tuple(decision["reasons"]),
         policy_name=decision["policy_name"], policy_sha256=decision["policy_sha256"],
-        mode=decision["mode"], created_at=parse_timestamp(decision["created_at"]),
+        mode=Mode(decision["mode"]), created_at=parse_timestamp(decision["created_at"]),
         state=decision_state(decision["mode"], outcome["state"] if outcome else None),
         outcome_code=outcome["api_code"] if outcome else None,
         outcome_message=outcome["api_message"] if outcome else None,

@@ -472,7 +472,7 @@ class SqliteJournal:
         with self._lock:
             conn = self._connection()
             rows = self._fetch(conn, _STATE_SQL)
-        counts = dict.fromkeys(STATES, 0)
+        counts: dict[str, int] = dict.fromkeys(STATES, 0)
         for mode, outcome_state, count in rows:
             counts[decision_state(mode, outcome_state)] += count
         return counts

@@ -10,7 +10,7 @@ from typing import ClassVar
 import pytest
 
 from cosigner.cli import main
-from cosigner.policy.testing import run_test_file
+from cosigner.cli.policy_tests import run_test_file
 
 from .conftest import CUSTOMER, HEADER, HOT
 

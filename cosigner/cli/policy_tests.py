@@ -1,5 +1,7 @@
 """Policy test files (``*.test.yaml``, DESIGN section 3), like ``opa test``.
 
+Each case is decided by :func:`cosigner.decide.decide`, the daemon's own decision.
+
 ::
 
     policy: treasury.yaml                 # relative to the test file
@@ -16,17 +18,18 @@ a case whose decision differs from ``expect`` is a failed :class:`CaseResult`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from cosigner.decide import Outcome, decide
+from cosigner.durations import EXAMPLES as DURATION_EXAMPLES
+from cosigner.durations import parse_duration
 from cosigner.errors import PolicyError
 from cosigner.models import Action, JsonNumber, PendingItem
-from cosigner.policy.engine import Decision, evaluate
 from cosigner.policy.ledger import Approval, Ledger
 from cosigner.policy.loader import load_policy
 from cosigner.policy.model import CompiledPolicy
@@ -37,8 +40,6 @@ CASE_KEYS = ("name", "now", "history", "item", "expect")
 EXPECT_KEYS = ("action", "rule", "reason", "invalid")
 HISTORY_KEYS = ("chainId", "amount", "ago", "to", "from")
 TIMESTAMP = "tag:yaml.org,2002:timestamp"
-_AGO = re.compile(r"(0|[1-9][0-9]{0,6})([smhd])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,7 @@ class _Expect:
     reason: str | None
     invalid: str | None
 
-    def mismatch(self, d: Decision) -> str | None:
+    def mismatch(self, d: Outcome) -> str | None:
         wrong = []
         if d.action is not self.action:
             wrong.append(f"action {self.action.value}")
@@ -124,14 +125,14 @@ class _TestFile:
             chain = r.string(spec["chainId"][1], "chainId of history entry")
             amount = r.decimal(spec["amount"][1], "amount of history entry", positive=True)
             ago_text = r.string(spec["ago"][1], "ago of history entry")
-            match = _AGO.fullmatch(ago_text) if ago_text is not None else None
-            if ago_text is not None and match is None:
-                r.error(spec["ago"][1], f"ago must look like 30m, 1h or 2d, not {ago_text!r}")
+            ago = parse_duration(ago_text) if ago_text is not None else None
+            if ago_text is not None and ago is None:
+                r.error(spec["ago"][1], f"ago must look like {DURATION_EXAMPLES}, "
+                                        f"not {ago_text!r}")
             to = r.each(spec, "to", r.string, "to of history entry")
             source = r.each(spec, "from", r.string, "from of history entry")
-            if chain is None or amount is None or match is None:
+            if chain is None or amount is None or ago is None:
                 continue
-            ago = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
             out.append(Approval(chain, str(source or item.get("fromAddress", "")),
                                 str(to or item.get("toAddress", "")), amount, now - ago))
         return out
@@ -188,8 +189,9 @@ class _TestFile:
 
     def _run_case(self, policy: CompiledPolicy, name: str, at: int, item: dict[str, Any],
                   history: list[Approval], expect: _Expect, now: datetime) -> CaseResult:
-        decision = evaluate(policy, PendingItem(item), Ledger(policy, history), now)
-        why = expect.mismatch(decision)
+        # The daemon's own decision (cosigner.decide), for an id never seen before.
+        outcome = decide(PendingItem(item), None, policy, Ledger(policy, history), now)
+        why = expect.mismatch(outcome)
         return CaseResult(str(self.path), name, at, why is None, why or "")
 
 
