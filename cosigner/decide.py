@@ -43,12 +43,13 @@ from cosigner.policy.engine import (
     RuleCheck,
     evaluate,
     explain_rules,
+    item_facts,
+    limit_effect,
 )
 from cosigner.policy.ledger import Approval, Ledger
 from cosigner.policy.model import CompiledPolicy
 
 MUTATED_RULE: Final = "<mutated>"
-RECORDED_RULE_PREFIX: Final = ""  # a re-post keeps the recorded rule as it is
 ERROR_RULE: Final = "<error>"
 
 #: States whose recorded approve/reject is never posted again.
@@ -207,7 +208,7 @@ def _evaluate(item: PendingItem, policy: CompiledPolicy, ledger: Ledger, now: da
         trace.append(f"policy evaluation failed: {type(exc).__name__}")
         return _hold(Step.NEW, ERROR_RULE, (f"error:{type(exc).__name__}",), trace)
     if explain:
-        trace.extend(_policy_trace(item, policy, ledger, now, decision))
+        trace.extend(_policy_trace(item, policy, ledger, now))
     action, reasons = decision.action, decision.reasons
     if action is not Action.HOLD and paused:
         action, reasons = Action.HOLD, (*reasons, "paused")
@@ -226,8 +227,8 @@ def _evaluate(item: PendingItem, policy: CompiledPolicy, ledger: Ledger, now: da
                    approval=approval)
 
 
-def _policy_trace(item: PendingItem, policy: CompiledPolicy, ledger: Ledger, now: datetime,
-                  decision: Decision) -> list[str]:
+def _policy_trace(item: PendingItem, policy: CompiledPolicy, ledger: Ledger,
+                  now: datetime) -> list[str]:
     """Every rule and limit tried, with the conditions' own words for why not."""
     checks: Sequence[RuleCheck] | str = explain_rules(policy, item, now)
     if isinstance(checks, str):
@@ -243,15 +244,19 @@ def _policy_trace(item: PendingItem, policy: CompiledPolicy, ledger: Ledger, now
         lines.append(f"rule {rule.name} (line {rule.line}): no match: {check.why_not}")
     if not matched:
         lines.append(f"no rule matched -> default {policy.default.value}")
-    effects = {e.limit: e for e in decision.limit_effects}
+    facts = item_facts(policy, item)
+    assert not isinstance(facts, str)  # explain_rules returned the reason code otherwise
+    if policy.limits:
+        lines.append("limits (they only change an approval):")
     for limit in policy.limits:
-        effect = effects.get(limit.name)
-        if effect is None:
-            lines.append(f"limit {limit.name}: not counted (not in scope, or no approval)")
+        why = limit.scope.mismatch(facts)
+        if why is not None:
+            lines.append(f"limit {limit.name}: not in scope: {why}")
             continue
+        effect = limit_effect(limit, facts, ledger, now)
         parts = []
         if effect.max_amount is not None:
-            parts.append(f"amount {effect.used_amount} + {item.amount} of {effect.max_amount}")
+            parts.append(f"amount {effect.used_amount} + {facts.amount} of {effect.max_amount}")
         if effect.max_count is not None:
             parts.append(f"count {effect.used_count} + 1 of {effect.max_count}")
         verdict = "WOULD EXCEED" if effect.would_exceed else "ok"

@@ -480,7 +480,8 @@ class TestIssue10Defects:
         world.api.approve = approve_and_look  # type: ignore[method-assign]
         await world.pipeline.poll()
 
-        assert recorded_when and recorded_when[0] >= count - 2 * 64 - 8
+        assert recorded_when
+        assert recorded_when[0] >= count - 2 * 64 - 8
         posted_at: dict[int, int] = {}
         for position, (kind, value) in enumerate(world.api.timeline):
             if kind == "approve":
@@ -488,7 +489,8 @@ class TestIssue10Defects:
             elif kind == "outcomes":
                 assert all(posted_at[item_id] < position for item_id, _ in value)
         batches = [v for k, v in world.api.timeline if k == "outcomes"]
-        assert len(batches) >= count // 64 and max(len(b) for b in batches) <= 2 * 64
+        assert len(batches) >= count // 64
+        assert max(len(b) for b in batches) <= 2 * 64
 
     async def test_a_decided_record_whose_item_left_the_list_is_settled_gone(
             self, make_world: Callable[..., World]) -> None:
