@@ -91,8 +91,8 @@ class TestExplainJson:
 
     def test_a_duplicate_key_is_held_as_the_daemon_holds_it(self, tmp_path: Path) -> None:
         """An ITEM_JSON repeating a key is held (duplicate_key), as the daemon would."""
-        text = (f'{{"id": 1, "fromAddress": "{EVM_POOL[3]}", "toAddress": "{EVM_POOL[0]}", "toAddress": "{EVM_POOL[4]}", '
-                '"amount": "1", "chainId": "56"}')
+        text = (f'{{"id": 1, "fromAddress": "{EVM_POOL[3]}", "toAddress": "{EVM_POOL[0]}", '
+                f'"toAddress": "{EVM_POOL[4]}", "amount": "1", "chainId": "56"}}')
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             assert main(["policy", "explain", "--json", str(POLICIES / "treasury.yaml"),
