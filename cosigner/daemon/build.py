@@ -130,4 +130,10 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
         await client.aclose()
         await signer.aclose()
 
-    return Daemon(pipeline, journal, metrics, log, config, on_close=close)
+    def lock_held() -> bool:
+        # The store's single-writer lock (journal.lock_held()); held when a store has none.
+        probe = getattr(journal, "lock_held", None)
+        return bool(probe()) if callable(probe) else True
+
+    return Daemon(pipeline, journal, metrics, log, config, lock_held=lock_held,
+                  on_close=close)

@@ -208,6 +208,8 @@ class Pipeline:
         self._unposted: dict[int, int] | None = None
         self._gone = 0
         self.last_poll_ok: float | None = None
+        self.journal_ok = True   # the last journal write succeeded (readiness)
+        self.signing_ok = True   # the last signing round worked (readiness)
         self.in_flight = 0
 
     # -- helpers ---------------------------------------------------------------------
@@ -297,6 +299,7 @@ class Pipeline:
             await poster
             await writer.close()
             if writer.errors:
+                self.journal_ok = False
                 result.ok = False
                 result.errors.extend(writer.errors)
             self._set_unposted_gauge()
@@ -337,6 +340,7 @@ class Pipeline:
         try:
             await asyncio.to_thread(self.journal.record_outcomes, outcomes)
         except Exception as exc:
+            self.journal_ok = False
             result.ok = False
             result.errors.append(f"journal: {exc}")
             self.log.error("journal.outcome_write_failed", error=str(exc), outcomes=len(left))
@@ -428,9 +432,10 @@ class Pipeline:
                       now: datetime, result: PollResult) -> list[DecisionRecord]:
         """Journal the chunk's new decisions in one transaction; nothing on failure."""
         try:
-            return await asyncio.to_thread(self.journal.record_decisions,
-                                           [n for n, _ in new])
+            records = await asyncio.to_thread(self.journal.record_decisions,
+                                              [n for n, _ in new])
         except Exception as exc:
+            self.journal_ok = False
             # Nothing of this chunk was recorded, so nothing of it may be posted, and
             # the ledger must forget the approvals it was told about.
             result.ok = False
@@ -445,6 +450,8 @@ class Pipeline:
                 self.log.exception("ledger.rebuild_failed")
             result.held += len(new)
             return []
+        self.journal_ok = True
+        return records
 
     def _new_decision(self, item: PendingItem, outcome: Outcome,
                       policy: CompiledPolicy) -> NewDecision:
@@ -513,7 +520,9 @@ class Pipeline:
                 record.amount_text or "", record.chain_id or "", status))
         try:
             datas = await self.signer.sign_many(payloads)
+            self.signing_ok = True
         except Exception as exc:  # every item of the chunk stays decided
+            self.signing_ok = False
             self.log.exception("sign.failed", items=len(records))
             datas = [SigningError(f"signing failed: {type(exc).__name__}")] * len(records)
         return list(zip(records, datas, strict=True))
@@ -619,7 +628,7 @@ class Pipeline:
                 return True
             label = str(is_main)
             try:
-                data = self.shard.sign(collect_sign_object(is_main))
+                data = self.signer.sign_one(collect_sign_object(is_main))
                 await self.client.collect(is_main, data)
             except Exception as exc:
                 ok = False
