@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from cosigner.abc import Clock, utc_now
 from cosigner.api.auth import SignSort
 from cosigner.api.client import ApiClient
 from cosigner.logs import configure_logging, get_logger
@@ -77,6 +78,7 @@ class BuildOptions:
     watch_interval: float = 2.0
     client_retries: int = 3
     log: Any = None
+    clock: Clock = utc_now  # what the pipeline, the service and the journal read time from
 
 
 def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemon:
@@ -93,13 +95,14 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
     metrics.set_policy(policy.name, policy.sha256)
     metrics.shard_cert_expiry.set(shard.info.not_after.timestamp())
     metrics.leader.set(1)
-    if shard.info.not_after - datetime.now(UTC) < timedelta(days=EXPIRY_WARNING_DAYS):
+    clock = opts.clock
+    if shard.info.not_after - clock() < timedelta(days=EXPIRY_WARNING_DAYS):
         log.warning("shard.expiring", not_after=shard.info.not_after.isoformat(),
                     subject=shard.info.subject)
 
-    journal = open_journal(db_url, create=True)
+    journal = open_journal(db_url, create=True, clock=clock)
     try:
-        ledger = ledger_from_journal(policy, journal, datetime.now(UTC))
+        ledger = ledger_from_journal(policy, journal, clock())
     except Exception:
         journal.close()
         raise
@@ -115,7 +118,7 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
         client, shard, journal, PolicyState(policy, ledger, spec.policy_path),
         metrics, log, mode=mode, concurrency=spec.concurrency,
         pause_file=spec.pause_file, collect_is_main=spec.collect_is_main,
-        listeners=opts.listeners, signer=signer)
+        listeners=opts.listeners, signer=signer, clock=clock)
     config = DaemonConfig(
         poll_interval=spec.poll_interval, collect_interval=spec.collect_interval,
         http_host=spec.http_host,
