@@ -202,15 +202,7 @@ class ApiClient:
         except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             body = None
         if not 200 <= response.status_code < 300:
-            message = ""
-            if isinstance(body, dict):
-                if isinstance(body.get("message"), str):
-                    message = body["message"][:200]
-                code = body.get("code")
-                # Keep the envelope's code too (DESIGN section 1): 429 may carry 4290, 5xx 5000.
-                if isinstance(code, int) and not isinstance(code, bool):
-                    message = f"API code {code}" + (f": {message}" if message else "")
-            raise ApiHTTPError(endpoint, response.status_code, message)
+            raise ApiHTTPError(endpoint, response.status_code, _http_error_message(body))
         if not isinstance(body, dict):
             raise ApiProtocolError(endpoint, "answer is not a JSON object")
         if "code" not in body:
@@ -220,13 +212,13 @@ class ApiClient:
             # A provider reading first-wins would see another answer than this one.
             raise ApiProtocolError(endpoint, f"answer repeats the key(s) {', '.join(repeated)}")
         code = body["code"]
+        if _is_int(code) and code == 200:
+            return body.get("data")
         raw_message = body.get("message")
         message = raw_message[:200] if isinstance(raw_message, str) else ""
-        if isinstance(code, bool) or code != 200 or not isinstance(code, int):
-            if isinstance(code, int) and not isinstance(code, bool) and code in self._already:
-                raise AlreadyProcessedError(endpoint, code, message)
-            raise ApiResponseError(endpoint, code, message)
-        return body.get("data")
+        if _is_int(code) and code in self._already:
+            raise AlreadyProcessedError(endpoint, code, message)
+        raise ApiResponseError(endpoint, code, message)
 
     async def _call(self, endpoint: str, fields: Mapping[str, Any], *, read: bool) -> Any:
         retrying = AsyncRetrying(
@@ -358,6 +350,22 @@ def _decimal_field(endpoint: str, data: Mapping[str, Any], name: str) -> tuple[D
     except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
         raise ApiProtocolError(endpoint, f"{name} is not a decimal number") from None
     return number, text
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _http_error_message(body: Any) -> str:
+    """The message of a non-2xx answer, with the envelope's code when it has one."""
+    if not isinstance(body, dict):
+        return ""
+    message = body["message"][:200] if isinstance(body.get("message"), str) else ""
+    code = body.get("code")
+    # Keep the envelope's code too (DESIGN section 1): 429 may carry 4290, 5xx 5000.
+    if _is_int(code):
+        message = f"API code {code}" + (f": {message}" if message else "")
+    return message
 
 
 def _envelope_duplicates(body: dict[str, Any]) -> tuple[str, ...]:

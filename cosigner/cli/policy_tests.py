@@ -94,6 +94,9 @@ def _value(node: yaml.Node) -> Any:
     return node.value
 
 
+_Case = tuple[str, int, dict[str, Any], list[Approval], "_Expect", datetime]
+
+
 class _TestFile:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -148,8 +151,7 @@ class _TestFile:
         invalid = r.each(spec, "invalid", r.string, "expected invalid reason")
         return None if action is None else _Expect(Action(action), rule, reason, invalid)
 
-    def run(self, default_now: datetime) -> list[CaseResult]:
-        r = self.r
+    def _root(self) -> yaml.Node:
         try:
             text = self.path.read_text(encoding="utf-8")
             root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -160,7 +162,28 @@ class _TestFile:
             raise PolicyError([f"{self.path}:{at}: YAML syntax: {exc.problem}"]) from exc
         if root is None:
             raise PolicyError([f"{self.path}:1: the test file is empty"])
-        top = r.mapping(root, "the test file", FILE_KEYS, ("policy", "cases"))
+        return root
+
+    def _case(self, case: yaml.Node, file_now: datetime) -> _Case | None:
+        r = self.r
+        spec = r.mapping(case, "case", CASE_KEYS, ("name", "item", "expect"))
+        if spec is None or not {"name", "item", "expect"} <= spec.keys():
+            return None
+        name = r.string(spec["name"][1], "case name")
+        now = r.each(spec, "now", self._now) or file_now
+        item = _value(spec["item"][1])
+        if not isinstance(item, dict):
+            r.error(spec["item"][1], "item must be a mapping")
+            return None
+        history = r.each(spec, "history", lambda n, i=item, t=now: self._history(n, i, t))
+        expect = self._expect(spec["expect"][1])
+        if name is None or expect is None:
+            return None
+        return name, line(case), item, history or [], expect, now
+
+    def run(self, default_now: datetime) -> list[CaseResult]:
+        r = self.r
+        top = r.mapping(self._root(), "the test file", FILE_KEYS, ("policy", "cases"))
         if top is None or "policy" not in top or "cases" not in top:
             raise PolicyError(self.problems)
         policy_name = r.string(top["policy"][1], "policy")
@@ -168,21 +191,8 @@ class _TestFile:
         if policy_name is None:
             raise PolicyError(self.problems)
         policy = load_policy(self.path.parent / policy_name)
-        cases = []
-        for case in r.sequence(top["cases"][1], "cases"):
-            spec = r.mapping(case, "case", CASE_KEYS, ("name", "item", "expect"))
-            if spec is None or not {"name", "item", "expect"} <= spec.keys():
-                continue
-            name = r.string(spec["name"][1], "case name")
-            now = r.each(spec, "now", self._now) or file_now
-            item = _value(spec["item"][1])
-            if not isinstance(item, dict):
-                r.error(spec["item"][1], "item must be a mapping")
-                continue
-            history = r.each(spec, "history", lambda n, i=item, t=now: self._history(n, i, t))
-            expect = self._expect(spec["expect"][1])
-            if name is not None and expect is not None:
-                cases.append((name, line(case), item, history or [], expect, now))
+        cases = [c for c in (self._case(case, file_now)
+                             for case in r.sequence(top["cases"][1], "cases")) if c is not None]
         if self.problems:
             raise PolicyError(self.problems)
         return [self._run_case(policy, *c) for c in cases]

@@ -371,32 +371,34 @@ class Pipeline:
         paused = self.paused()
         new: list[tuple[NewDecision, Outcome]] = []
         to_post: list[DecisionRecord] = []
-        for item in chunk:
-            item_id = item.id
-            if item_id is not None and item_id in seen and item_id not in conflicting:
-                continue  # the same content listed twice: decided once
-            if item_id is not None:
-                seen.add(item_id)
-            view = views.get(item_id) if item_id is not None else None
+        for item in _once_each(chunk, conflicting, seen):
+            view = views.get(item.id) if item.id is not None else None
             outcome = decide(item, view, policy, ledger, now, paused=paused, mode=self.mode,
-                             conflicting=item_id in conflicting)
+                             conflicting=item.id in conflicting)
             record = self._act(item, outcome, result, view)
             if record is not None:
                 to_post.append(record)
             elif outcome.step is Step.NEW:
                 if outcome.approval is not None:
-                    ledger.add(outcome.approval)
+                    ledger.add(outcome.approval)  # the next items of the chunk count it
                 new.append((self._new_decision(item, outcome, policy), outcome))
         if new:
-            records = await self._record(new, policy, now, result)
-            for record, (_, outcome) in zip(records, new, strict=True):
-                self._count(record, outcome, result)
-                if outcome.post:
-                    to_post.append(record)
-                    if self._unposted is not None:
-                        self._unposted[record.item_id] = record.seq
-            if records and self.after_journal is not None:
-                self.after_journal(records)
+            to_post += await self._record_new(new, policy, now, result)
+        return to_post
+
+    async def _record_new(self, new: list[tuple[NewDecision, Outcome]], policy: CompiledPolicy,
+                          now: datetime, result: PollResult) -> list[DecisionRecord]:
+        """Journal new decisions, count them; the records to post."""
+        records = await self._record(new, policy, now, result)
+        to_post = []
+        for record, (_, outcome) in zip(records, new, strict=True):
+            self._count(record, outcome, result)
+            if outcome.post:
+                to_post.append(record)
+                if self._unposted is not None:
+                    self._unposted[record.item_id] = record.seq
+        if records and self.after_journal is not None:
+            self.after_journal(records)
         return to_post
 
     def _act(self, item: PendingItem, outcome: Outcome, result: PollResult,
@@ -647,6 +649,19 @@ class Pipeline:
 
 def _int(code: object) -> int | None:
     return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+def _once_each(chunk: list[PendingItem], conflicting: frozenset[int],
+               seen: set[int]) -> Iterable[PendingItem]:
+    """The chunk's items, an id listed again with the same content only once (a conflicting
+    id's every copy is decided: each is held)."""
+    for item in chunk:
+        item_id = item.id
+        if item_id is not None:
+            if item_id in seen and item_id not in conflicting:
+                continue
+            seen.add(item_id)
+        yield item
 
 
 def _conflicting_ids(snapshot: PendingSnapshot) -> frozenset[int]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
 from cosigner.models import Action, PendingItem, amount_text
 from cosigner.policy import addresses
@@ -29,7 +29,7 @@ INVALID_REASONS: Final = frozenset({
     "amount_not_positive", "amount_precision", "amount_out_of_range", "address_chars",
     "address_format", "duplicate_key", "bad_id",
 })
-REQUIRED_FIELDS: Final = ("id", "chainId", "fromAddress", "toAddress", "amount")
+REQUIRED_FIELDS: Final = ("id", "chainId", "fromAddress", "toAddress", "amount")  # in order
 MAX_AMOUNT_TEXT: Final = 80
 MAX_INTEGER_DIGITS: Final = 40
 
@@ -107,9 +107,11 @@ def _address_facts(text: str, fmt: addresses.Format) -> tuple[str | None, str]:
 _Values = tuple[Chain, str, str, Decimal, str, str]  # the fields of ItemFacts, in order
 
 
-def _item_values(policy: CompiledPolicy, item: PendingItem) -> _Values | str:
-    """The fields of :class:`ItemFacts` of a well-formed item, or the invalid reason code."""
-    raw = item.raw
+_Fields = tuple[int, str, str, str, str]  # id, chainId, fromAddress, toAddress, amount text
+
+
+def _fields(raw: Mapping[str, Any]) -> _Fields | str:
+    """The required fields with their JSON types checked, or the invalid reason code."""
     if type(raw) is dict:  # what the API client gives: one lookup per field
         try:
             ident, chain_id, source, dest, amount = (raw["id"], raw["chainId"],
@@ -117,18 +119,25 @@ def _item_values(policy: CompiledPolicy, item: PendingItem) -> _Values | str:
                                                      raw["amount"])
         except KeyError:
             return "missing_field"
+    elif not isinstance(raw, Mapping):
+        return "bad_type"
+    elif any(name not in raw for name in REQUIRED_FIELDS):
+        return "missing_field"
     else:
-        if not isinstance(raw, Mapping):
-            return "bad_type"
-        for name in REQUIRED_FIELDS:
-            if name not in raw:
-                return "missing_field"
-        ident, chain_id, source, dest, amount = (raw["id"], raw["chainId"], raw["fromAddress"],
-                                                 raw["toAddress"], raw["amount"])
+        ident, chain_id, source, dest, amount = (raw[n] for n in REQUIRED_FIELDS)
     text = amount if type(amount) is str else amount_text(amount)
     if (not isinstance(ident, int) or isinstance(ident, bool) or not isinstance(chain_id, str)
             or not isinstance(source, str) or not isinstance(dest, str) or text is None):
         return "bad_type"
+    return ident, chain_id, source, dest, text
+
+
+def _item_values(policy: CompiledPolicy, item: PendingItem) -> _Values | str:
+    """The fields of :class:`ItemFacts` of a well-formed item, or the invalid reason code."""
+    fields = _fields(item.raw)
+    if isinstance(fields, str):
+        return fields
+    _, chain_id, source, dest, text = fields
     chain = policy.chains.get(chain_id)
     if chain is None:
         return "unknown_chain"

@@ -371,42 +371,46 @@ class _Loader:
         return AmountRange(low, high)
 
     def _time(self, node: yaml.Node, what: str) -> TimeWindow | None:
-        r = self.r
-        spec = r.mapping(node, f"time of {what}", ("days", "hours", "tz"))
+        spec = self.r.mapping(node, f"time of {what}", ("days", "hours", "tz"))
         if spec is None:
             return None
         if "days" not in spec and "hours" not in spec:
-            r.error(node, f"time of {what} needs days and/or hours")
-        days: frozenset[int] | None = None
-        if "days" in spec:
-            found = set()
-            for item, day in r.strings(spec["days"][1], f"days of {what}", single_ok=False):
-                if day in DAY_NAMES:
-                    found.add(DAY_NAMES.index(day))
-                else:
-                    r.error(item, f"day {day!r} of {what} must be one of {', '.join(DAY_NAMES)}")
-            days = frozenset(found)
-        start = end = None
-        if "hours" in spec:
-            hours = r.string(spec["hours"][1], f"hours of {what}")
-            match = _HOURS.fullmatch(hours) if hours is not None else None
-            if hours is not None and match is None:
-                r.error(spec["hours"][1], f"hours of {what} must look like \"08:00-20:00\", "
-                                          f"not {hours!r}")
-            elif match is not None:
-                h1, m1, h2, m2 = (int(g) for g in match.groups())
-                start, end = h1 * 60 + m1, h2 * 60 + m2
-                if end > 24 * 60 or start == end:
-                    r.error(spec["hours"][1], f"hours of {what}: {hours!r} is not a range")
-        tz_name = "UTC"
-        tz: tzinfo = UTC
-        if "tz" in spec:
-            tz_name = r.string(spec["tz"][1], f"tz of {what}") or "UTC"
-            try:
-                tz = ZoneInfo(tz_name)
-            except (ZoneInfoNotFoundError, ValueError):
-                r.error(spec["tz"][1], f"unknown time zone {tz_name!r} in {what}")
+            self.r.error(node, f"time of {what} needs days and/or hours")
+        days = self.r.each(spec, "days", self._days, what)
+        start, end = self.r.each(spec, "hours", self._hours, what) or (None, None)
+        tz_name, tz = self.r.each(spec, "tz", self._tz, what) or ("UTC", UTC)
         return TimeWindow(days, start, end, tz, tz_name)
+
+    def _days(self, node: yaml.Node, what: str) -> frozenset[int]:
+        found = set()
+        for item, day in self.r.strings(node, f"days of {what}", single_ok=False):
+            if day in DAY_NAMES:
+                found.add(DAY_NAMES.index(day))
+            else:
+                self.r.error(item, f"day {day!r} of {what} must be one of {', '.join(DAY_NAMES)}")
+        return frozenset(found)
+
+    def _hours(self, node: yaml.Node, what: str) -> tuple[int, int] | None:
+        hours = self.r.string(node, f"hours of {what}")
+        match = _HOURS.fullmatch(hours) if hours is not None else None
+        if match is None:
+            if hours is not None:
+                self.r.error(node, f"hours of {what} must look like \"08:00-20:00\", "
+                                   f"not {hours!r}")
+            return None
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        start, end = h1 * 60 + m1, h2 * 60 + m2
+        if end > 24 * 60 or start == end:
+            self.r.error(node, f"hours of {what}: {hours!r} is not a range")
+        return start, end
+
+    def _tz(self, node: yaml.Node, what: str) -> tuple[str, tzinfo]:
+        tz_name = self.r.string(node, f"tz of {what}") or "UTC"
+        try:
+            return tz_name, ZoneInfo(tz_name)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.r.error(node, f"unknown time zone {tz_name!r} in {what}")
+            return tz_name, UTC
 
     # -- rules and limits --------------------------------------------------
 
@@ -508,36 +512,44 @@ def _index(chains: dict[str, Chain], rules: list[Rule],
     copied key by key into ``by_to`` (100,000 keys per chain would cost more to
     build than the whole policy): evaluation probes its set instead.
     """
-    index = {}
-    for chain_id, chain in chains.items():
-        fmt = chain.address
-        generic: list[int] = []
-        by_to: dict[str, list[int]] = {}
-        listed: dict[int, tuple[frozenset[str], list[int]]] = {}  # by id() of the key set
-        for rule in rules:
-            if rule.scope.chains is not None and chain_id not in rule.scope.chains:
-                continue
-            to = rule.scope.to
-            if to is None or to.in_ is None:
-                generic.append(rule.index)
-                continue
-            for member in to.in_.members:
-                keys = member.by_format[fmt]
-                if len(keys) > _EXPAND_AT_MOST:
-                    _append_once(listed.setdefault(id(keys), (keys, []))[1], rule.index)
-                    continue
-                for key in keys:
-                    _append_once(by_to.setdefault(key, []), rule.index)
-        in_scope = tuple(lim for lim in limits
-                         if lim.scope.chains is None or chain_id in lim.scope.chains)
-        picked = set(generic).union(*by_to.values(), *(v for _, v in listed.values()))
-        checks = tuple(residual_check(rule, fmt) if rule.index in picked else never_matches
-                       for rule in rules)
-        index[chain_id] = ChainIndex(tuple(generic), {k: tuple(v) for k, v in by_to.items()},
-                                     in_scope,
-                                     tuple((keys, tuple(v)) for keys, v in listed.values()),
-                                     checks)
-    return index
+    return {chain_id: _chain_index(chain_id, chain.address, rules, limits)
+            for chain_id, chain in chains.items()}
+
+
+def _chain_index(chain_id: str, fmt: Format, rules: list[Rule],
+                 limits: list[Limit]) -> ChainIndex:
+    """The :class:`ChainIndex` of one chain (see :func:`_index`)."""
+    generic: list[int] = []
+    by_to: dict[str, list[int]] = {}
+    listed: dict[int, tuple[frozenset[str], list[int]]] = {}  # by id() of the key set
+    for rule in rules:
+        if rule.scope.chains is not None and chain_id not in rule.scope.chains:
+            continue
+        to = rule.scope.to
+        if to is None or to.in_ is None:
+            generic.append(rule.index)
+        else:
+            _index_destinations(rule.index, to.in_, fmt, by_to, listed)
+    in_scope = tuple(lim for lim in limits
+                     if lim.scope.chains is None or chain_id in lim.scope.chains)
+    picked = set(generic).union(*by_to.values(), *(v for _, v in listed.values()))
+    checks = tuple(residual_check(rule, fmt) if rule.index in picked else never_matches
+                   for rule in rules)
+    return ChainIndex(tuple(generic), {k: tuple(v) for k, v in by_to.items()}, in_scope,
+                      tuple((keys, tuple(v)) for keys, v in listed.values()), checks)
+
+
+def _index_destinations(rule_index: int, in_: AddressSet, fmt: Format,
+                        by_to: dict[str, list[int]],
+                        listed: dict[int, tuple[frozenset[str], list[int]]]) -> None:
+    """Offer the rule for each destination of its ``to: in`` (small sets key by key)."""
+    for member in in_.members:
+        keys = member.by_format[fmt]
+        if len(keys) > _EXPAND_AT_MOST:
+            _append_once(listed.setdefault(id(keys), (keys, []))[1], rule_index)
+            continue
+        for key in keys:
+            _append_once(by_to.setdefault(key, []), rule_index)
 
 
 def _append_once(indexes: list[int], rule_index: int) -> None:
