@@ -249,7 +249,7 @@ def _policy_trace(item: PendingItem, policy: CompiledPolicy, ledger: Ledger,
     if policy.limits:
         lines.append("limits (they only change an approval):")
     for limit in policy.limits:
-        why = limit.scope.mismatch(facts)
+        why = limit.scope.why_not(facts)
         if why is not None:
             lines.append(f"limit {limit.name}: not in scope: {why}")
             continue

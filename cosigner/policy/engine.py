@@ -224,7 +224,7 @@ def explain_rules(policy: CompiledPolicy, item: PendingItem,
         return facts
     out = []
     for rule in policy.rules:
-        why = rule.mismatch(facts, now)
+        why = rule.why_not(facts, now)
         out.append(RuleCheck(rule, why))
         if why is None:
             break
@@ -294,7 +294,7 @@ def evaluate(policy: CompiledPolicy, item: PendingItem, ledger: Ledger,
     chain_id, fmt = chain.chain_id, chain.address
     effects = tuple([_limit_effect(limit, chain_id, to_key, from_key, amount, ledger, now)
                      for limit in policy.index[chain_id].limits
-                     if limit.scope.admits(chain_id, fmt, to_key, from_key)])
+                     if limit.scope.holds(chain_id, fmt, to_key, from_key)])
     broken = tuple([f"limit:{e.limit}" for e in effects if e.would_exceed])
     if broken:
         return Decision(policy.on_limit, rule.name, broken, effects)

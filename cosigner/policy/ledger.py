@@ -129,7 +129,7 @@ class Ledger:
         from_key = addresses.key(approval.from_address, fmt)
         at, amount = approval.at, approval.amount
         for plan in plans:
-            if plan.check_scope and not plan.scope.admits(chain_id, fmt, to_key, from_key):
+            if plan.check_scope and not plan.scope.holds(chain_id, fmt, to_key, from_key):
                 continue
             bucket = plan.limit.bucket(chain_id, to_key, from_key)
             series = plan.by_bucket.get(bucket)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta, tzinfo
 from pathlib import Path
@@ -221,13 +221,15 @@ class _Loader:
         self._has_other = any(c.address == "other" for c in self.chains.values())
 
     def _classify(self, reader: Reader, node: yaml.Node | int, text: str,
-                  into: dict[Format, set[str]]) -> None:
+                  into: dict[Format, set[str]], *,
+                  is_evm: Callable[[str], bool] = addresses.is_evm,
+                  is_tron: Callable[[str], bool] = addresses.is_tron) -> None:
         """Check one list or literal address and add its comparison keys to *into*."""
         if not addresses.has_clean_chars(text):
             reader.error(node, f"address {text!r} contains whitespace, control, zero-width or "
                                f"non-ASCII characters")
         elif addresses.looks_evm(text):
-            if addresses.is_evm(text):
+            if is_evm(text):
                 into["evm"].add(addresses.key(text, "evm"))
                 if self._has_other:
                     into["other"].add(text)
@@ -235,7 +237,7 @@ class _Loader:
                 reader.error(node, f"address {text!r} is not a valid evm address (0x and 40 hex "
                                    f"digits; mixed case must be a valid EIP-55 checksum)")
         elif addresses.looks_tron(text):
-            if addresses.is_tron(text):
+            if is_tron(text):
                 into["tron"].add(text)
                 if self._has_other:
                     into["other"].add(text)
@@ -277,33 +279,14 @@ class _Loader:
         if text is None:
             return
         reader = Reader(str(path), self.problems)
-        # The common entries (evm and tron addresses) take a fast path with the
-        # same checks as _classify: the shape regexes only admit clean ASCII,
-        # single-case evm needs no checksum, mixed case is verified without
-        # cache (a big list would only flush the evaluation cache).
-        evm_keys, tron_keys, other_keys = keys["evm"], keys["tron"], keys["other"]
-        has_other = self._has_other
-        evm_shape, tron_shape = addresses.EVM_SHAPE.fullmatch, addresses.TRON_SHAPE.fullmatch
-        checksum_ok = addresses.checksum_checker()
-        tron_ok = addresses.tron_checksum_ok
+        # The same checks as a literal address, with checksum tests that skip the cache
+        # (a big list would only flush the evaluation cache).
+        is_evm = addresses.evm_validator(addresses.checksum_checker())
+        is_tron = addresses.tron_validator(addresses.tron_checksum_ok)
         for number, raw in enumerate(text.splitlines(), start=1):
             entry = raw.split("#", 1)[0].strip()
-            if not entry:
-                continue
-            if evm_shape(entry) is not None:
-                hex_part = entry[2:]
-                if (hex_part.islower() or hex_part.isupper() or hex_part.isdigit()
-                        or checksum_ok(hex_part)):
-                    evm_keys.add(entry.lower())
-                    if has_other:
-                        other_keys.add(entry)
-                    continue
-            elif tron_shape(entry) is not None and tron_ok(entry):
-                tron_keys.add(entry)
-                if has_other:
-                    other_keys.add(entry)
-                continue
-            self._classify(reader, number, entry, keys)  # anything else, and every refusal
+            if entry:
+                self._classify(reader, number, entry, keys, is_evm=is_evm, is_tron=is_tron)
 
     # -- conditions --------------------------------------------------------
 

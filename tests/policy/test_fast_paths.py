@@ -241,10 +241,10 @@ class TestIndexWithLargeLists:
         it = item(to=to, amount=amount, chain=chain, source=source)
         facts = item_facts(policy, it)
         assert not isinstance(facts, str)
-        scanned = next((r for r in policy.rules if r.mismatch(facts, NOW) is None), None)
+        scanned = next((r for r in policy.rules if r.why_not(facts, NOW) is None), None)
         assert first_match(policy, facts, NOW) is scanned
         for r in policy.rules:
-            assert r.matches(facts, NOW) == (r.mismatch(facts, NOW) is None)
+            assert r.holds(facts, NOW) == (r.why_not(facts, NOW) is None)
         decision = evaluate(policy, it, Ledger(policy), NOW)
         assert decision.rule == (scanned.name if scanned else "<default>")
         outcome = decide(it, None, policy, Ledger(policy), NOW, explain=True)
