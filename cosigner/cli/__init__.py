@@ -25,7 +25,7 @@ _COMMAND_MODULES = (
     "cosigner.cli.sandbox",      # sandbox
     "cosigner.cli.policy",       # policy check|test|explain
     "cosigner.cli.shard",        # shard inspect|sign
-    "cosigner.cli.audit",        # audit list|export|verify
+    "cosigner.cli.audit",        # journal init, audit list|export|verify
     "cosigner.cli.otc",          # otc rate|create
 )
 

@@ -19,12 +19,13 @@ import httpx
 from cosigner.abc import Clock, utc_now
 from cosigner.api.auth import SignSort
 from cosigner.api.client import ApiClient
+from cosigner.errors import JournalUnavailableError, StoreError
 from cosigner.logs import configure_logging, get_logger
 from cosigner.policy import load_policy
 from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
 from cosigner.signing.shard import SignScheme
-from cosigner.store import open_journal
+from cosigner.store import Head, open_journal
 
 from .metrics import Metrics
 from .pipeline import DecisionEvent, Pipeline, PolicyState, ledger_from_journal
@@ -47,6 +48,7 @@ class DaemonSpec:
     pfx_password: str = field(repr=False)
     policy_path: Path
     database_url: str = field(repr=False)
+    journal_witness: Path | None = None
     lang: str = "en"
     sign_sort: SignSort = "casefold"
     sign_scheme: SignScheme = "java-rsa"
@@ -100,9 +102,24 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
         log.warning("shard.expiring", not_after=shard.info.not_after.isoformat(),
                     subject=shard.info.subject)
 
-    journal = open_journal(db_url, create=True, clock=clock)
+    def committed(head: Head) -> None:
+        # Every commit's head, for an external system to anchor (DESIGN section 4).
+        metrics.journal_head_sequence.set(head.seq)
+        log.info("journal.committed", seq=head.seq, hash=head.hash)
+
+    witness = str(spec.journal_witness) if spec.journal_witness else None
+    journal = open_journal(db_url, writer=True, witness=witness, durable=True,
+                           on_commit=committed, clock=clock)
     try:
+        metrics.journal_head_sequence.set(journal.head().seq)
+        # Every approval the limits count is hash-checked as it is read: an edited one
+        # stops the start (exit 2), like a chain that does not verify.
         ledger = ledger_from_journal(policy, journal, clock())
+    except StoreError as exc:
+        journal.close()
+        if isinstance(exc, JournalUnavailableError):
+            raise
+        raise JournalUnavailableError(str(exc)) from exc
     except Exception:
         journal.close()
         raise

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from cosigner.errors import (
     ApiError,
     ApiResponseError,
     CosignerError,
+    JournalConflictError,
     SigningError,
 )
 from cosigner.models import (
@@ -51,6 +53,7 @@ from cosigner.signing.objects import approval_fields, approval_sign_object
 from cosigner.signing.pool import BatchSigner
 from cosigner.store.base import DecisionRecord, ItemView, Journal, NewDecision, NewOutcome
 
+from .guard import PolicyLimitGuard
 from .metrics import Metrics
 
 Signed = tuple[DecisionRecord, "str | SigningError"]
@@ -362,8 +365,15 @@ class Pipeline:
     # -- deciding --------------------------------------------------------------------
 
     async def _decide_chunk(self, chunk: list[PendingItem], conflicting: frozenset[int],
-                            seen: set[int], result: PollResult) -> list[DecisionRecord]:
-        """Decide the chunk's items and journal the new decisions; return what to post."""
+                            seen: set[int], result: PollResult, *, retry: bool = True
+                            ) -> list[DecisionRecord]:
+        """Decide the chunk's items and journal the new decisions; return what to post.
+
+        The journal re-checks idempotency and limits inside its write transaction; when it
+        refuses (another writer got there first, or the ledger cache was wrong), the ledger
+        is rebuilt from the journal and the chunk decided once more, from scratch.
+        """
+        before, seen_before = copy.deepcopy(result), set(seen)
         ids = [i for i in (item.id for item in chunk) if i is not None and valid_item_id(i)]
         views = await asyncio.to_thread(self.journal.lookup, ids, self.modes)
         policy, ledger = self.state.policy, self.state.ledger
@@ -383,7 +393,21 @@ class Pipeline:
                     ledger.add(outcome.approval)  # the next items of the chunk count it
                 new.append((self._new_decision(item, outcome, policy), outcome))
         if new:
-            to_post += await self._record_new(new, policy, now, result)
+            try:
+                to_post += await self._record_new(new, policy, now, result)
+            except JournalConflictError as exc:
+                self.log.error("journal.conflict", error=str(exc), items=len(new),
+                               refused=len(exc.conflicts), retry=retry)
+                await self._rebuild_ledger(policy, now)
+                if retry:
+                    result.__dict__.update(before.__dict__)
+                    seen.clear()
+                    seen.update(seen_before)
+                    return await self._decide_chunk(chunk, conflicting, seen, result,
+                                                    retry=False)
+                result.ok = False
+                result.errors.append(f"journal: {exc}")
+                result.held += len(new)
         return to_post
 
     async def _record_new(self, new: list[tuple[NewDecision, Outcome]], policy: CompiledPolicy,
@@ -435,7 +459,9 @@ class Pipeline:
         """Journal the chunk's new decisions in one transaction; nothing on failure."""
         try:
             records = await asyncio.to_thread(self.journal.record_decisions,
-                                              [n for n, _ in new])
+                                              [n for n, _ in new], PolicyLimitGuard(policy))
+        except JournalConflictError:
+            raise  # refused by the authority, not broken: the caller decides again
         except Exception as exc:
             self.journal_ok = False
             # Nothing of this chunk was recorded, so nothing of it may be posted, and
@@ -443,17 +469,21 @@ class Pipeline:
             result.ok = False
             result.errors.append(f"journal: {exc}")
             self.log.error("journal.write_failed", error=str(exc), items=len(new))
-            try:
-                self.state.ledger = await asyncio.to_thread(ledger_from_journal, policy,
-                                                            self.journal, now)
-            except Exception:
-                # Keeping the ledger with the unrecorded approvals only over-counts
-                # the limits: stricter, never looser.
-                self.log.exception("ledger.rebuild_failed")
+            await self._rebuild_ledger(policy, now)
             result.held += len(new)
             return []
         self.journal_ok = True
         return records
+
+    async def _rebuild_ledger(self, policy: CompiledPolicy, now: datetime) -> None:
+        """The ledger from the journal again, after a write that recorded nothing."""
+        try:
+            self.state.ledger = await asyncio.to_thread(ledger_from_journal, policy,
+                                                        self.journal, now)
+        except Exception:
+            # Keeping the ledger with the unrecorded approvals only over-counts
+            # the limits: stricter, never looser.
+            self.log.exception("ledger.rebuild_failed")
 
     def _new_decision(self, item: PendingItem, outcome: Outcome,
                       policy: CompiledPolicy) -> NewDecision:

@@ -233,12 +233,14 @@ def explain_rules(policy: CompiledPolicy, item: PendingItem,
 
 def limit_effect(limit: Limit, facts: ItemFacts, ledger: Ledger, now: datetime) -> LimitEffect:
     """Usage of *limit* in the bucket of *facts*, and whether approving it would break it."""
-    return _limit_effect(limit, facts.chain.chain_id, facts.to_key, facts.from_key,
+    return limit_check(limit, facts.chain.chain_id, facts.to_key, facts.from_key,
                          facts.amount, ledger, now)
 
 
-def _limit_effect(limit: Limit, chain_id: str, to_key: str, from_key: str, amount: Decimal,
-                  ledger: Ledger, now: datetime) -> LimitEffect:
+def limit_check(limit: Limit, chain_id: str, to_key: str, from_key: str, amount: Decimal,
+                ledger: Ledger, now: datetime) -> LimitEffect:
+    """The one definition of a limit's arithmetic: usage in the bucket of the approval, and
+    whether adding *amount* (one more approval) would break ``max_amount`` or ``max_count``."""
     bucket = limit.bucket(chain_id, to_key, from_key)
     used_amount, used_count = ledger.usage(limit.name, bucket, now)
     exceed = ((limit.max_amount is not None
@@ -292,7 +294,7 @@ def evaluate(policy: CompiledPolicy, item: PendingItem, ledger: Ledger,
     if rule.action is not Action.APPROVE:
         return approved
     chain_id, fmt = chain.chain_id, chain.address
-    effects = tuple([_limit_effect(limit, chain_id, to_key, from_key, amount, ledger, now)
+    effects = tuple([limit_check(limit, chain_id, to_key, from_key, amount, ledger, now)
                      for limit in policy.index[chain_id].limits
                      if limit.scope.holds(chain_id, fmt, to_key, from_key)])
     broken = tuple([f"limit:{e.limit}" for e in effects if e.would_exceed])

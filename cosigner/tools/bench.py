@@ -29,6 +29,7 @@ from cosigner.errors import CosignerError
 from cosigner.sandbox import SandboxAdmin
 from cosigner.sandbox.generate import eip55_address
 from cosigner.signing.throwaway import make_throwaway_shard
+from cosigner.store import init_journal
 
 MERCHANT_NO = "M-BENCH-0001"
 API_KEY = "ak-bench"
@@ -130,10 +131,12 @@ async def bench(items: int, concurrency: int | None = None) -> BenchResult:
             await _wait_ready(url, proc)
             async with SandboxAdmin(url, timeout=120) as admin:
                 await admin.generate_items(items, seed=42)
+                journal_url = f"sqlite://{work / 'journal.db'}"
+                init_journal(journal_url)  # run never creates a journal
                 spec = DaemonSpec(
                     api_base_url=url, merchant_no=MERCHANT_NO, api_key=API_KEY,
                     api_secret=secret, pfx_path=work / "shard.pfx", pfx_password=password,
-                    policy_path=policy, database_url=f"sqlite://{work / 'journal.db'}",
+                    policy_path=policy, database_url=journal_url,
                     http_host="127.0.0.1", http_port=0, log_level="error",
                     max_pending=max(items, 10000), concurrency=concurrency or 8,
                     request_timeout=30.0)

@@ -28,6 +28,7 @@ from cosigner.sandbox import Merchant, SandboxAdmin, SandboxServer
 from cosigner.sandbox.generate import eip55_address, tron_address
 from cosigner.signing.shard import certificate_pem
 from cosigner.signing.throwaway import make_throwaway_shard
+from cosigner.store import init_journal
 
 MERCHANT_NO = "M-DEMO-0001"
 API_KEY = "ak-demo"
@@ -135,10 +136,12 @@ async def _demo(duration: float | None, policy_path: Path, out: TextIO,
                             certificate_pem=certificate_pem(cert))
         async with SandboxServer(merchants=[merchant]) as server, \
                 SandboxAdmin(server.url) as admin:
+            journal_url = f"sqlite://{work / 'journal.db'}"
+            init_journal(journal_url)  # run never creates a journal
             spec = DaemonSpec(
                 api_base_url=server.url, merchant_no=MERCHANT_NO, api_key=API_KEY,
                 api_secret=secret, pfx_path=work / "shard.pfx", pfx_password=password,
-                policy_path=policy_path, database_url=f"sqlite://{work / 'journal.db'}",
+                policy_path=policy_path, database_url=journal_url,
                 poll_interval=2.0, collect_interval=10.0, http_host="127.0.0.1", http_port=0,
                 log_format="console", log_level="error", request_timeout=5.0)
             kinds: dict[int, str] = {}

@@ -32,7 +32,15 @@ from cosigner.logs import get_logger
 from cosigner.models import Action, PendingItem
 from cosigner.policy import Ledger, load_policy
 from cosigner.signing import Shard, load_shard
-from cosigner.store import DecisionRecord, MemoryJournal, NewDecision, NewOutcome, SqliteJournal
+from cosigner.store import (
+    DecisionRecord,
+    LimitGuard,
+    MemoryJournal,
+    NewDecision,
+    NewOutcome,
+    SqliteJournal,
+    init_journal,
+)
 from tests.conftest import ThrowawayShard
 from tests.daemon.conftest import HOT, LIMIT, MAX_COUNT, POLICY, SANCTIONED, address
 
@@ -90,8 +98,9 @@ class RecordingJournal(MemoryJournal):
         super().__init__(clock=clock)
         self.timeline = timeline
 
-    def record_decisions(self, decisions: Sequence[NewDecision]) -> list[DecisionRecord]:
-        records = super().record_decisions(decisions)
+    def record_decisions(self, decisions: Sequence[NewDecision],
+                         guard: LimitGuard | None = None) -> list[DecisionRecord]:
+        records = super().record_decisions(decisions, guard)
         self.timeline.append(("journal", [d.item_id for d in decisions]))
         return records
 
@@ -413,7 +422,8 @@ class TestIssue10Defects:
         recorded or posted); the good item of the same cycle is still posted (SQLite journal:
         2**63 used to raise OverflowError and stop every cycle)."""
         world = make_world([raw(2**63), raw(2**64), raw(0), raw(-7), raw(5)])
-        journal = SqliteJournal(tmp_path / "journal.db", create=True, clock=world.clock)
+        init_journal(f"sqlite://{tmp_path / 'journal.db'}")
+        journal = SqliteJournal(tmp_path / "journal.db", writer=True, clock=world.clock)
         journal.open()
         try:
             world.pipeline.journal = journal
