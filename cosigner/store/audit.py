@@ -15,11 +15,13 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from cosigner.durations import parse_duration
 from cosigner.errors import ConfigError
+from cosigner.journal import plain
 from cosigner.store.base import DecisionRecord, VerifyResult
 
 #: Export columns, in their stable order.
@@ -78,19 +80,14 @@ def write_table(records: Iterable[DecisionRecord], out: TextIO) -> int:
 
 def export_row(record: DecisionRecord) -> dict[str, Any]:
     """A record as an export row (JSON types, columns in :data:`EXPORT_COLUMNS` order)."""
-    values: dict[str, Any] = {
-        "seq": record.seq, "created_at": record.created_at.isoformat(),
-        "item_id": record.item_id, "action": record.action.value, "rule": record.rule,
-        "reasons": list(record.reasons), "state": record.state,
-        "outcome_code": record.outcome_code, "outcome_message": record.outcome_message,
-        "outcome_at": record.outcome_at.isoformat() if record.outcome_at else None,
-        "mode": record.mode, "chain_id": record.chain_id,
-        "from_address": record.from_address, "to_address": record.to_address,
-        "amount_text": record.amount_text, "content_hash": record.content_hash,
-        "policy_name": record.policy_name, "policy_sha256": record.policy_sha256,
-        "prev_hash": record.prev_hash, "record_hash": record.record_hash,
-    }
+    values = {f.name: _json(getattr(record, f.name)) for f in fields(DecisionRecord)}
     return {column: values[column] for column in EXPORT_COLUMNS}
+
+
+def _json(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return plain(value)
 
 
 def write_jsonl(records: Iterable[DecisionRecord], out: TextIO) -> int:
