@@ -12,8 +12,8 @@ from cosigner.store.chain import DECISION_KEYS, OUTCOME_KEYS
 class TestFieldsDefinedOnce:
     def test_payload_keys_derive_from_the_value_types(self) -> None:
         """The hashed payload of each entry is the value type's fields plus the chain's."""
-        assert DECISION_KEYS == ("seq", "kind", "prev_hash", *DECISION_FIELDS, "created_at")
-        assert OUTCOME_KEYS == ("seq", "kind", "prev_hash", *OUTCOME_FIELDS, "created_at")
+        assert ("seq", "kind", "prev_hash", *DECISION_FIELDS, "created_at") == DECISION_KEYS
+        assert ("seq", "kind", "prev_hash", *OUTCOME_FIELDS, "created_at") == OUTCOME_KEYS
 
     def test_a_record_holds_every_decision_field(self) -> None:
         """A DecisionRecord carries every field of the decision it records."""
