@@ -62,8 +62,8 @@ class Metrics:
                                        "Unix time the shard's certificate expires", registry=r)
         self.decided_unposted = Gauge(
             "cosigner_decided_unposted_items", "Approve/reject decisions whose post is not "
-            "confirmed: still to post (decided, failed) or settled as gone (outcome unknown, "
-            "the item left the pending list)", registry=r)
+            "confirmed: still to post (decided, failed), or settled as gone in the last day "
+            "(outcome unknown, the item left the pending list)", registry=r)
         self.leader = Gauge("cosigner_leader", "1 when this instance may decide and post",
                             registry=r)
         self.journal_head_sequence = Gauge(

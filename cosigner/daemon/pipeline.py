@@ -61,6 +61,8 @@ Signed = tuple[DecisionRecord, "str | SigningError"]
 CHUNK = 500  # items decided, journaled (one commit) and signed together
 OUTCOME_BATCH = 64  # outcomes recorded in one commit at most ...
 OUTCOME_DELAY = 0.05  # ... or after this many seconds, whichever comes first
+#: How long a record settled as ``gone`` counts in ``cosigner_decided_unposted_items``.
+GONE_SHOWN_FOR = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +211,8 @@ class Pipeline:
         # id -> seq of enforce approve/reject records whose post is not confirmed
         # (decided or failed); None until read from the journal at the first poll.
         self._unposted: dict[int, int] | None = None
-        self._gone = 0
+        # item id -> when its record was settled as gone (the gauge shows a day of them)
+        self._gone: dict[int, datetime] = {}
         self.last_poll_ok: float | None = None
         self.journal_ok = True   # the last journal write succeeded (readiness)
         self.signing_ok = True   # the last signing round worked (readiness)
@@ -311,17 +314,16 @@ class Pipeline:
 
     async def _load_unposted(self) -> dict[int, int]:
         if self._unposted is None:
-            def scan() -> tuple[dict[int, int], int]:
+            def scan() -> tuple[dict[int, int], dict[int, datetime]]:
                 unposted: dict[int, int] = {}
-                gone = 0
+                gone: dict[int, datetime] = {}
                 for record in self.journal.records():
                     if record.mode != Mode.ENFORCE or record.action is Action.HOLD:
                         continue
                     if record.state in (RecordState.DECIDED, RecordState.FAILED):
                         unposted[record.item_id] = record.seq
-                    else:
-                        unposted.pop(record.item_id, None)
-                        gone += record.state == RecordState.GONE
+                    elif record.state == RecordState.GONE and record.outcome_at is not None:
+                        gone[record.item_id] = record.outcome_at
                 return unposted, gone
             unposted, self._gone = await asyncio.to_thread(scan)
             self._unposted = unposted
@@ -350,7 +352,7 @@ class Pipeline:
             return
         for item_id, seq in left:
             del unposted[item_id]
-            self._gone += 1
+            self._gone[item_id] = self.clock()
             result.gone += 1
             self.log.critical("item.gone", item_id=item_id, seq=seq,
                               hint="decided but its post was never confirmed, and the item "
@@ -360,7 +362,9 @@ class Pipeline:
 
     def _set_unposted_gauge(self) -> None:
         if self._unposted is not None:
-            self.metrics.decided_unposted.set(len(self._unposted) + self._gone)
+            recent = self.clock() - GONE_SHOWN_FOR
+            self._gone = {i: at for i, at in self._gone.items() if at >= recent}
+            self.metrics.decided_unposted.set(len(self._unposted) + len(self._gone))
 
     # -- deciding --------------------------------------------------------------------
 
@@ -449,7 +453,7 @@ class Pipeline:
             assert isinstance(record, DecisionRecord)
             if self._unposted is not None:
                 if record.state == RecordState.GONE:  # listed again: back to awaiting a post
-                    self._gone = max(0, self._gone - 1)
+                    self._gone.pop(record.item_id, None)
                 self._unposted[record.item_id] = record.seq
             return record
         return None
