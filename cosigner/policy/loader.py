@@ -225,29 +225,30 @@ class _Loader:
                   is_evm: Callable[[str], bool] = addresses.is_evm,
                   is_tron: Callable[[str], bool] = addresses.is_tron) -> None:
         """Check one list or literal address and add its comparison keys to *into*."""
-        if not addresses.has_clean_chars(text):
+        # A valid evm or tron address is clean ASCII by its shape: the common case is
+        # settled by the validity checks alone; the rest finds out what is wrong.
+        if is_evm(text):
+            self._add(into, "evm", text)
+        elif is_tron(text):
+            self._add(into, "tron", text)
+        elif not addresses.has_clean_chars(text):
             reader.error(node, f"address {text!r} contains whitespace, control, zero-width or "
                                f"non-ASCII characters")
         elif addresses.looks_evm(text):
-            if is_evm(text):
-                into["evm"].add(addresses.key(text, "evm"))
-                if self._has_other:
-                    into["other"].add(text)
-            else:
-                reader.error(node, f"address {text!r} is not a valid evm address (0x and 40 hex "
-                                   f"digits; mixed case must be a valid EIP-55 checksum)")
+            reader.error(node, f"address {text!r} is not a valid evm address (0x and 40 hex "
+                               f"digits; mixed case must be a valid EIP-55 checksum)")
         elif addresses.looks_tron(text):
-            if is_tron(text):
-                into["tron"].add(text)
-                if self._has_other:
-                    into["other"].add(text)
-            else:
-                reader.error(node, f"address {text!r} fails its tron base58check checksum")
+            reader.error(node, f"address {text!r} fails its tron base58check checksum")
         elif self._has_other:
             into["other"].add(text)
         else:
             reader.error(node, f"address {text!r} is neither evm nor tron, and no chain uses the "
                                f"other address format")
+
+    def _add(self, into: dict[Format, set[str]], fmt: Format, text: str) -> None:
+        into[fmt].add(addresses.key(text, fmt))
+        if self._has_other:
+            into["other"].add(text)
 
     def _lists(self, node: yaml.Node) -> None:
         r = self.r
