@@ -95,6 +95,9 @@ def cmd_test(args: argparse.Namespace) -> int:
             status = "PASS" if result.passed else "FAIL"
             print(f"{status} {result.file}:{result.line}: {result.name}"
                   + (f": {result.detail}" if result.detail else ""))
+            if not result.passed:  # the decision's own trace says why
+                for line in result.trace:
+                    print(f"    {line}")
             passed += result.passed
             failed += not result.passed
     print(f"{passed} passed, {failed} failed")

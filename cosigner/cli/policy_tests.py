@@ -51,6 +51,7 @@ class CaseResult:
     line: int
     passed: bool
     detail: str
+    trace: tuple[str, ...] = ()  # the decision's trace (every rule and limit tried)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,9 +201,10 @@ class _TestFile:
     def _run_case(self, policy: CompiledPolicy, name: str, at: int, item: dict[str, Any],
                   history: list[Approval], expect: _Expect, now: datetime) -> CaseResult:
         # The daemon's own decision (cosigner.decide), for an id never seen before.
-        outcome = decide(PendingItem(item), None, policy, Ledger(policy, history), now)
+        outcome = decide(PendingItem(item), None, policy, Ledger(policy, history), now,
+                         explain=True)
         why = expect.mismatch(outcome)
-        return CaseResult(str(self.path), name, at, why is None, why or "")
+        return CaseResult(str(self.path), name, at, why is None, why or "", outcome.trace)
 
 
 def run_test_file(path: str | Path, now: datetime | None = None) -> list[CaseResult]:

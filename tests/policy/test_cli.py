@@ -65,6 +65,7 @@ cases:
         out = capsys.readouterr().out
         assert "FAIL" in out
         assert "expected action approve, rule treasury-sweeps" in out
+        assert "    rule treasury-sweeps (line 14): no match: to is not in [treasury]" in out
         assert out.strip().endswith("1 passed, 1 failed")
 
     @pytest.mark.parametrize(("body", "fragment"), [
