@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 
@@ -21,7 +22,7 @@ from cosigner.errors import ConfigError, CosignerError
 # Each module has ``register(subparsers)`` adding its commands; a command's
 # handler is stored as ``func`` and returns the exit code.
 _COMMAND_MODULES = (
-    "cosigner.cli.daemon",       # run, demo, bench
+    "cosigner.cli.daemon",       # run, demo, bench, pause, resume, status
     "cosigner.cli.sandbox",      # sandbox
     "cosigner.cli.policy",       # policy check|test|explain
     "cosigner.cli.shard",        # shard inspect|sign
@@ -55,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `cosigner audit list | head`: the reader has gone; no traceback for that.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return code
 
 

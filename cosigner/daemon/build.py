@@ -16,17 +16,21 @@ from typing import Any
 
 import httpx
 
-from cosigner.abc import Clock, utc_now
+from cosigner.abc import Clock, Journal, utc_now
 from cosigner.api.auth import SignSort
 from cosigner.api.client import ApiClient
+from cosigner.api.tls import tls_context
 from cosigner.errors import JournalUnavailableError, StoreError
 from cosigner.logs import configure_logging, get_logger
 from cosigner.policy import load_policy
 from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
 from cosigner.signing.shard import SignScheme
-from cosigner.store import Head, open_journal
+from cosigner.store import Head, journal_from_url
+from cosigner.store.postgres import PostgresJournal, mask_url
 
+from .control import check_pause_location
+from .leadership import ElectedLeader, LeaderGatedSource, Leadership, SoleLeader
 from .metrics import Metrics
 from .pipeline import DecisionEvent, Pipeline, PolicyState, ledger_from_journal
 from .service import Daemon, DaemonConfig
@@ -48,7 +52,10 @@ class DaemonSpec:
     pfx_password: str = field(repr=False)
     policy_path: Path
     database_url: str = field(repr=False)
+    pause_file: Path
     journal_witness: Path | None = None
+    ca_bundle: Path | None = None
+    leader_retry: float = 5.0
     lang: str = "en"
     sign_sort: SignSort = "casefold"
     sign_scheme: SignScheme = "java-rsa"
@@ -61,7 +68,6 @@ class DaemonSpec:
     collect_is_main: Sequence[int] = (1, 0)
     http_host: str = "127.0.0.1"
     http_port: int = 9464
-    pause_file: Path | None = None
     mode: str = "enforce"
     log_format: str = "json"
     log_level: str = "info"
@@ -81,6 +87,9 @@ class BuildOptions:
     client_retries: int = 3
     log: Any = None
     clock: Clock = utc_now  # what the pipeline, the service and the journal read time from
+    #: False (tests only): skip the PostgreSQL election and its fencing, as if every
+    #: replica led; the database's constraints and row locks must still hold.
+    election: bool = True
 
 
 def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemon:
@@ -90,28 +99,25 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
     if opts.configure_logs:
         configure_logging(spec.log_format, spec.log_level, secrets=(secret, password, db_url))
     log = opts.log or get_logger("cosigner.daemon")
+    clock = opts.clock
 
+    tls = tls_context(spec.ca_bundle)
     policy = load_policy(spec.policy_path)
     shard = load_shard(spec.pfx_path, password, scheme=spec.sign_scheme)
     metrics = Metrics()
     metrics.set_policy(policy.name, policy.sha256)
+    metrics.set_limit_scopes({limit.name: limit.per for limit in policy.limits})
     metrics.shard_cert_expiry.set(shard.info.not_after.timestamp())
-    metrics.leader.set(1)
-    clock = opts.clock
     if shard.info.not_after - clock() < timedelta(days=EXPIRY_WARNING_DAYS):
         log.warning("shard.expiring", not_after=shard.info.not_after.isoformat(),
                     subject=shard.info.subject)
-
-    def committed(head: Head) -> None:
-        # Every commit's head, for an external system to anchor (DESIGN section 4).
-        metrics.journal_head_sequence.set(head.seq)
-        log.info("journal.committed", seq=head.seq, hash=head.hash)
-
-    witness = str(spec.journal_witness) if spec.journal_witness else None
-    journal = open_journal(db_url, writer=True, witness=witness, durable=True,
-                           on_commit=committed, clock=clock)
+    journal = _open_journal(spec, policy_clock=clock, metrics=metrics, log=log)
+    pause_file = spec.pause_file
     try:
-        metrics.journal_head_sequence.set(journal.head().seq)
+        # The kill switch must be visible to the daemon (exit 2, not a traceback per poll).
+        if not check_pause_location(pause_file):
+            log.warning("pause.not_writable", pause_file=str(pause_file),
+                        hint="`cosigner pause` cannot create the file there as this user")
         # Every approval the limits count is hash-checked as it is read: an edited one
         # stops the start (exit 2), like a chain that does not verify.
         ledger = ledger_from_journal(policy, journal, clock())
@@ -128,13 +134,29 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
         lang=spec.lang, sort=spec.sign_sort, timeout=spec.request_timeout,
         transport=opts.transport, page_size=spec.page_size,
         max_pending=spec.max_pending, observer=metrics, retries=opts.client_retries,
-        max_connections=spec.concurrency + 2)
+        max_connections=spec.concurrency + 2, tls=tls)
+    leadership: Leadership = SoleLeader()
+    source: Any = client
+    if isinstance(journal, PostgresJournal):
+        if opts.election:
+            leadership = ElectedLeader(journal, spec.leader_retry, metrics, log,
+                                       on_acquired=lambda: _rebuild_ledger(pipeline, journal))
+        else:
+            journal.fenced = False
+            log.warning("leader.election_skipped", reason="test hook: every replica leads")
+        source = LeaderGatedSource(client, leadership, journal)
+    if isinstance(leadership, SoleLeader):
+        metrics.leader.set(1)
     mode = "shadow" if opts.shadow or spec.mode == "shadow" else "enforce"
+    metrics.configure(mode=mode, poll_interval=spec.poll_interval,
+                      collect_interval=spec.collect_interval,
+                      collect_is_main=tuple(spec.collect_is_main))
+    metrics.follow_pause_file(pause_file)
     signer = BatchSigner(shard, path=spec.pfx_path, password=password)
     pipeline = Pipeline(
-        client, shard, journal, PolicyState(policy, ledger, spec.policy_path),
+        source, shard, journal, PolicyState(policy, ledger, spec.policy_path),
         metrics, log, mode=mode, concurrency=spec.concurrency,
-        pause_file=spec.pause_file, collect_is_main=spec.collect_is_main,
+        pause_file=pause_file, collect_is_main=spec.collect_is_main,
         listeners=opts.listeners, signer=signer, clock=clock)
     config = DaemonConfig(
         poll_interval=spec.poll_interval, collect_interval=spec.collect_interval,
@@ -143,17 +165,45 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
         policy_path=spec.policy_path, watch_interval=opts.watch_interval,
         install_signals=opts.install_signals)
     log.info("daemon.configured", policy=policy.name, policy_sha256=policy.sha256,
-             shard=shard.info.fingerprint_sha256, mode=mode,
-             api=spec.api_base_url, merchant=spec.merchant_no)
+             shard=shard.info.fingerprint_sha256, mode=mode, pause_file=str(pause_file),
+             api=spec.api_base_url, merchant=spec.merchant_no,
+             journal=mask_url(db_url), role=leadership.role)
 
     async def close() -> None:
         await client.aclose()
         await signer.aclose()
 
     def lock_held() -> bool:
-        # The store's single-writer lock (journal.lock_held()); held when a store has none.
+        # The store's writer (or leader) lock; held when a store offers no probe.
         probe = getattr(journal, "lock_held", None)
         return bool(probe()) if callable(probe) else True
 
     return Daemon(pipeline, journal, metrics, log, config, lock_held=lock_held,
-                  on_close=close)
+                  on_close=close, leadership=leadership)
+
+
+def _open_journal(spec: DaemonSpec, *, policy_clock: Clock, metrics: Metrics,
+                  log: Any) -> Journal:
+    """The journal as its writer, its head exported and logged at every commit."""
+
+    def committed(head: Head) -> None:
+        # Every commit's head, for an external system to anchor (DESIGN section 4).
+        metrics.journal_head_sequence.set(head.seq)
+        log.info("journal.committed", seq=head.seq, hash=head.hash)
+
+    witness = str(spec.journal_witness) if spec.journal_witness else None
+    journal = journal_from_url(spec.database_url, writer=True, witness=witness, durable=True,
+                               on_commit=committed, election=True, clock=policy_clock)
+    journal.open()
+    try:
+        metrics.journal_head_sequence.set(journal.head().seq)
+    except StoreError as exc:
+        journal.close()
+        raise JournalUnavailableError(str(exc)) from exc
+    return journal
+
+
+def _rebuild_ledger(pipeline: Pipeline, journal: PostgresJournal) -> None:
+    """A new leader counts the limits from the journal: the former leader approved too."""
+    pipeline.state.ledger = ledger_from_journal(pipeline.state.policy, journal,
+                                                pipeline.clock())

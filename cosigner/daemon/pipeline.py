@@ -364,7 +364,7 @@ class Pipeline:
         if self._unposted is not None:
             recent = self.clock() - GONE_SHOWN_FOR
             self._gone = {i: at for i, at in self._gone.items() if at >= recent}
-            self.metrics.decided_unposted.set(len(self._unposted) + len(self._gone))
+            self.metrics.decided_unposted_items.set(len(self._unposted) + len(self._gone))
 
     # -- deciding --------------------------------------------------------------------
 
@@ -660,7 +660,8 @@ class Pipeline:
             if self.stopping.is_set():
                 return False
             if self.paused():  # checked before every collection, as before every post
-                self.log.info("collect.skipped", reason="paused", is_main=is_main)
+                self.log.info("collect.skipped", reason="paused: the kill switch posts nothing",
+                              is_main=is_main)
                 return True
             label = str(is_main)
             try:

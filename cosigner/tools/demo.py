@@ -141,7 +141,7 @@ async def _demo(duration: float | None, policy_path: Path, out: TextIO,
             spec = DaemonSpec(
                 api_base_url=server.url, merchant_no=MERCHANT_NO, api_key=API_KEY,
                 api_secret=secret, pfx_path=work / "shard.pfx", pfx_password=password,
-                policy_path=policy_path, database_url=journal_url,
+                policy_path=policy_path, database_url=journal_url, pause_file=work / "pause",
                 poll_interval=2.0, collect_interval=10.0, http_host="127.0.0.1", http_port=0,
                 log_format="console", log_level="error", request_timeout=5.0)
             kinds: dict[int, str] = {}
