@@ -138,8 +138,11 @@ class Cluster:
     replicas: list[Replica] = field(default_factory=list)
 
     async def start(self, count: int, *, forced: bool = False) -> None:
+        # The pause file's default for a PostgreSQL journal is /var/lib/cosigner/PAUSE,
+        # whose directory a test machine need not have (the daemon refuses to start then).
         env = self.rig.env(DATABASE_URL=self.url, LEADER_RETRY=str(RETRY), POLL_INTERVAL="0.3",
-                           COLLECT_INTERVAL="1", CONCURRENCY="2")
+                           COLLECT_INTERVAL="1", CONCURRENCY="2",
+                           PAUSE_FILE=self.rig.tmp / "PAUSE")
         env["PYTHONPATH"] = str(REPO)
         for n in range(count):
             argv = [sys.executable, "-c", FORCED_RUNNER] if forced else [str(COSIGNER), "run"]
@@ -390,7 +393,8 @@ class TestRoles:
         standby leads."""
         with _scratch(pg_admin) as url:
             PostgresJournal(url).init()
-            settings = rig.with_settings(database_url=SecretStr(url), leader_retry=0.5)
+            settings = rig.with_settings(database_url=SecretStr(url),
+                                         pause_file=rig.tmp / "PAUSE", leader_retry=0.5)
             first, second = rig.build(settings), rig.build(settings)
             async with running(first):
                 await wait_for(lambda: first.leadership.active() and first.polls >= 1,
@@ -422,7 +426,8 @@ class TestRoles:
         with _scratch(pg_admin) as url:
             PostgresJournal(url).init()
             user_url = url.replace("://postgres@", "://postgres:s3cret-pw@")
-            settings = rig.with_settings(database_url=SecretStr(user_url))
+            settings = rig.with_settings(database_url=SecretStr(user_url),
+                                         pause_file=rig.tmp / "PAUSE")
             with capture_logs() as logs:
                 daemon = rig.build(settings)
                 await daemon.close()
@@ -439,7 +444,8 @@ class TestRoles:
             holder = PostgresJournal(url, writer=True)
             holder.open()  # another process leads
             try:
-                settings = rig.with_settings(database_url=SecretStr(url), leader_retry=0.3)
+                settings = rig.with_settings(database_url=SecretStr(url),
+                                             pause_file=rig.tmp / "PAUSE", leader_retry=0.3)
                 daemon = rig.build(settings)
                 async with running(daemon):
                     await wait_for(lambda: daemon.leadership.healthy(), within=10,
