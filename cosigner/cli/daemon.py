@@ -201,30 +201,36 @@ def _live_report(live: LiveView) -> dict[str, Any]:
 
 def status_lines(report: dict[str, Any]) -> list[str]:
     """``status_report`` as lines for a person."""
+    lines = [f"paused:  {_pause_line(report)}", f"mode:    {report['mode']} (settings)",
+             f"policy:  {report['policy_path'] or '(COSIGNER_POLICY_PATH not set)'}",
+             _journal_line(report["journal"])]
+    return lines + _daemon_lines(report["daemon"])
+
+
+def _pause_line(report: dict[str, Any]) -> str:
     pause_info = report["pause"]
-    if report["paused"]:
-        detail = ", ".join(f"{k} {pause_info[k]}" for k in ("paused_at", "by") if pause_info[k])
-        paused = (f"PAUSED ({pause_info['reason'] or 'no reason given'}"
-                  + (f"; {detail}" if detail else "") + f") - {pause_info['file']}")
-    else:
-        paused = f"no (kill switch: `cosigner pause` creates {pause_info['file']})"
-    lines = [f"paused:  {paused}", f"mode:    {report['mode']} (settings)",
-             f"policy:  {report['policy_path'] or '(COSIGNER_POLICY_PATH not set)'}"]
-    journal = report["journal"]
+    if not report["paused"]:
+        return f"no (kill switch: `cosigner pause` creates {pause_info['file']})"
+    detail = ", ".join(f"{k} {pause_info[k]}" for k in ("paused_at", "by") if pause_info[k])
+    return (f"PAUSED ({pause_info['reason'] or 'no reason given'}"
+            + (f"; {detail}" if detail else "") + f") - {pause_info['file']}")
+
+
+def _journal_line(journal: dict[str, Any]) -> str:
     if "error" in journal:
-        lines.append(f"journal: {journal['url']}: {journal['error']}")
-    else:
-        states = ", ".join(f"{k} {v}" for k, v in journal["by_state"].items()) or "empty"
-        lines.append(f"journal: {journal['url']}: {journal['records']} records ({states}), "
-                     f"head sequence {journal['head_sequence']}")
-    daemon = report["daemon"]
+        return f"journal: {journal['url']}: {journal['error']}"
+    states = ", ".join(f"{k} {v}" for k, v in journal["by_state"].items()) or "empty"
+    return (f"journal: {journal['url']}: {journal['records']} records ({states}), "
+            f"head sequence {journal['head_sequence']}")
+
+
+def _daemon_lines(daemon: dict[str, Any]) -> list[str]:
     if not daemon["reachable"]:
-        lines.append(f"daemon:  not reachable at {daemon['url']} ({daemon['error']})")
-        return lines
+        return [f"daemon:  not reachable at {daemon['url']} ({daemon['error']})"]
     policy = daemon["policy"] or {}
     ready = {True: "ready", False: "NOT READY", None: "readiness unknown"}[daemon["ready"]]
-    lines.append(f"daemon:  {daemon['url']}: {ready}, mode {daemon['mode']}, "
-                 f"{'PAUSED' if daemon['paused'] else 'not paused'}")
+    lines = [f"daemon:  {daemon['url']}: {ready}, mode {daemon['mode']}, "
+             f"{'PAUSED' if daemon['paused'] else 'not paused'}"]
     if policy:
         lines.append(f"         policy {policy['name']} (sha256 {str(policy['sha256'])[:12]})")
     ago = daemon["last_poll_seconds_ago"]

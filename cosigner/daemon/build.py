@@ -135,18 +135,8 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
         transport=opts.transport, page_size=spec.page_size,
         max_pending=spec.max_pending, observer=metrics, retries=opts.client_retries,
         max_connections=spec.concurrency + 2, tls=tls)
-    leadership: Leadership = SoleLeader()
-    source: Any = client
-    if isinstance(journal, PostgresJournal):
-        if opts.election:
-            leadership = ElectedLeader(journal, spec.leader_retry, metrics, log,
-                                       on_acquired=lambda: _rebuild_ledger(pipeline, journal))
-        else:
-            journal.fenced = False
-            log.warning("leader.election_skipped", reason="test hook: every replica leads")
-        source = LeaderGatedSource(client, leadership, journal)
-    if isinstance(leadership, SoleLeader):
-        metrics.leader.set(1)
+    leadership, source = _leadership(spec, opts, journal, client, metrics, log,
+                                     rebuild=lambda: _rebuild_ledger(pipeline, journal))
     mode = "shadow" if opts.shadow or spec.mode == "shadow" else "enforce"
     metrics.configure(mode=mode, poll_interval=spec.poll_interval,
                       collect_interval=spec.collect_interval,
@@ -182,6 +172,24 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
                   on_close=close, leadership=leadership)
 
 
+def _leadership(spec: DaemonSpec, opts: BuildOptions, journal: Journal, client: ApiClient,
+                metrics: Metrics, log: Any, *, rebuild: Callable[[], None]
+                ) -> tuple[Leadership, Any]:
+    """Who leads, and the provider API as the pipeline sees it: gated by the leadership with
+    PostgreSQL (several replicas), the client itself with SQLite (the only writer)."""
+    if not isinstance(journal, PostgresJournal):
+        metrics.leader.set(1)
+        return SoleLeader(), client
+    leadership: Leadership = SoleLeader()
+    if opts.election:
+        leadership = ElectedLeader(journal, spec.leader_retry, metrics, log, on_acquired=rebuild)
+    else:
+        journal.fenced = False
+        log.warning("leader.election_skipped", reason="test hook: every replica leads")
+        metrics.leader.set(1)
+    return leadership, LeaderGatedSource(client, leadership, journal)
+
+
 def _open_journal(spec: DaemonSpec, *, policy_clock: Clock, metrics: Metrics,
                   log: Any) -> Journal:
     """The journal as its writer, its head exported and logged at every commit."""
@@ -203,7 +211,7 @@ def _open_journal(spec: DaemonSpec, *, policy_clock: Clock, metrics: Metrics,
     return journal
 
 
-def _rebuild_ledger(pipeline: Pipeline, journal: PostgresJournal) -> None:
+def _rebuild_ledger(pipeline: Pipeline, journal: Journal) -> None:
     """A new leader counts the limits from the journal: the former leader approved too."""
     pipeline.state.ledger = ledger_from_journal(pipeline.state.policy, journal,
                                                 pipeline.clock())

@@ -118,14 +118,7 @@ async def bench(items: int, concurrency: int | None = None, *,
     if items < 1:
         raise CosignerError("--items must be at least 1")
     if database_url is not None:
-        init_journal(database_url)
-        journal = open_journal(database_url)
-        try:
-            if journal.head().seq:
-                raise ConfigError(f"--database-url {mask_url(database_url)}: the journal is "
-                                  "not empty; bench needs an empty one")
-        finally:
-            journal.close()
+        _check_empty(database_url)
     with tempfile.TemporaryDirectory(prefix="cosigner-bench-") as tmp:
         work = Path(tmp)
         secret = secrets.token_urlsafe(24)
@@ -190,6 +183,18 @@ async def bench(items: int, concurrency: int | None = None, *,
                                             if sandbox0 is not None and sandbox1 is not None
                                             else None),
                        ok=ok)
+
+
+def _check_empty(database_url: str) -> None:
+    """Create the journal at *database_url* if absent; ConfigError unless it is empty."""
+    init_journal(database_url)
+    journal = open_journal(database_url)
+    try:
+        if journal.head().seq:
+            raise ConfigError(f"--database-url {mask_url(database_url)}: the journal is "
+                              "not empty; bench needs an empty one")
+    finally:
+        journal.close()
 
 
 def _cpu_of(pid: int) -> float | None:
