@@ -8,6 +8,7 @@ never its value.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ PREFIX = "COSIGNER_"
 DEFAULT_PAUSE_DIR = Path("/var/lib/cosigner")
 PAUSE_NAME = "PAUSE"
 #: Secrets: each has a ``*_FILE`` twin.
-SECRET_FIELDS = ("api_secret", "pfx_password", "database_url")
+SECRET_FIELDS = ("api_secret", "pfx_password", "database_url", "callback_forward_secret")
 
 
 def env_name(field: str) -> str:
@@ -64,6 +65,14 @@ class Settings(BaseSettings):
     request_timeout: float = Field(10.0, gt=0)
     mode: Literal["enforce", "shadow"] = "enforce"
     pause_file: Path | None = None
+    # C2C order callbacks (DESIGN section 10): off unless callback_addr is set.
+    callback_addr: str | None = None
+    callback_public_url: str | None = None
+    callback_allow_ips: str | None = None
+    callback_trusted_proxies: str | None = None
+    callback_forward_url: str | None = None
+    callback_forward_secret: SecretStr | None = None
+    callback_forward_secret_file: Path | None = None
 
     @field_validator("log_level", "log_format", "mode", "sign_sort", "sign_scheme", "lang",
                      mode="before")
@@ -96,6 +105,36 @@ class Settings(BaseSettings):
             raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464")
         return v
 
+    @field_validator("callback_addr")
+    @classmethod
+    def _callback_addr(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        return cls._addr(v)
+
+    @field_validator("callback_public_url", "callback_forward_url")
+    @classmethod
+    def _callback_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("http://", "https://")) or len(v) < 10:
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    @field_validator("callback_allow_ips", "callback_trusted_proxies")
+    @classmethod
+    def _networks(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        for entry in v.split(","):
+            if entry.strip():
+                try:
+                    ipaddress.ip_network(entry.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"{entry.strip()!r} is not an IP address or "
+                                     "CIDR") from None
+        return v
+
     @model_validator(mode="after")
     def _read_secret_files(self) -> Settings:
         for name in SECRET_FIELDS:
@@ -113,6 +152,10 @@ class Settings(BaseSettings):
             if not text:
                 raise ValueError(f"{env_name(name)}_FILE: {file_path} is empty")
             setattr(self, name, SecretStr(text))
+        if self.callback_forward_url and self.callback_forward_secret is None:
+            raise ValueError(f"{env_name('callback_forward_secret')} (or _FILE) must be set "
+                             f"with {env_name('callback_forward_url')}: forwarded events are "
+                             "signed with it")
         return self
 
     # -- derived values -------------------------------------------------------------
@@ -124,6 +167,14 @@ class Settings(BaseSettings):
     @property
     def http_host_port(self) -> tuple[str, int]:
         host, _, port = self.http_addr.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
+    def callback_host_port(self) -> tuple[str, int] | None:
+        """``CALLBACK_ADDR`` as (host, port); None when callbacks are off."""
+        if self.callback_addr is None:
+            return None
+        host, _, port = self.callback_addr.rpartition(":")
         return host.strip("[]"), int(port)
 
     def pause_path(self) -> Path:

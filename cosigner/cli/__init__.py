@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "cosigner.cli.shard",        # shard inspect|sign
     "cosigner.cli.audit",        # journal init, audit list|export|verify
     "cosigner.cli.otc",          # otc rate|create
+    "cosigner.cli.orders",       # orders list|show
 )
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
 from typing import Any, TextIO
 
 from cosigner.daemon.build import BuildOptions, DaemonSpec, build_daemon
+from cosigner.daemon.callbacks import build_callbacks
 from cosigner.daemon.control import LiveView, PauseState, pause, probe, read_pause, resume
 from cosigner.errors import CosignerError
 from cosigner.settings import Settings, load_settings
@@ -80,11 +82,17 @@ def daemon_spec(settings: Settings) -> DaemonSpec:
         max_pending=settings.max_pending, concurrency=settings.concurrency,
         poll_interval=settings.poll_interval, collect_interval=settings.collect_interval,
         collect_is_main=settings.collect_is_main_values, http_host=host, http_port=port,
-        mode=settings.mode, log_format=settings.log_format, log_level=settings.log_level)
+        mode=settings.mode, log_format=settings.log_format, log_level=settings.log_level,
+        extra_secrets=tuple(
+            [settings.callback_forward_secret.get_secret_value()]
+            if settings.callback_forward_secret is not None else []),
+        callbacks=(functools.partial(build_callbacks, settings)
+                   if settings.callback_addr is not None else None))
 
 
 def _run(args: argparse.Namespace) -> int:
-    daemon = build_daemon(daemon_spec(load_settings()), BuildOptions(shadow=args.shadow))
+    daemon = build_daemon(daemon_spec(load_settings()),
+                          BuildOptions(once=args.once, shadow=args.shadow))
     if args.once:
         return asyncio.run(daemon.run_once())
     return asyncio.run(daemon.run())

@@ -62,6 +62,9 @@ def _create(args: argparse.Namespace) -> int:
     if not isinstance(order, dict):
         raise ConfigError(f"{path}: the order must be a JSON object")
     settings = load_settings()
+    if not order.get("asyncUrl") and settings.callback_public_url:
+        # The daemon's callback listener receives the order's status changes.
+        order["asyncUrl"] = settings.callback_public_url
 
     async def run() -> int:
         async with client_from_settings(settings) as client:

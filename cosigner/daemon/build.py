@@ -9,7 +9,7 @@ shard and journal are all checked before anything touches the network.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from cosigner.signing.shard import SignScheme
 from cosigner.store import Head, journal_from_url
 from cosigner.store.postgres import PostgresJournal, mask_url
 
+from .callbacks import CallbackOptions, CallbackService
 from .control import check_pause_location
 from .leadership import ElectedLeader, LeaderGatedSource, Leadership, SoleLeader
 from .metrics import Metrics
@@ -71,12 +72,19 @@ class DaemonSpec:
     mode: str = "enforce"
     log_format: str = "json"
     log_level: str = "info"
+    #: Other secrets to redact from the logs (the callback forward secret).
+    extra_secrets: tuple[str, ...] = field(default=(), repr=False)
+    #: The order-callback service's factory, when ``CALLBACK_ADDR`` is set: built by the
+    #: command line (which reads its settings), called with (metrics, log, database url,
+    #: options, port).
+    callbacks: Callable[..., CallbackService] | None = None
 
 
 @dataclass
 class BuildOptions:
     """What a caller (``run``, the demo, a test) may change beyond the spec."""
 
+    once: bool = False
     shadow: bool = False
     transport: httpx.AsyncBaseTransport | None = None
     listeners: Iterable[Callable[[DecisionEvent], None]] = ()
@@ -87,6 +95,8 @@ class BuildOptions:
     client_retries: int = 3
     log: Any = None
     clock: Clock = utc_now  # what the pipeline, the service and the journal read time from
+    callback_port: int | None = None
+    callbacks: CallbackOptions | None = None
     #: False (tests only): skip the PostgreSQL election and its fencing, as if every
     #: replica led; the database's constraints and row locks must still hold.
     election: bool = True
@@ -97,7 +107,8 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
     opts = options or BuildOptions()
     secret, password, db_url = spec.api_secret, spec.pfx_password, spec.database_url
     if opts.configure_logs:
-        configure_logging(spec.log_format, spec.log_level, secrets=(secret, password, db_url))
+        configure_logging(spec.log_format, spec.log_level,
+                          secrets=(secret, password, db_url, *spec.extra_secrets))
     log = opts.log or get_logger("cosigner.daemon")
     clock = opts.clock
 
@@ -113,6 +124,9 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
                     subject=shard.info.subject)
     journal = _open_journal(spec, policy_clock=clock, metrics=metrics, log=log)
     pause_file = spec.pause_file
+    services: list[CallbackService] = []
+    # In HA only the leader forwards order events (leadership is known further down).
+    callback_options = _callback_options(opts, lambda: leadership.active())
     try:
         # The kill switch must be visible to the daemon (exit 2, not a traceback per poll).
         if not check_pause_location(pause_file):
@@ -121,6 +135,9 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
         # Every approval the limits count is hash-checked as it is read: an edited one
         # stops the start (exit 2), like a chain that does not verify.
         ledger = ledger_from_journal(policy, journal, clock())
+        if spec.callbacks is not None and not opts.once:
+            services.append(spec.callbacks(metrics, log, db_url, callback_options,
+                                           port=opts.callback_port))
     except StoreError as exc:
         journal.close()
         if isinstance(exc, JournalUnavailableError):
@@ -169,7 +186,14 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
         return bool(probe()) if callable(probe) else True
 
     return Daemon(pipeline, journal, metrics, log, config, lock_held=lock_held,
-                  on_close=close, leadership=leadership)
+                  on_close=close, leadership=leadership, services=services)
+
+
+def _callback_options(opts: BuildOptions, leads: Callable[[], bool]) -> CallbackOptions:
+    options = opts.callbacks or CallbackOptions()
+    if options.forward_gate is None:
+        options = replace(options, forward_gate=leads)
+    return options
 
 
 def _leadership(spec: DaemonSpec, opts: BuildOptions, journal: Journal, client: ApiClient,

@@ -57,9 +57,13 @@ class HttpServer:
     traceback instead of the one clear line of a configuration error.
     """
 
-    def __init__(self, app: Starlette, host: str, port: int) -> None:
+    def __init__(self, app: Starlette, host: str, port: int, *,
+                 setting: str = "COSIGNER_HTTP_ADDR") -> None:
+        # proxy_headers=False: the peer address is the socket's (the callback listener
+        # decides itself which proxy's X-Forwarded-For to believe).
         config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                                lifespan="off")
+                                lifespan="off", proxy_headers=False, server_header=False)
+        self._setting = setting
         self._host = host
         self._port = port
         self._server = _QuietServer(config)
@@ -79,7 +83,7 @@ class HttpServer:
             sock.bind((self._host, self._port))
         except OSError as exc:
             sock.close()
-            raise ConfigError(f"COSIGNER_HTTP_ADDR {self._host}:{self._port}: cannot listen "
+            raise ConfigError(f"{self._setting} {self._host}:{self._port}: cannot listen "
                               f"({exc.strerror or exc})") from None
         self._sock = sock
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))

@@ -30,6 +30,9 @@ from cosigner import __version__
 # The *_created series double every counter for no operator value.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
+ORDER_CALLBACK_OUTCOMES = ("accepted", "duplicate", "late", "bad_signature", "malformed",
+                           "forbidden", "error")
+ORDER_FORWARD_OUTCOMES = ("delivered", "rejected", "error")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _POLL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -90,6 +93,12 @@ class Metrics:
                                        "Unix time the shard's certificate expires", registry=r)
         self.leader = Gauge("cosigner_leader", "1 when this instance may decide and post",
                             registry=r)
+        self.order_callbacks = Counter("cosigner_order_callbacks", "C2C order callback "
+                                       "requests, by outcome", ["outcome"], registry=r)
+        self.order_forward_queue_size = Gauge("cosigner_order_forward_queue", "Order events "
+                                              "waiting to be forwarded", registry=r)
+        self.order_forwards = Counter("cosigner_order_forwards", "Attempts to forward an order "
+                                      "event, by outcome", ["outcome"], registry=r)
         self.journal_head_sequence = Gauge(
             "cosigner_journal_head_sequence", "Sequence number of the journal's last entry "
             "(its head; anchor it externally to detect a rollback)", registry=r)
@@ -162,6 +171,28 @@ class Metrics:
         self.api_request_duration.labels(endpoint).observe(seconds)
         if error_kind is not None:
             self.api_errors.labels(endpoint, error_kind).inc()
+
+    def start_order_callbacks(self, *, forwarding: bool) -> None:
+        """Show the callback series at zero from the start (an alert on a series that does
+        not exist yet can never fire)."""
+        for outcome in ORDER_CALLBACK_OUTCOMES:
+            self.order_callbacks.labels(outcome)
+        if forwarding:
+            for outcome in ORDER_FORWARD_OUTCOMES:
+                self.order_forwards.labels(outcome)
+            self.order_forward_queue_size.set(0)
+
+    def order_callback(self, outcome: str) -> None:
+        """The callback listener's observer hook."""
+        self.order_callbacks.labels(outcome).inc()
+
+    def order_forward(self, outcome: str) -> None:
+        """The forwarder's observer hook: one attempt."""
+        self.order_forwards.labels(outcome).inc()
+
+    def order_forward_queue(self, size: int) -> None:
+        """The forwarder's observer hook: undelivered events."""
+        self.order_forward_queue_size.set(size)
 
     def set_policy(self, name: str, sha256: str) -> None:
         """Show exactly one policy_info series: the policy now in force."""

@@ -19,11 +19,11 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
@@ -46,6 +46,17 @@ from .pipeline import Pipeline, PolicyState, ledger_from_journal
 STOP_BUDGET = 8.0  # seconds to let in-flight work finish; the process exits within 10 s
 
 
+class Service(Protocol):
+    """Something that runs beside the scheduler for the life of ``run`` (the order
+    callback listener)."""
+
+    async def start(self) -> None:
+        """Start; raise ConfigError when it cannot (the daemon then stops with exit 2)."""
+
+    async def stop(self) -> None:
+        """Stop (idempotent)."""
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
     """The daemon's timing and endpoints (from the settings, or the demo)."""
@@ -66,8 +77,11 @@ class Daemon:
                  config: DaemonConfig, *,
                  lock_held: Callable[[], bool] | None = None,
                  on_close: Callable[[], Awaitable[None]] | None = None,
-                 leadership: Leadership | None = None) -> None:
+                 leadership: Leadership | None = None,
+                 services: Sequence[Service] = ()) -> None:
         self.pipeline = pipeline
+        self.services = list(services)
+        self._to_stop = list(services)
         self.journal = journal
         self.metrics = metrics
         self.log = log
@@ -263,6 +277,12 @@ class Daemon:
             self.http = None
             await self.close()
             raise
+        try:
+            for service in self.services:
+                await service.start()
+        except BaseException:
+            await self.close()
+            raise
         if self.config.install_signals:
             loop.add_signal_handler(signal.SIGTERM, self.request_stop)
             loop.add_signal_handler(signal.SIGINT, self.request_stop)
@@ -332,6 +352,8 @@ class Daemon:
             await asyncio.wait(pending, timeout=1)
 
     async def close(self) -> None:
+        while self._to_stop:  # every service, started or not: each owns resources
+            await self._to_stop.pop().stop()
         if self.http is not None:
             await self.http.stop()
             self.http = None

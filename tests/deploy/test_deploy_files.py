@@ -242,12 +242,21 @@ class TestKubernetes:
         """Liveness on /healthz, readiness on /readyz, both on the metrics port 9464."""
         (container,) = k8s_object("Deployment")["spec"]["template"]["spec"]["containers"]
         assert container["args"] == ["run"]
-        assert container["ports"] == [{"name": "metrics", "containerPort": 9464,
-                                       "protocol": "TCP"}]
+        assert container["ports"] == [
+            {"name": "metrics", "containerPort": 9464, "protocol": "TCP"},
+            {"name": "callbacks", "containerPort": 9465, "protocol": "TCP"}]
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
         service = k8s_object("Service")["spec"]
-        assert service["ports"][0]["port"] == 9464
+        assert [(p["port"], p["targetPort"]) for p in service["ports"]] == [
+            (9464, "metrics"), (9465, "callbacks")]
+
+    def test_callback_listener_is_on_its_own_port(self) -> None:
+        """COSIGNER_CALLBACK_ADDR is the callbacks port, not the metrics one."""
+        (container,) = k8s_object("Deployment")["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["COSIGNER_CALLBACK_ADDR"] == "0.0.0.0:9465"
+        assert env["COSIGNER_HTTP_ADDR"] == "0.0.0.0:9464"
 
     def test_volumes_journal_policy_and_secrets(self) -> None:
         """PVC journal; policy from a ConfigMap; secrets read-only; the shard copied 0400."""
@@ -270,7 +279,8 @@ class TestKubernetes:
             assert mounts[name]["readOnly"] is True, name
 
     def test_network_policy_allows_only_dns_and_https_out(self) -> None:
-        """Egress to port 53 (DNS) and 443 (the API); ingress only to 9464."""
+        """Egress to port 53 (DNS) and 443 (the API); ingress to 9464 from monitoring only,
+        to 9465 (callbacks) from the provider's addresses only."""
         policy = k8s_object("NetworkPolicy", path=KUBERNETES / "networkpolicy.yaml")["spec"]
         assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
         assert policy["podSelector"]["matchLabels"] == (
@@ -278,8 +288,11 @@ class TestKubernetes:
         egress_ports = {(p["port"], p["protocol"]) for rule in policy["egress"]
                         for p in rule["ports"]}
         assert egress_ports == {(53, "UDP"), (53, "TCP"), (443, "TCP")}
-        ingress_ports = {p["port"] for rule in policy["ingress"] for p in rule["ports"]}
-        assert ingress_ports == {9464}
+        ingress = {tuple(p["port"] for p in rule["ports"]): rule["from"]
+                   for rule in policy["ingress"]}
+        assert set(ingress) == {(9464,), (9465,)}
+        assert [set(peer) for peer in ingress[(9464,)]] == [{"namespaceSelector"}]
+        assert [set(peer) for peer in ingress[(9465,)]] == [{"ipBlock"}]
 
     def test_https_egress_over_ipv4_and_ipv6(self) -> None:
         """Port 443 is reachable on 0.0.0.0/0 and ::/0 (dual-stack and IPv6-only clusters),
