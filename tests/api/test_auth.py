@@ -237,7 +237,8 @@ class TestSignProperties:
             return
         value = params[key]
         index = data.draw(st.integers(0, len(value) - 1))
-        char = data.draw(st.characters().filter(lambda c: c != value[index]))
+        char = data.draw(st.characters(exclude_categories=("Cs",))  # text, not lone surrogates
+                         .filter(lambda c: c != value[index]))
         changed = {**params, key: value[:index] + char + value[index + 1:]}
         assert compute_sign(changed, secret, sort) != compute_sign(params, secret, sort)
 

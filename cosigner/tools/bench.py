@@ -40,16 +40,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
-from pydantic import SecretStr
 
 from cosigner.api.auth import compute_sign, new_nonce, timestamp_ms
-from cosigner.daemon.build import BuildOptions, build_daemon
+from cosigner.daemon.build import BuildOptions, DaemonSpec, build_daemon
 from cosigner.daemon.pipeline import DecisionEvent
 from cosigner.errors import ConfigError, CosignerError
 from cosigner.models import loads_exact
 from cosigner.sandbox import SandboxAdmin
 from cosigner.sandbox.generate import eip55_address
-from cosigner.settings import Settings
 from cosigner.signing import load_shard
 from cosigner.signing.objects import approval_sign_object
 from cosigner.signing.pool import BatchSigner
@@ -265,15 +263,14 @@ async def bench(items: int, concurrency: int | None = None, *, ceiling: bool = T
             journal_url = database_url or f"sqlite://{work / 'journal.db'}"
             if database_url is None:
                 init_journal(journal_url)  # run never creates a journal
-            settings = Settings(
+            settings = DaemonSpec(
                 api_base_url=url, merchant_no=MERCHANT_NO, api_key=API_KEY,
-                api_secret=SecretStr(secret), pfx_path=work / "shard.pfx",
-                pfx_password=SecretStr(password), policy_path=policy,
-                database_url=SecretStr(journal_url),
-                http_addr="127.0.0.1:0", log_level="error",
+                api_secret=secret, pfx_path=work / "shard.pfx", pfx_password=password,
+                policy_path=policy, database_url=journal_url, pause_file=work / "pause",
+                http_host="127.0.0.1", http_port=0, log_level="error",
                 max_pending=max(items, 10000),
                 concurrency=concurrency or int(os.environ.get("COSIGNER_CONCURRENCY", 8)),
-                mode="enforce", pause_file=None, request_timeout=30.0, leader_retry=0.2)
+                mode="enforce", request_timeout=30.0, leader_retry=0.2)
             latency = _Latency(progress)
             daemon = build_daemon(settings, BuildOptions(install_signals=False,
                                                          listeners=[latency]))
