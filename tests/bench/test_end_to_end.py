@@ -65,7 +65,7 @@ class TestProgress:
         """The bar draws items done of the total on one line, ending with a newline."""
         import io
 
-        from cosigner.daemon.bench import Progress
+        from cosigner.tools.bench import Progress
         stream = io.StringIO()
         bar = Progress(stream, width=10)
         bar.start("daemon", 200)
