@@ -8,6 +8,8 @@ never its value.
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +21,22 @@ from cosigner.errors import SettingsError
 PREFIX = "COSIGNER_"
 #: Secrets: each has a ``*_FILE`` twin.
 SECRET_FIELDS = ("api_secret", "pfx_password", "database_url")
+
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_delay(text: str) -> timedelta:
+    """A duration setting: seconds, or a number with ``s``, ``m``, ``h`` or ``d`` (``24h``).
+
+    Raises:
+        ValueError: anything else.
+    """
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError("must be a duration like 0, 90s, 30m, 24h or 2d")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
 
 def env_name(field: str) -> str:
@@ -58,6 +76,10 @@ class Settings(BaseSettings):
     request_timeout: float = Field(10.0, gt=0)
     mode: Literal["enforce", "shadow"] = "enforce"
     pause_file: Path | None = None
+    # governance (DESIGN section 11)
+    policy_signers: Path | None = None
+    policy_quorum: int | None = Field(None, ge=1, le=100)
+    policy_loosen_delay: str = "0"
 
     @field_validator("log_level", "log_format", "mode", "sign_sort", "sign_scheme", "lang",
                      mode="before")
@@ -81,6 +103,19 @@ class Settings(BaseSettings):
         if not parts or any(p not in ("0", "1") for p in parts) or len(set(parts)) != len(parts):
             raise ValueError("must be a comma-separated list of 1 and/or 0, e.g. 1,0")
         return ",".join(parts)
+
+    @field_validator("policy_loosen_delay")
+    @classmethod
+    def _delay(cls, v: str) -> str:
+        parse_delay(v)
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _signers_and_quorum(self) -> Settings:
+        if (self.policy_signers is None) != (self.policy_quorum is None):
+            raise ValueError(f"set both {env_name('policy_signers')} and "
+                             f"{env_name('policy_quorum')}, or neither")
+        return self
 
     @field_validator("http_addr")
     @classmethod
@@ -114,6 +149,11 @@ class Settings(BaseSettings):
     @property
     def collect_is_main_values(self) -> tuple[int, ...]:
         return tuple(int(p) for p in self.collect_is_main.split(","))
+
+    @property
+    def loosen_delay(self) -> timedelta:
+        """``POLICY_LOOSEN_DELAY`` as a duration."""
+        return parse_delay(self.policy_loosen_delay)
 
     @property
     def http_host_port(self) -> tuple[str, int]:

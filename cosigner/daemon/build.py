@@ -16,14 +16,14 @@ import httpx
 
 from cosigner.api.client import ApiClient
 from cosigner.logs import configure_logging, get_logger
-from cosigner.policy import load_policy
 from cosigner.settings import Settings
 from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
 from cosigner.store import open_journal
 
+from .governed import Governance, load_governed, show, start_state
 from .metrics import Metrics
-from .pipeline import DecisionEvent, Pipeline, PolicyState, ledger_from_journal
+from .pipeline import DecisionEvent, Pipeline, ledger_from_journal
 from .service import Daemon, DaemonConfig
 
 
@@ -59,7 +59,12 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
                           secrets=(secret, password, db_url))
     log = opts.log or get_logger("cosigner.daemon")
 
-    policy = load_policy(settings.policy_path)
+    governance = Governance.configure(settings.policy_signers, settings.policy_quorum,
+                                      settings.loosen_delay)
+    policy, signatures = load_governed(Path(settings.policy_path), governance)
+    if signatures is not None:
+        log.info("policy.signed", sha256=policy.sha256, signed_by=list(signatures.signed),
+                 missing=list(signatures.missing), quorum=signatures.quorum)
     shard = load_shard(settings.pfx_path, password, scheme=settings.sign_scheme)
     metrics = Metrics()
     metrics.set_policy(policy.name, policy.sha256)
@@ -72,10 +77,20 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
     journal = open_journal(db_url, create=True)
     journal.open()
     try:
-        ledger = ledger_from_journal(policy, journal, datetime.now(UTC))
+        started = datetime.now(UTC)
+        ledger = ledger_from_journal(policy, journal, started)
+        governance = governance.with_journal(journal)
+        state = start_state(policy, ledger, Path(settings.policy_path), governance, journal,
+                            started)
     except Exception:
         journal.close()
         raise
+    show(metrics, state, started)
+    if state.pending is not None:
+        log.warning("policy.pending", name=policy.name, sha256=policy.sha256,
+                    first_seen=state.pending.first_seen.isoformat(),
+                    takes_effect=state.pending.activates_at.isoformat(),
+                    in_force="unknown (restarted during the delay)")
     client = ApiClient(
         settings.api_base_url or "", settings.merchant_no or "", settings.api_key or "", secret,
         lang=settings.lang, sort=settings.sign_sort, timeout=settings.request_timeout,
@@ -85,7 +100,7 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
     mode = "shadow" if opts.shadow or settings.mode == "shadow" else "enforce"
     signer = BatchSigner(shard, path=settings.pfx_path, password=password)
     pipeline = Pipeline(
-        client, shard, journal, PolicyState(policy, ledger, Path(settings.policy_path)),
+        client, shard, journal, state,
         metrics, log, mode=mode, concurrency=settings.concurrency,
         pause_file=settings.pause_file, collect_is_main=settings.collect_is_main_values,
         listeners=opts.listeners, signer=signer)
@@ -94,7 +109,7 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         poll_interval=settings.poll_interval, collect_interval=settings.collect_interval,
         http_host=host, http_port=port if opts.http_port is None else opts.http_port,
         policy_path=Path(settings.policy_path), watch_interval=opts.watch_interval,
-        install_signals=opts.install_signals)
+        install_signals=opts.install_signals, governance=governance)
     log.info("daemon.configured", policy=policy.name, policy_sha256=policy.sha256,
              shard=shard.info.fingerprint_sha256, mode=mode,
              api=settings.api_base_url, merchant=settings.merchant_no)

@@ -33,6 +33,7 @@ from cosigner.errors import (
 )
 from cosigner.models import Action, PendingItem
 from cosigner.policy import Approval, CompiledPolicy, Decision, Ledger, evaluate
+from cosigner.policy.governance import Pending
 from cosigner.signing import Shard, collect_sign_object
 from cosigner.signing.objects import approval_fields, approval_sign_object
 from cosigner.signing.pool import BatchSigner
@@ -96,6 +97,8 @@ class PolicyState:
         self.policy = policy
         self.ledger = ledger
         self.path = path
+        # governance (DESIGN section 11): a bundle enforced as the intersection until due
+        self.pending: Pending | None = None
 
 
 def ledger_from_journal(policy: CompiledPolicy, journal: Journal, now: datetime) -> Ledger:
@@ -193,7 +196,21 @@ class Pipeline:
                       skipped=result.skipped, seconds=round(result.duration, 3))
         return result
 
+    def activate_due(self) -> bool:
+        """Put a pending bundle whose delay has passed in force alone; True when it did."""
+        pending = self.state.pending
+        if pending is None or not pending.due(self.clock()):
+            return False
+        self.state = PolicyState(pending.policy, pending.ledger, self.state.path)
+        self.metrics.set_policy(pending.policy.name, pending.policy.sha256)
+        self.metrics.set_policy_pending(None, pending.activates_at.timestamp())
+        self.log.warning("policy.activated", name=pending.policy.name,
+                         sha256=pending.policy.sha256,
+                         first_seen=pending.first_seen.isoformat())
+        return True
+
     async def _poll(self, result: PollResult) -> None:
+        self.activate_due()
         snapshot = await self.client.pending()
         items = snapshot.items
         result.seen = len(items)
@@ -290,8 +307,12 @@ class Pipeline:
 
     def _evaluate(self, policy: CompiledPolicy, ledger: Ledger, item: PendingItem,
                   now: datetime, paused: bool) -> Decision:
+        pending = self.state.pending
         try:
-            decision = evaluate(policy, item, ledger, now)
+            if pending is None:
+                decision = evaluate(policy, item, ledger, now)
+            else:  # governance: the intersection with the pending bundle
+                decision = pending.evaluate(policy, ledger, item, now)
         except Exception as exc:  # evaluate is pure and total; this is belt and braces
             self.log.exception("item.evaluate_failed", item_id=item.id)
             return Decision(action=Action.HOLD, rule="<error>",
@@ -305,7 +326,10 @@ class Pipeline:
             return replace(decision, action=Action.HOLD, reasons=(*decision.reasons,
                                                                   "unsignable"))
         if decision.action is Action.APPROVE:
-            ledger.add(Approval.from_item(item, now))
+            approval = Approval.from_item(item, now)
+            ledger.add(approval)
+            if pending is not None:
+                pending.add_approval(approval, ledger)
         return decision
 
     def _new_decision(self, item: PendingItem, decision: Decision,
@@ -316,8 +340,13 @@ class Pipeline:
             chain_id=item.chain_id, from_address=item.from_address,
             to_address=item.to_address, amount_text=item.amount_text,
             action=decision.action, rule=decision.rule, reasons=tuple(decision.reasons),
-            policy_name=policy.name, policy_sha256=policy.sha256,
+            policy_name=policy.name, policy_sha256=self._recorded_sha256(policy),
             mode="shadow" if self.mode == "shadow" else "enforce")
+
+    def _recorded_sha256(self, policy: CompiledPolicy) -> str:
+        """The policy digest of a record: ``in-force+pending`` under the intersection."""
+        pending = self.state.pending
+        return policy.sha256 if pending is None else pending.recorded_sha256(policy)
 
     def _count(self, record: DecisionRecord, decision: Decision, result: PollResult) -> None:
         result.decided += 1
