@@ -16,6 +16,7 @@ import httpx
 
 from cosigner.api.client import ApiClient
 from cosigner.logs import configure_logging, get_logger
+from cosigner.policy.governance import PolicyMemory
 from cosigner.settings import Settings
 from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
@@ -41,6 +42,7 @@ class BuildOptions:
     watch_interval: float = 2.0
     client_retries: int = 3
     log: Any = None
+    policy_memory: PolicyMemory | None = None  # first sightings of bundles (default: journal)
 
 
 def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Daemon:
@@ -79,7 +81,7 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
     try:
         started = datetime.now(UTC)
         ledger = ledger_from_journal(policy, journal, started)
-        governance = governance.with_journal(journal)
+        governance = governance.with_journal(journal, opts.policy_memory)
         state = start_state(policy, ledger, Path(settings.policy_path), governance, journal,
                             started)
     except Exception:

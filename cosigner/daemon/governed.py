@@ -60,13 +60,14 @@ class Governance:
                                   f"{allowed} principal(s) of {signers_path}")
         return cls(signers, quorum or 0, delay)
 
-    def with_journal(self, journal: object) -> Governance:
-        """The same settings, remembering first sightings in *journal*.
+    def with_journal(self, journal: object, memory: PolicyMemory | None = None
+                     ) -> Governance:
+        """The same settings, remembering first sightings in *journal* (or *memory*).
 
         Raises:
             ConfigError: a delay is set but the journal cannot remember policies.
         """
-        memory = _memory_of(journal)
+        memory = memory or _memory_of(journal)
         if self.delay > timedelta(0) and memory is None:
             raise ConfigError("COSIGNER_POLICY_LOOSEN_DELAY: this journal cannot remember when "
                               "a policy was first seen (remember_policy); set it to 0")

@@ -11,6 +11,7 @@ from typing import Any
 
 from cosigner.errors import PolicyError
 from cosigner.models import PendingItem, loads_exact
+from cosigner.policy import governance_cli
 from cosigner.policy.explain import explain
 from cosigner.policy.ledger import Ledger
 from cosigner.policy.loader import load_policy
@@ -26,6 +27,7 @@ def register(subparsers: Any) -> None:
 
     check = sub.add_parser("check", help="validate and lint a policy file")
     check.add_argument("file", metavar="FILE")
+    governance_cli.add_signature_options(check)
     check.set_defaults(func=cmd_check)
 
     test = sub.add_parser("test", help="run policy test files (*.test.yaml)")
@@ -41,6 +43,8 @@ def register(subparsers: Any) -> None:
                           "{chainId, amount, ago, to?, from?}")
     exp.add_argument("--now", help="ISO 8601 time to decide at (default: now)")
     exp.set_defaults(func=cmd_explain)
+
+    governance_cli.register(sub)  # manifest, digest, sign, backtest (DESIGN section 11)
 
 
 def _err(message: str) -> None:
@@ -69,7 +73,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         _err(f"{args.file}: {len(exc.problems)} problem(s), policy refused")
         return EXIT_CONFIG
     print(f"{args.file}: ok: {policy.summary()}")
-    return EXIT_OK
+    code, lines = governance_cli.signature_status(Path(args.file), policy,
+                                                  getattr(args, "signers", None),
+                                                  getattr(args, "quorum", None))
+    for line in lines:
+        (print if code == EXIT_OK else _err)(line)
+    return code
 
 
 def cmd_test(args: argparse.Namespace) -> int:
