@@ -14,8 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from cosigner.policy.bundle import read_manifest
 from cosigner.policy.loader import load_policy
 from cosigner.policy.signatures import NAMESPACE, signature_dir
@@ -87,8 +85,3 @@ def make_approvers(directory: Path) -> Approvers:
     (directory / "allowed_signers").write_text("\n".join(lines) + "\n")
     return Approvers(directory, keygen)
 
-
-@pytest.fixture(scope="session")
-def approvers(tmp_path_factory: pytest.TempPathFactory) -> Approvers:
-    """One set of approver keys per test session (key generation is the slow part)."""
-    return make_approvers(tmp_path_factory.mktemp("approvers"))

@@ -99,7 +99,8 @@ class TestCommands:
         dig = subprocess.run([COSIGNER, "policy", "digest", bundle], capture_output=True,
                              check=True, text=True, timeout=60).stdout.strip()
         assert hashlib.sha256(out).hexdigest() == dig == load_policy(bundle).sha256
-        assert out.endswith(b"\n") and out.count(b"\n") == 3
+        assert out.endswith(b"\n")
+        assert out.count(b"\n") == 3
 
     def test_a_broken_policy_exits_2(self, bundle: Path) -> None:
         """No manifest of a policy that does not load."""
