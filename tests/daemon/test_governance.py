@@ -173,7 +173,8 @@ class TestSignedStart:
                                     spoil: object) -> None:
         """Each spoiled bundle is an UnsignedPolicyError (a ConfigError: exit 2)."""
         spoil(bundle)  # type: ignore[operator]
-        with pytest.raises(UnsignedPolicyError, match=r"NOT ENOUGH: [01] of 2 required \(signed: .*; missing: .*bob"):
+        with pytest.raises(UnsignedPolicyError,
+                           match=r"NOT ENOUGH: [01] of 2 required \(signed: .*; missing: .*bob"):
             governed(rig, approvers)
 
     def test_cosigner_run_exits_2_naming_who_signed(self, rig: Rig, approvers: Approvers,
