@@ -12,6 +12,7 @@ the pending one (the files were reverted to the bundle in force).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -96,17 +97,42 @@ def load_governed(path: Path, governance: Governance
 
 
 def first_seen(governance: Governance, sha256: str, now: datetime, *,
-               already_due: bool = False) -> datetime | None:
+               already_due: bool = False, previous: str | None = None) -> datetime | None:
     """When this digest was first seen (persisted), or None without a memory.
+
+    With *previous* (the digest in force it replaces), the later of the digest's first
+    sighting and the first sighting of the *transition* ``previous -> sha256``: rolling
+    back to an older bundle that was signed and seen long ago is a change like any
+    other and waits the delay too (the contract's "since first seen" alone would let
+    it through at once).
 
     ``already_due`` records a bundle adopted without waiting (the first policy of a
     journal, or any policy while the delay is 0) as seen one delay ago, so a later
     restart, or a delay switched on later, does not hold it back again.
     """
-    if governance.memory is None:
+    memory = governance.memory
+    if memory is None:
         return None
     seen_at = now - governance.delay if already_due else now
-    return governance.memory.remember_policy(sha256, seen_at)
+    seen = memory.remember_policy(sha256, seen_at)
+    if previous is not None and previous != sha256:
+        seen = max(seen, memory.remember_policy(transition_key(previous, sha256), seen_at))
+    return seen
+
+
+def transition_key(previous: str, sha256: str) -> str:
+    """The digest under which the first sighting of ``previous -> sha256`` is remembered."""
+    return hashlib.sha256(f"cosigner-policy-transition\n{previous}\n{sha256}\n"
+                          .encode("ascii")).hexdigest()
+
+
+def last_in_force(journal: Journal, since: datetime) -> str | None:
+    """The digest in force when the journal's latest decision after *since* was made
+    (the first of ``in-force+pending``), or None when there is none."""
+    latest = None
+    for record in journal.records(since=since):
+        latest = record.policy_sha256
+    return latest.split("+", 1)[0] if latest is not None else None
 
 
 def start_state(policy: CompiledPolicy, ledger: Ledger, path: Path, governance: Governance,
@@ -115,17 +141,25 @@ def start_state(policy: CompiledPolicy, ledger: Ledger, path: Path, governance: 
 
     A bundle still within its delay at start (a restart during the delay, or files
     changed while the daemon was down) is pending; the policy that was in force is
-    gone with its files, so only the bundle's refusals apply until it is due.  A
-    journal with no decision at all has no policy to loosen: its first bundle is in
-    force at once.
+    gone with its files, so only the bundle's refusals apply until it is due.  The
+    digest that was in force is read from the latest decision of the last delay (so
+    the transition's first sighting counts too).  A journal with no decision at all
+    has no policy to loosen: its first bundle is in force at once.
     """
     if governance.delay <= timedelta(0):
         first_seen(governance, policy.sha256, now, already_due=True)
         return PolicyState(policy, ledger, path)
-    empty = next(iter(journal.records(limit=1)), None) is None
-    seen = first_seen(governance, policy.sha256, now, already_due=empty)
-    assert seen is not None  # Governance.configure refuses a delay without a memory
-    pending = pending_for(policy, ledger, seen, governance.delay, now, previous_known=False)
+    if next(iter(journal.records(limit=1)), None) is None:
+        first_seen(governance, policy.sha256, now, already_due=True)
+        return PolicyState(policy, ledger, path)
+    previous = last_in_force(journal, now - governance.delay)
+    if previous == policy.sha256:
+        first_seen(governance, policy.sha256, now)
+        return PolicyState(policy, ledger, path)
+    seen = first_seen(governance, policy.sha256, now, previous=previous)
+    assert seen is not None  # Governance.with_journal refuses a delay without a memory
+    pending = pending_for(policy, ledger, seen, governance.delay, now, previous_known=False,
+                          previous_sha256=previous)
     return _state(policy, ledger, path, pending)
 
 
@@ -161,11 +195,13 @@ def next_state(state: PolicyState, candidate: CompiledPolicy, ledger: Ledger,
     if governance.delay <= timedelta(0):
         first_seen(governance, candidate.sha256, now, already_due=True)
         return Transition(PolicyState(candidate, ledger, path), "policy.reloaded")
-    seen = first_seen(governance, candidate.sha256, now)
-    assert seen is not None
     known = pending is None or pending.previous_known
+    previous = state.policy.sha256 if known else pending.previous_sha256 if pending else None
+    seen = first_seen(governance, candidate.sha256, now, previous=previous)
+    assert seen is not None
     new_pending = pending_for(candidate, ledger, seen, governance.delay, now,
-                              previous_known=known)
+                              previous_known=known,
+                              previous_sha256=None if known else previous)
     if new_pending is None:
         return Transition(PolicyState(candidate, ledger, path), "policy.reloaded")
     if known:

@@ -96,6 +96,7 @@ class Pending:
     first_seen: datetime
     activates_at: datetime
     previous_known: bool = True
+    previous_sha256: str | None = None  # the digest in force, when its content is unknown
 
     def due(self, now: datetime) -> bool:
         """True when the delay has passed and the bundle takes effect alone."""
@@ -116,14 +117,16 @@ class Pending:
 
     def recorded_sha256(self, current: CompiledPolicy) -> str:
         """The journal's ``policy_sha256`` of a decision under the intersection."""
-        old = current.sha256 if self.previous_known else UNKNOWN_SHA256
+        old = current.sha256 if self.previous_known else (self.previous_sha256
+                                                          or UNKNOWN_SHA256)
         return f"{old}+{self.policy.sha256}"
 
 
 def pending_for(candidate: CompiledPolicy, ledger: Ledger, first_seen: datetime,
-                delay: timedelta, now: datetime, *, previous_known: bool = True
-                ) -> Pending | None:
+                delay: timedelta, now: datetime, *, previous_known: bool = True,
+                previous_sha256: str | None = None) -> Pending | None:
     """The :class:`Pending` of *candidate*, or None when it is already due (in force alone)."""
-    pending = Pending(candidate, ledger, first_seen, first_seen + delay, previous_known)
+    pending = Pending(candidate, ledger, first_seen, first_seen + delay, previous_known,
+                      previous_sha256)
     return None if pending.due(now) else pending
 

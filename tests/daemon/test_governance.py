@@ -323,6 +323,46 @@ class TestLoosenDelay:
         assert await second.poll_job()
         assert rig.latest()[big].action is Action.APPROVE
 
+    async def test_rolling_back_to_an_older_signed_bundle_waits_too(
+            self, rig: Rig, approvers: Approvers, bundle: Bundle,
+            clock: time_machine.Coordinates) -> None:
+        """P1 (allowlists CUSTOMER) was in force, P2 removed it; putting P1's files and
+        signatures back is a loosening like any other: it waits, also across a restart."""
+        memory = Memory()
+        daemon = governed(rig, approvers, DELAY, memory)
+        p1 = bundle.write([SANCTIONED], [CUSTOMER], "alice", "bob")
+        assert await daemon.reload_policy("test") is True
+        clock.shift(DELAY * 2)
+        assert daemon.pipeline.activate_due()
+        p2 = bundle.write([SANCTIONED, NEWLY_SANCTIONED], [], "alice", "bob")
+        assert await daemon.reload_policy("test") is True
+        clock.shift(DELAY * 2)
+        assert daemon.pipeline.activate_due()
+        assert daemon.pipeline.state.policy.sha256 == p2
+        (big,) = await rig.add(item("500", to=CUSTOMER))
+        assert await daemon.poll_job()
+        assert rig.latest()[big].action is Action.HOLD
+
+        assert bundle.write([SANCTIONED], [CUSTOMER], "alice", "bob") == p1  # the rollback
+        assert await daemon.reload_policy("test") is True
+        pending = daemon.pipeline.state.pending
+        assert pending is not None
+        assert pending.activates_at > datetime.now(UTC)
+        daemon.request_stop()
+        await daemon.close()
+
+        clock.shift(timedelta(seconds=2))
+        again = governed(rig, approvers, DELAY, memory)
+        restarted = again.pipeline.state.pending
+        assert restarted is not None
+        assert restarted.activates_at == pending.activates_at
+        assert await again.poll_job()
+        assert rig.latest()[big].action is Action.HOLD
+        assert rig.latest()[big].policy_sha256 == f"{p2}+{p1}"
+        clock.shift(DELAY)
+        assert await again.poll_job()
+        assert rig.latest()[big].action is Action.APPROVE
+
     async def test_the_first_policy_of_a_new_journal_is_in_force_at_once(
             self, rig: Rig, approvers: Approvers, bundle: Bundle) -> None:
         """Nothing to loosen from: an empty journal's first bundle is not held back."""
