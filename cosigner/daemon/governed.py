@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cosigner.errors import ConfigError
@@ -32,6 +32,9 @@ from cosigner.store.base import Journal
 
 from .metrics import Metrics
 from .pipeline import PolicyState
+
+#: The first sighting recorded for a bundle put in force without waiting.
+IN_FORCE_SINCE = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -107,13 +110,13 @@ def first_seen(governance: Governance, sha256: str, now: datetime, *,
     it through at once).
 
     ``already_due`` records a bundle adopted without waiting (the first policy of a
-    journal, or any policy while the delay is 0) as seen one delay ago, so a later
+    journal, or any policy while the delay is 0) as seen at the Unix epoch, so a later
     restart, or a delay switched on later, does not hold it back again.
     """
     memory = governance.memory
     if memory is None:
         return None
-    seen_at = now - governance.delay if already_due else now
+    seen_at = IN_FORCE_SINCE if already_due else now
     seen = memory.remember_policy(sha256, seen_at)
     if previous is not None and previous != sha256:
         seen = max(seen, memory.remember_policy(transition_key(previous, sha256), seen_at))

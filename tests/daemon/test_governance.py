@@ -372,6 +372,18 @@ class TestLoosenDelay:
         assert await daemon.poll_job()
         assert rig.latest()[small].action is Action.APPROVE
 
+    async def test_switching_the_delay_on_keeps_the_bundle_in_force(
+            self, rig: Rig, approvers: Approvers, bundle: Bundle) -> None:
+        """A bundle run with delay 0 stays in force when the daemon restarts with a delay."""
+        memory = Memory()
+        first = governed(rig, approvers, timedelta(0), memory)
+        await rig.add(item("5"))
+        assert await first.poll_job()
+        first.request_stop()
+        await first.close()
+        second = governed(rig, approvers, timedelta(hours=24), memory)
+        assert second.pipeline.state.pending is None
+
     def test_a_delay_without_a_memory_is_refused(self, rig: Rig, approvers: Approvers,
                                                   bundle: Bundle) -> None:
         """Until the journal remembers policies, a delay it cannot keep is a config error."""
