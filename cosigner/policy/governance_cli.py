@@ -150,7 +150,7 @@ def signature_status(path: Path, policy: CompiledPolicy, signers_file: str | Non
 @contextmanager
 def _journal(url: str | None) -> Iterator[Journal]:
     url = url or load_settings().database_url.get_secret_value()
-    journal = open_journal(url, create=False)
+    journal = open_journal(url)  # read-only: no writer lock, works beside the daemon
     try:
         yield journal
     finally:

@@ -13,7 +13,7 @@ import pytest
 
 from cosigner.cli import main
 from cosigner.models import Action, PendingItem
-from cosigner.store import SqliteJournal
+from cosigner.store import SqliteJournal, init_journal
 from cosigner.store.base import NewDecision
 from tests.policy.conftest import BAD, CUSTOMER, HEADER, HOT, TREASURY
 
@@ -63,7 +63,8 @@ def journal_url(tmp_path: Path) -> Iterator[str]:
     state.mkdir(mode=0o700)
     path = state / "journal.db"
     clock = Clock()
-    journal = SqliteJournal(path, create=True, clock=clock)
+    init_journal(f"sqlite://{path}")
+    journal = SqliteJournal(path, writer=True, clock=clock)
     journal.open()
     for item_id, at, to, amount, action, rule in HISTORY:
         raw: dict[str, Any] = {"id": item_id, "fromAddress": HOT, "toAddress": to,
