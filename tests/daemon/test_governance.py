@@ -18,13 +18,12 @@ import time_machine
 from structlog.testing import capture_logs
 
 from cosigner.daemon.service import Daemon
-from cosigner.errors import ConfigError, UnsignedPolicyError
+from cosigner.errors import UnsignedPolicyError
 from cosigner.models import Action
 from cosigner.policy.bundle import read_manifest
 from cosigner.policy.governance import PENDING_REASON
 from cosigner.policy.loader import load_policy
 from cosigner.policy.signatures import signature_dir
-from cosigner.store import SqliteJournal
 from tests.daemon.conftest import COSIGNER, SANCTIONED, Rig, address, item
 from tests.sshsig import Approvers, make_approvers
 
@@ -57,17 +56,6 @@ rules:
     amount: {max: "100"}
     action: approve
 """
-
-
-class Memory:
-    """First sightings of bundle digests, shared by the daemons of one test (a restart keeps
-    it, as the journal does)."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, datetime] = {}
-
-    def remember_policy(self, sha256: str, seen_at: datetime) -> datetime:
-        return self.seen.setdefault(sha256, seen_at)
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +94,12 @@ def bundle(rig: Rig, approvers: Approvers) -> Bundle:
     return bundle
 
 
-def governed(rig: Rig, approvers: Approvers, delay: timedelta = timedelta(0),
-             memory: Memory | None = None) -> Daemon:
+def governed(rig: Rig, approvers: Approvers, delay: timedelta = timedelta(0)) -> Daemon:
+    """A daemon with 2-of-3 signed policies and *delay*; first sightings are kept in its
+    SQLite journal (a restart reads them back)."""
     settings = rig.with_settings(policy_signers=approvers.allowed_signers, policy_quorum=2,
                                  policy_loosen_delay=f"{delay.total_seconds()}s")
-    return rig.build(settings, watch_interval=0, policy_memory=memory or Memory())
+    return rig.build(settings, watch_interval=0)
 
 
 def reloads(daemon: Daemon, outcome: str) -> float:
@@ -295,9 +284,9 @@ class TestLoosenDelay:
     async def test_a_restart_during_the_delay_keeps_the_activation_time(
             self, rig: Rig, approvers: Approvers, bundle: Bundle,
             clock: time_machine.Coordinates) -> None:
-        """The first sighting is remembered: a restart neither resets nor skips the delay."""
-        memory = Memory()
-        first = governed(rig, approvers, DELAY, memory)
+        """The first sighting is remembered in the journal (remember_policy): a restart
+        neither resets nor skips the delay."""
+        first = governed(rig, approvers, DELAY)
         (big,) = await rig.add(item("500", to=CUSTOMER))
         assert await first.poll_job()
         new = bundle.write([SANCTIONED], [CUSTOMER], "alice", "bob")
@@ -309,7 +298,7 @@ class TestLoosenDelay:
         await first.close()
 
         clock.shift(timedelta(seconds=3))
-        second = governed(rig, approvers, DELAY, memory)
+        second = governed(rig, approvers, DELAY)
         restarted = second.pipeline.state.pending
         assert restarted is not None
         assert restarted.activates_at == activates_at
@@ -328,8 +317,7 @@ class TestLoosenDelay:
             clock: time_machine.Coordinates) -> None:
         """P1 (allowlists CUSTOMER) was in force, P2 removed it; putting P1's files and
         signatures back is a loosening like any other: it waits, also across a restart."""
-        memory = Memory()
-        daemon = governed(rig, approvers, DELAY, memory)
+        daemon = governed(rig, approvers, DELAY)
         p1 = bundle.write([SANCTIONED], [CUSTOMER], "alice", "bob")
         assert await daemon.reload_policy("test") is True
         clock.shift(DELAY * 2)
@@ -352,7 +340,7 @@ class TestLoosenDelay:
         await daemon.close()
 
         clock.shift(timedelta(seconds=2))
-        again = governed(rig, approvers, DELAY, memory)
+        again = governed(rig, approvers, DELAY)
         restarted = again.pipeline.state.pending
         assert restarted is not None
         assert restarted.activates_at == pending.activates_at
@@ -375,24 +363,13 @@ class TestLoosenDelay:
     async def test_switching_the_delay_on_keeps_the_bundle_in_force(
             self, rig: Rig, approvers: Approvers, bundle: Bundle) -> None:
         """A bundle run with delay 0 stays in force when the daemon restarts with a delay."""
-        memory = Memory()
-        first = governed(rig, approvers, timedelta(0), memory)
+        first = governed(rig, approvers, timedelta(0))
         await rig.add(item("5"))
         assert await first.poll_job()
         first.request_stop()
         await first.close()
-        second = governed(rig, approvers, timedelta(hours=24), memory)
+        second = governed(rig, approvers, timedelta(hours=24))
         assert second.pipeline.state.pending is None
-
-    def test_a_delay_without_a_memory_is_refused(self, rig: Rig, approvers: Approvers,
-                                                  bundle: Bundle) -> None:
-        """Until the journal remembers policies, a delay it cannot keep is a config error."""
-        settings = rig.with_settings(policy_loosen_delay="24h")
-        if callable(getattr(SqliteJournal, "remember_policy", None)):
-            rig.build(settings, watch_interval=0)
-            return
-        with pytest.raises(ConfigError, match="COSIGNER_POLICY_LOOSEN_DELAY"):
-            rig.build(settings, watch_interval=0)
 
 
 def test_signature_dir_is_beside_the_policy(tmp_path: Path) -> None:
