@@ -135,6 +135,8 @@ def signature_status(path: Path, policy: CompiledPolicy, signers_file: str | Non
             quorum = quorum if quorum is not None else settings.policy_quorum
     files = signature_files(path)
     if signers_file is None:
+        if not files:
+            return EXIT_OK, []
         return EXIT_OK, [f"{path}: signatures not checked (no COSIGNER_POLICY_SIGNERS): "
                          f"{len(files)} file(s) in {signature_dir(path)}"]
     signers = load_allowed_signers(Path(signers_file))
