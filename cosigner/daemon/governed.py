@@ -233,3 +233,24 @@ def pending_status(state: PolicyState) -> dict[str, object] | None:
             "first_seen": pending.first_seen.isoformat(),
             "takes_effect": pending.activates_at.isoformat(),
             "in_force": state.policy.sha256 if pending.previous_known else "unknown"}
+
+
+def pending_from_metrics(pending_labels: dict[str, str] | None,
+                         activation: float | None) -> dict[str, object] | None:
+    """The pending bundle as ``cosigner status`` reads it from the daemon's ``/metrics``
+    (``cosigner_policy_pending_info`` labels and
+    ``cosigner_policy_activation_timestamp_seconds``); None when nothing is pending."""
+    if not pending_labels or "sha256" not in pending_labels:
+        return None
+    takes_effect = (datetime.fromtimestamp(activation, UTC).isoformat()
+                    if activation is not None else None)
+    return {"sha256": pending_labels["sha256"], "takes_effect": takes_effect}
+
+
+def pending_line(pending: dict[str, object] | None) -> str:
+    """One line for ``cosigner status``."""
+    if pending is None:
+        return "policy change: none pending"
+    return (f"policy change: PENDING {str(pending['sha256'])[:12]}, takes effect "
+            f"{pending['takes_effect'] or 'at an unknown time'} (until then the old AND the "
+            f"new policy must approve; revert the files to veto it)")

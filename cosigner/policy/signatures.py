@@ -37,6 +37,7 @@ _MAGIC = b"SSHSIG"
 _ARMOR_BEGIN = "-----BEGIN SSH SIGNATURE-----"
 _ARMOR_END = "-----END SSH SIGNATURE-----"
 _MAX_SIGNATURE_FILE = 64 * 1024
+MIN_RSA_BITS = 2048
 _KEY_TYPES = frozenset({
     "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
     "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com",
@@ -186,7 +187,8 @@ def verify(signature: SshSignature, message: bytes, namespace: str = NAMESPACE) 
         algorithm, sig = signature.algorithm, signature.signature
         if isinstance(key, ed25519.Ed25519PublicKey) and algorithm == "ssh-ed25519":
             key.verify(sig, data)
-        elif isinstance(key, rsa.RSAPublicKey) and algorithm in _RSA_HASHES:
+        elif isinstance(key, rsa.RSAPublicKey) and algorithm in _RSA_HASHES \
+                and key.key_size >= MIN_RSA_BITS:
             key.verify(sig, data, padding.PKCS1v15(), _RSA_HASHES[algorithm]())
         elif isinstance(key, ec.EllipticCurvePublicKey) and algorithm == kind \
                 and algorithm in _ECDSA_HASHES:

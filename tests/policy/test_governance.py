@@ -129,3 +129,17 @@ class TestPending:
         assert pending.recorded_sha256(self.old) == f"{self.old.sha256}+{pending.policy.sha256}"
         assert pending_for(pending.policy, pending.ledger, NOW - timedelta(hours=25),
                            timedelta(hours=24), NOW) is None
+
+
+class TestStatusHelpers:
+    """What `cosigner status` shows of a pending bundle, from the daemon's metrics."""
+
+    def test_pending_from_metrics(self) -> None:
+        """The digest and the activation time, or none."""
+        from cosigner.daemon.governed import pending_from_metrics, pending_line
+        assert pending_from_metrics(None, 0.0) is None
+        assert pending_line(None) == "policy change: none pending"
+        report = pending_from_metrics({"sha256": "ab" * 32}, 86400.0)
+        assert report == {"sha256": "ab" * 32, "takes_effect": "1970-01-02T00:00:00+00:00"}
+        assert pending_line(report).startswith("policy change: PENDING abababababab, takes "
+                                               "effect 1970-01-02T00:00:00+00:00")
