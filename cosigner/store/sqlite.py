@@ -222,6 +222,7 @@ class SqliteJournal:
                     self._write_witness(journal_id, head)
                 finally:
                     conn.close()
+                    self.witness.close()
             finally:
                 self._release_lock()
         self._journal_id = journal_id
@@ -260,6 +261,7 @@ class SqliteJournal:
                 conn, self._conn = self._conn, None
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
+            self.witness.close()
             self._release_lock()
 
     def lock_held(self) -> bool:
