@@ -8,7 +8,6 @@ never its value.
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cosigner.durations import EXAMPLES, parse_duration
 from cosigner.errors import SettingsError
 
 PREFIX = "COSIGNER_"
@@ -23,20 +23,17 @@ PREFIX = "COSIGNER_"
 SECRET_FIELDS = ("api_secret", "pfx_password", "database_url")
 
 
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def parse_delay(text: str) -> timedelta:
-    """A duration setting: seconds, or a number with ``s``, ``m``, ``h`` or ``d`` (``24h``).
+    """``POLICY_LOOSEN_DELAY``: ``0``, or a duration in the one grammar (``90s``, ``24h``).
 
     Raises:
         ValueError: anything else.
     """
-    match = _DURATION.fullmatch(text.strip().lower())
-    if match is None:
-        raise ValueError("must be a duration like 0, 90s, 30m, 24h or 2d")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    text = text.strip()
+    delay = timedelta(0) if text == "0" else parse_duration(text)
+    if delay is None:
+        raise ValueError(f"must be 0 or a duration like {EXAMPLES}")
+    return delay
 
 
 def env_name(field: str) -> str:

@@ -52,7 +52,7 @@ from cosigner.errors import (
     ApiTransportError,
     ConfigError,
 )
-from cosigner.models import JsonNumber, PendingItem, loads_exact
+from cosigner.models import JsonNumber, PendingItem, loads_checked
 
 ENDPOINTS = {
     "rate": "/api/otc/rate",
@@ -198,31 +198,27 @@ class ApiClient:
 
     def _envelope(self, endpoint: str, response: httpx.Response) -> Any:
         try:
-            body = loads_exact(response.content) if response.content else None
+            body = loads_checked(response.content) if response.content else None
         except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             body = None
         if not 200 <= response.status_code < 300:
-            message = ""
-            if isinstance(body, dict):
-                if isinstance(body.get("message"), str):
-                    message = body["message"][:200]
-                code = body.get("code")
-                # Keep the envelope's code too (DESIGN section 1): 429 may carry 4290, 5xx 5000.
-                if isinstance(code, int) and not isinstance(code, bool):
-                    message = f"API code {code}" + (f": {message}" if message else "")
-            raise ApiHTTPError(endpoint, response.status_code, message)
+            raise ApiHTTPError(endpoint, response.status_code, _http_error_message(body))
         if not isinstance(body, dict):
             raise ApiProtocolError(endpoint, "answer is not a JSON object")
         if "code" not in body:
             raise ApiProtocolError(endpoint, "answer has no 'code' field")
+        repeated = _envelope_duplicates(body)
+        if repeated:
+            # A provider reading first-wins would see another answer than this one.
+            raise ApiProtocolError(endpoint, f"answer repeats the key(s) {', '.join(repeated)}")
         code = body["code"]
+        if _is_int(code) and code == 200:
+            return body.get("data")
         raw_message = body.get("message")
         message = raw_message[:200] if isinstance(raw_message, str) else ""
-        if isinstance(code, bool) or code != 200 or not isinstance(code, int):
-            if isinstance(code, int) and not isinstance(code, bool) and code in self._already:
-                raise AlreadyProcessedError(endpoint, code, message)
-            raise ApiResponseError(endpoint, code, message)
-        return body.get("data")
+        if _is_int(code) and code in self._already:
+            raise AlreadyProcessedError(endpoint, code, message)
+        raise ApiResponseError(endpoint, code, message)
 
     async def _call(self, endpoint: str, fields: Mapping[str, Any], *, read: bool) -> Any:
         retrying = AsyncRetrying(
@@ -282,6 +278,7 @@ class ApiClient:
             raise ApiProtocolError("pending", "total is not a non-negative integer")
         if not isinstance(entries, list):
             raise ApiProtocolError("pending", "list is not a list")
+        # An item repeating a key is kept: the decision holds it as malformed (duplicate_key).
         items = [PendingItem(e) for e in entries if isinstance(e, dict)]
         return PendingPage(page_num, total, items, malformed=len(entries) - len(items))
 
@@ -296,7 +293,8 @@ class ApiClient:
         max_pages = math.ceil(self.max_pending / size) + 1
         pages_needed = min(math.ceil(total / size), max_pages) if total else 1
         items: list[PendingItem] = []
-        seen: set[int] = set()
+        seen: dict[int, str] = {}
+        conflicts: set[int] = set()
         duplicates = malformed = 0
         truncated = False
         page, pages_read = first, 1
@@ -307,8 +305,10 @@ class ApiClient:
                 if item_id is not None:
                     if item_id in seen:
                         duplicates += 1
+                        if seen[item_id] != item.content_hash:
+                            conflicts.add(item_id)  # another content under the same id
                         continue
-                    seen.add(item_id)
+                    seen[item_id] = item.content_hash
                 if len(items) >= self.max_pending:
                     truncated = True
                     break
@@ -323,7 +323,7 @@ class ApiClient:
             truncated = True
         return PendingSnapshot(items=items, total=total, pages=pages_read, truncated=truncated,
                                duplicates=duplicates, malformed=malformed,
-                               ids=frozenset(seen))
+                               ids=frozenset(seen), conflicts=frozenset(conflicts))
 
     async def approve(self, fields: Mapping[str, Any], data: str) -> None:
         """Post one decision: the signed fields plus ``data``.  Never blindly retried."""
@@ -350,3 +350,29 @@ def _decimal_field(endpoint: str, data: Mapping[str, Any], name: str) -> tuple[D
     except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
         raise ApiProtocolError(endpoint, f"{name} is not a decimal number") from None
     return number, text
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _http_error_message(body: Any) -> str:
+    """The message of a non-2xx answer, with the envelope's code when it has one."""
+    if not isinstance(body, dict):
+        return ""
+    message = body["message"][:200] if isinstance(body.get("message"), str) else ""
+    code = body.get("code")
+    # Keep the envelope's code too (DESIGN section 1): 429 may carry 4290, 5xx 5000.
+    if _is_int(code):
+        message = f"API code {code}" + (f": {message}" if message else "")
+    return message
+
+
+def _envelope_duplicates(body: dict[str, Any]) -> tuple[str, ...]:
+    """Keys repeated in the envelope or its ``data`` (outside the pending items, which the
+    decision holds one by one)."""
+    found = list(getattr(body, "duplicate_keys", ()))
+    data = body.get("data")
+    if isinstance(data, dict):
+        found += getattr(data, "duplicate_keys", ())
+    return tuple(dict.fromkeys(found))

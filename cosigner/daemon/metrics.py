@@ -60,6 +60,10 @@ class Metrics:
                                        "of each limit over its buckets", ["limit"], registry=r)
         self.shard_cert_expiry = Gauge("cosigner_shard_cert_expiry_timestamp_seconds",
                                        "Unix time the shard's certificate expires", registry=r)
+        self.decided_unposted = Gauge(
+            "cosigner_decided_unposted_items", "Approve/reject decisions whose post is not "
+            "confirmed: still to post (decided, failed), or settled as gone in the last day "
+            "(outcome unknown, the item left the pending list)", registry=r)
         self.policy_pending_info = Gauge(
             "cosigner_policy_pending_info", "A signed policy bundle waiting for "
             "POLICY_LOOSEN_DELAY (value 1); the intersection is enforced meanwhile",

@@ -14,10 +14,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +59,18 @@ class Daemon:
     """Composes a :class:`Pipeline` with a scheduler, the HTTP endpoints and reloads."""
 
     def __init__(self, pipeline: Pipeline, journal: Journal, metrics: Metrics, log: Any,
-                 config: DaemonConfig, *, shard_ok: bool = True,
+                 config: DaemonConfig, *,
+                 lock_held: Callable[[], bool] | None = None,
                  on_close: Callable[[], Awaitable[None]] | None = None) -> None:
         self.pipeline = pipeline
         self.journal = journal
         self.metrics = metrics
         self.log = log
         self.config = config
-        self.shard_ok = shard_ok
+        # The journal's writer (or leader) lock; until the store offers it, always held.
+        self._lock_held = lock_held or (lambda: bool(getattr(journal, "lock_held",
+                                                             lambda: True)()))
+        self.policy_error: str | None = None  # the last reload's failure, until one succeeds
         self._on_close = on_close
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()  # a reload never swaps the ledger mid-poll
@@ -81,11 +84,27 @@ class Daemon:
     # -- readiness -------------------------------------------------------------------
 
     def readiness(self) -> dict[str, bool]:
-        last = self.pipeline.last_poll_ok
-        fresh = last is not None and time.time() - last <= 2 * self.config.poll_interval
-        return {"policy_loaded": self.pipeline.state.policy is not None,
-                "shard_loaded": self.shard_ok, "journal_open": self._journal_open,
-                "recent_poll": fresh, "leader": True}
+        """The checks of ``/readyz``; each one can fail (and a test makes each fail):
+
+        * ``policy_in_force``: the policy on disk is the one in force (no failed reload since);
+        * ``shard_usable``: the shard's certificate is valid now and signing has not failed;
+        * ``journal_writable``: the journal is open and its last write succeeded;
+        * ``lock_held``: this process still holds the journal's writer (or leader) lock;
+        * ``recent_poll``: a poll succeeded within two poll intervals.
+        """
+        pipeline = self.pipeline
+        now = pipeline.clock()
+        last = pipeline.last_poll_ok
+        fresh = last is not None and now.timestamp() - last <= 2 * self.config.poll_interval
+        info = pipeline.shard.info
+        try:
+            lock_held = self._lock_held()
+        except Exception:  # a lock probe that breaks means the lock is not known to be held
+            lock_held = False
+        return {"policy_in_force": self.policy_error is None,
+                "shard_usable": info.not_before <= now < info.not_after and pipeline.signing_ok,
+                "journal_writable": self._journal_open and pipeline.journal_ok,
+                "lock_held": lock_held, "recent_poll": fresh}
 
     # -- jobs ------------------------------------------------------------------------
 
@@ -150,6 +169,7 @@ class Daemon:
                 candidate, report = await asyncio.to_thread(load_governed, Path(path),
                                                             governance)
             except PolicyError as exc:
+                self.policy_error = exc.problems[0] if exc.problems else "error"
                 unsigned = isinstance(exc, UnsignedPolicyError)
                 self.metrics.policy_reloads.labels("unsigned" if unsigned else "error").inc()
                 self.log.error("policy.unsigned" if unsigned else "policy.reload_failed",
@@ -157,6 +177,7 @@ class Daemon:
                                kept=self.pipeline.state.policy.name)
                 self._watch_stamp = self._stamp()
                 return False
+            self.policy_error = None
             old = self.pipeline.state
             now = self.pipeline.clock()
             ledger = old.ledger
@@ -234,7 +255,7 @@ class Daemon:
         scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_listener(self._job_event,
                                EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED | EVENT_JOB_ERROR)
-        now = datetime.now(UTC)
+        now = self.pipeline.clock()
         common: dict[str, Any] = {"max_instances": 1, "coalesce": True,
                                   "misfire_grace_time": None}
         scheduler.add_job(self.poll_job, IntervalTrigger(

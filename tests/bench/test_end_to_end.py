@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cosigner.daemon.bench import BenchResult, bench, run_bench
+from cosigner.tools.bench import BenchResult, bench, run_bench
 
 
 class TestEndToEndBench:

@@ -98,7 +98,7 @@ def governed(rig: Rig, approvers: Approvers, delay: timedelta = timedelta(0)) ->
     """A daemon with 2-of-3 signed policies and *delay*; first sightings are kept in its
     SQLite journal (a restart reads them back)."""
     settings = rig.with_settings(policy_signers=approvers.allowed_signers, policy_quorum=2,
-                                 policy_loosen_delay=f"{delay.total_seconds()}s")
+                                 policy_loosen_delay=f"{int(delay.total_seconds())}s")
     return rig.build(settings, watch_interval=0)
 
 

@@ -23,16 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import SecretStr
 
+from cosigner.daemon.build import BuildOptions, DaemonSpec, build_daemon
 from cosigner.errors import CosignerError
 from cosigner.sandbox import SandboxAdmin
 from cosigner.sandbox.generate import eip55_address
-from cosigner.settings import Settings
 from cosigner.signing.throwaway import make_throwaway_shard
 from cosigner.store import init_journal
-
-from .build import BuildOptions, build_daemon
 
 MERCHANT_NO = "M-BENCH-0001"
 API_KEY = "ak-bench"
@@ -136,16 +133,14 @@ async def bench(items: int, concurrency: int | None = None) -> BenchResult:
                 await admin.generate_items(items, seed=42)
                 journal_url = f"sqlite://{work / 'journal.db'}"
                 init_journal(journal_url)  # run never creates a journal
-                settings = Settings(
+                spec = DaemonSpec(
                     api_base_url=url, merchant_no=MERCHANT_NO, api_key=API_KEY,
-                    api_secret=SecretStr(secret), pfx_path=work / "shard.pfx",
-                    pfx_password=SecretStr(password), policy_path=policy,
-                    database_url=SecretStr(journal_url),
-                    http_addr="127.0.0.1:0", log_level="error",
-                    max_pending=max(items, 10000),
-                    concurrency=concurrency or int(os.environ.get("COSIGNER_CONCURRENCY", 8)),
-                    mode="enforce", pause_file=None, request_timeout=30.0)
-                daemon = build_daemon(settings, BuildOptions(install_signals=False))
+                    api_secret=secret, pfx_path=work / "shard.pfx", pfx_password=password,
+                    policy_path=policy, database_url=journal_url,
+                    http_host="127.0.0.1", http_port=0, log_level="error",
+                    max_pending=max(items, 10000), concurrency=concurrency or 8,
+                    request_timeout=30.0)
+                daemon = build_daemon(spec, BuildOptions(install_signals=False))
                 cpu0, sandbox0 = time.process_time(), _cpu_of(proc.pid)
                 started = time.perf_counter()
                 try:
@@ -173,7 +168,7 @@ async def bench(items: int, concurrency: int | None = None) -> BenchResult:
                        items_per_second=round(items / seconds, 1), approved=result.approved,
                        rejected=result.rejected, held=result.held, posted=result.posted,
                        received_by_sandbox=len(received), verified_by_sandbox=verified,
-                       concurrency=settings.concurrency, daemon_cpu_seconds=round(cpu, 2),
+                       concurrency=spec.concurrency, daemon_cpu_seconds=round(cpu, 2),
                        sandbox_cpu_seconds=(round(sandbox1 - sandbox0, 2)
                                             if sandbox0 is not None and sandbox1 is not None
                                             else None),
