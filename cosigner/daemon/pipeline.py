@@ -39,9 +39,16 @@ from cosigner.policy.governance import Pending
 from cosigner.signing import Shard, collect_sign_object
 from cosigner.signing.objects import approval_fields, approval_sign_object
 from cosigner.signing.pool import BatchSigner
-from cosigner.store.base import DecisionRecord, ItemView, Journal, NewDecision, NewOutcome
+from cosigner.store.base import (
+    DecisionRecord,
+    ItemView,
+    Journal,
+    LimitGuard,
+    NewDecision,
+    NewOutcome,
+)
 
-from .guard import PolicyLimitGuard
+from .guard import BothLimits, PolicyLimitGuard
 from .metrics import Metrics
 
 Signed = tuple[DecisionRecord, "str | SigningError"]
@@ -291,7 +298,7 @@ class Pipeline:
             try:
                 records = await asyncio.to_thread(self.journal.record_decisions,
                                                   [n for n, _, _ in new],
-                                                  PolicyLimitGuard(policy))
+                                                  self._guard(policy))
             except JournalConflictError as exc:
                 self.log.error("journal.conflict", error=str(exc), items=len(new),
                                refused=len(exc.conflicts), retry=retry)
@@ -329,6 +336,13 @@ class Pipeline:
             # Keeping the ledger with the unrecorded approvals only over-counts
             # the limits: stricter, never looser.
             self.log.exception("ledger.rebuild_failed")
+
+    def _guard(self, policy: CompiledPolicy) -> LimitGuard:
+        """The limits the journal re-checks: the pending bundle's too, while it is pending."""
+        pending = self.state.pending
+        if pending is None or pending.policy is policy:
+            return PolicyLimitGuard(policy)
+        return BothLimits(PolicyLimitGuard(policy), PolicyLimitGuard(pending.policy))
 
     def _evaluate(self, policy: CompiledPolicy, ledger: Ledger, item: PendingItem,
                   now: datetime, paused: bool) -> Decision:

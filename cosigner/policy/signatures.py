@@ -281,43 +281,59 @@ def parse_allowed_signers(text: str, path: str = "allowed_signers") -> AllowedSi
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        tokens = _TOKEN.findall(stripped)
-        where = f"{path}:{number}"
-        if len(tokens) < 3:
-            raise ConfigError(f"{where}: expected 'principals [options] keytype key'")
-        principals = tuple(p for p in _unquote(tokens[0]).split(",") if p)
-        options: list[str] = []
-        rest = tokens[1:]
-        if rest[0] not in _KEY_TYPES and not rest[0].endswith("-cert-v01@openssh.com"):
-            options = _split_options(rest[0])
-            rest = rest[1:]
-        if len(rest) < 2 or not principals:
-            raise ConfigError(f"{where}: expected 'principals [options] keytype key'")
-        kind, encoded = rest[0], rest[1]
-        try:
-            key = base64.b64decode(encoded, validate=True)
-            blob_type = key_type(key)
-        except (binascii.Error, SignatureFormatError):
-            raise ConfigError(f"{where}: the key is not valid base64 OpenSSH") from None
-        if blob_type != kind:
-            raise ConfigError(f"{where}: the key is a {blob_type}, not a {kind}")
-        namespaces: tuple[str, ...] | None = None
-        unsupported = []
-        for option in options:
-            name, _, value = option.partition("=")
-            if name.lower() == "namespaces" and value:
-                namespaces = tuple(n for n in _unquote(value).split(",") if n)
-            else:
-                unsupported.append(name)
-        if unsupported:
-            skipped.append(f"{where}: option {', '.join(unsupported)} is not supported; "
-                           f"line ignored")
-            continue
-        if kind not in _KEY_TYPES or kind.startswith("sk-"):
-            skipped.append(f"{where}: key type {kind} is not supported; line ignored")
-            continue
-        signers.append(AllowedSigner(principals, key, namespaces, number))
+        parsed = _signer_line(stripped, f"{path}:{number}", number)
+        if isinstance(parsed, str):
+            skipped.append(parsed)
+        else:
+            signers.append(parsed)
     return AllowedSigners(path, tuple(signers), tuple(skipped))
+
+
+def _signer_line(line: str, where: str, number: int) -> AllowedSigner | str:
+    """One line: the signer, or why it is skipped.  ConfigError when malformed."""
+    tokens = _TOKEN.findall(line)
+    malformed = ConfigError(f"{where}: expected 'principals [options] keytype key'")
+    if len(tokens) < 3:
+        raise malformed
+    principals = tuple(p for p in _unquote(tokens[0]).split(",") if p)
+    options: list[str] = []
+    rest = tokens[1:]
+    if rest[0] not in _KEY_TYPES and not rest[0].endswith("-cert-v01@openssh.com"):
+        options = _split_options(rest[0])
+        rest = rest[1:]
+    if len(rest) < 2 or not principals:
+        raise malformed
+    kind, key = rest[0], _key_blob(rest[0], rest[1], where)
+    namespaces, unsupported = _options(options)
+    if unsupported:
+        return f"{where}: option {', '.join(unsupported)} is not supported; line ignored"
+    if kind not in _KEY_TYPES or kind.startswith("sk-"):
+        return f"{where}: key type {kind} is not supported; line ignored"
+    return AllowedSigner(principals, key, namespaces, number)
+
+
+def _key_blob(kind: str, encoded: str, where: str) -> bytes:
+    try:
+        key = base64.b64decode(encoded, validate=True)
+        blob_type = key_type(key)
+    except (binascii.Error, SignatureFormatError):
+        raise ConfigError(f"{where}: the key is not valid base64 OpenSSH") from None
+    if blob_type != kind:
+        raise ConfigError(f"{where}: the key is a {blob_type}, not a {kind}")
+    return key
+
+
+def _options(options: list[str]) -> tuple[tuple[str, ...] | None, list[str]]:
+    """``namespaces=`` (None when absent) and the names of unsupported options."""
+    namespaces: tuple[str, ...] | None = None
+    unsupported = []
+    for option in options:
+        name, _, value = option.partition("=")
+        if name.lower() == "namespaces" and value:
+            namespaces = tuple(n for n in _unquote(value).split(",") if n)
+        else:
+            unsupported.append(name)
+    return namespaces, unsupported
 
 
 def load_allowed_signers(path: Path) -> AllowedSigners:
