@@ -46,6 +46,7 @@ from cosigner.policy.engine import (
     item_facts,
     limit_effect,
 )
+from cosigner.policy.governance import Pending
 from cosigner.policy.ledger import Approval, Ledger
 from cosigner.policy.model import CompiledPolicy
 
@@ -137,13 +138,16 @@ def _hold(step: Step, rule: str, reasons: tuple[str, ...], trace: list[str],
 
 def decide(item: PendingItem, history: History | None, policy: CompiledPolicy, ledger: Ledger,
            now: datetime, *, paused: bool = False, mode: Mode = Mode.ENFORCE,
-           conflicting: bool = False, explain: bool = False) -> Outcome:
+           conflicting: bool = False, explain: bool = False,
+           pending: Pending | None = None) -> Outcome:
     """Decide *item* (see the module docstring for the order of the steps).
 
     *history* is what the journal recorded under the item's id (None: never seen);
     *conflicting* says the snapshot listed the id again with other content;
     *explain* adds every rule and limit tried to the trace (``policy explain``),
-    which the daemon leaves out for speed.  The ledger is read, never changed: the
+    which the daemon leaves out for speed.  While a signed bundle is *pending*
+    (DESIGN section 11), step 6 is the intersection of *policy* and the pending one
+    (:meth:`Pending.evaluate`).  The ledger is read, never changed: the
     caller counts ``outcome.approval`` once the outcome is recorded.
     """
     trace: list[str] = [f"policy {policy.name} ({policy.sha256[:12]}), mode {mode.value}"
@@ -173,7 +177,7 @@ def decide(item: PendingItem, history: History | None, policy: CompiledPolicy, l
                         "duplicate_key")
         return _unchanged(outcome, latest)
     return _unchanged(_evaluate(item, policy, ledger, now, paused=paused, mode=mode,
-                                trace=trace, explain=explain), latest)
+                                trace=trace, explain=explain, pending=pending), latest)
 
 
 def _recorded(latest: Recorded, trace: list[str], *, paused: bool, mode: Mode) -> Outcome:
@@ -201,9 +205,15 @@ def _unchanged(outcome: Outcome, latest: Recorded | None) -> Outcome:
 
 
 def _evaluate(item: PendingItem, policy: CompiledPolicy, ledger: Ledger, now: datetime, *,
-              paused: bool, mode: Mode, trace: list[str], explain: bool) -> Outcome:
+              paused: bool, mode: Mode, trace: list[str], explain: bool,
+              pending: Pending | None = None) -> Outcome:
     try:
-        decision = evaluate(policy, item, ledger, now)
+        if pending is None:
+            decision = evaluate(policy, item, ledger, now)
+        else:
+            decision = pending.evaluate(policy, ledger, item, now)
+            trace.append(f"pending bundle {pending.policy.sha256[:12]} (takes effect "
+                         f"{pending.activates_at.isoformat()}): the intersection decides")
     except Exception as exc:  # evaluate is total over item content; belt and braces
         trace.append(f"policy evaluation failed: {type(exc).__name__}")
         return _hold(Step.NEW, ERROR_RULE, (f"error:{type(exc).__name__}",), trace)

@@ -82,6 +82,8 @@ def daemon_spec(settings: Settings) -> DaemonSpec:
         max_pending=settings.max_pending, concurrency=settings.concurrency,
         poll_interval=settings.poll_interval, collect_interval=settings.collect_interval,
         collect_is_main=settings.collect_is_main_values, http_host=host, http_port=port,
+        policy_signers=settings.policy_signers, policy_quorum=settings.policy_quorum,
+        policy_loosen_delay=settings.loosen_delay,
         mode=settings.mode, log_format=settings.log_format, log_level=settings.log_level,
         extra_secrets=tuple(
             [settings.callback_forward_secret.get_secret_value()]

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cosigner.cli import governance as governance_cli
 from cosigner.cli.policy_tests import load_history, run_test_file
 from cosigner.decide import decide
 from cosigner.errors import PolicyError
@@ -30,6 +31,7 @@ def register(subparsers: Any) -> None:
 
     check = sub.add_parser("check", help="validate and lint a policy file")
     check.add_argument("file", metavar="FILE")
+    governance_cli.add_signature_options(check)
     check.set_defaults(func=cmd_check)
 
     test = sub.add_parser("test", help="run policy test files (*.test.yaml)")
@@ -47,6 +49,8 @@ def register(subparsers: Any) -> None:
     exp.add_argument("--json", action="store_true",
                      help="print one JSON object: action, rule, reasons, trace, limits, ...")
     exp.set_defaults(func=cmd_explain)
+
+    governance_cli.register(sub)  # manifest, digest, sign, backtest (DESIGN section 11)
 
 
 def _err(message: str) -> None:
@@ -75,7 +79,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         _err(f"{args.file}: {len(exc.problems)} problem(s), policy refused")
         return EXIT_CONFIG
     print(f"{args.file}: ok: {policy.summary()}")
-    return EXIT_OK
+    code, lines = governance_cli.signature_status(Path(args.file), policy,
+                                                  getattr(args, "signers", None),
+                                                  getattr(args, "quorum", None))
+    for line in lines:
+        (print if code == EXIT_OK else _err)(line)
+    return code
 
 
 def cmd_test(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from cosigner.api.client import ApiClient
 from cosigner.api.tls import tls_context
 from cosigner.errors import JournalUnavailableError, StoreError
 from cosigner.logs import configure_logging, get_logger
-from cosigner.policy import load_policy
+from cosigner.policy.governance import PolicyMemory
 from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
 from cosigner.signing.shard import SignScheme
@@ -31,9 +31,10 @@ from cosigner.store.postgres import PostgresJournal, mask_url
 
 from .callbacks import CallbackOptions, CallbackService
 from .control import check_pause_location
+from .governed import Governance, load_governed, show, start_state
 from .leadership import ElectedLeader, LeaderGatedSource, Leadership, SoleLeader
 from .metrics import Metrics
-from .pipeline import DecisionEvent, Pipeline, PolicyState, ledger_from_journal
+from .pipeline import DecisionEvent, Pipeline, ledger_from_journal
 from .service import Daemon, DaemonConfig
 
 
@@ -78,6 +79,10 @@ class DaemonSpec:
     #: command line (which reads its settings), called with (metrics, log, database url,
     #: options, port).
     callbacks: Callable[..., CallbackService] | None = None
+    # governance (DESIGN section 11)
+    policy_signers: Path | None = None
+    policy_quorum: int | None = None
+    policy_loosen_delay: timedelta = timedelta(0)
 
 
 @dataclass
@@ -94,6 +99,7 @@ class BuildOptions:
     watch_interval: float = 2.0
     client_retries: int = 3
     log: Any = None
+    policy_memory: PolicyMemory | None = None  # first sightings of bundles (default: journal)
     clock: Clock = utc_now  # what the pipeline, the service and the journal read time from
     callback_port: int | None = None
     callbacks: CallbackOptions | None = None
@@ -114,7 +120,12 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
     clock = opts.clock
 
     tls = tls_context(spec.ca_bundle)
-    policy = load_policy(spec.policy_path)
+    governance = Governance.configure(spec.policy_signers, spec.policy_quorum,
+                                      spec.policy_loosen_delay)
+    policy, signatures = load_governed(spec.policy_path, governance)
+    if signatures is not None:
+        log.info("policy.signed", sha256=policy.sha256, signed_by=list(signatures.signed),
+                 missing=list(signatures.missing), quorum=signatures.quorum)
     shard = load_shard(spec.pfx_path, password, scheme=spec.sign_scheme)
     metrics = Metrics()
     metrics.set_policy(policy.name, policy.sha256)
@@ -135,7 +146,10 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
                         hint="`cosigner pause` cannot create the file there as this user")
         # Every approval the limits count is hash-checked as it is read: an edited one
         # stops the start (exit 2), like a chain that does not verify.
-        ledger = ledger_from_journal(policy, journal, clock())
+        started = clock()
+        ledger = ledger_from_journal(policy, journal, started)
+        governance = governance.with_journal(journal, opts.policy_memory)
+        state = start_state(policy, ledger, spec.policy_path, governance, journal, started)
         if spec.callbacks is not None and not opts.once:
             services.append(spec.callbacks(metrics, log, db_url, callback_options,
                                            port=opts.callback_port))
@@ -147,6 +161,12 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
     except Exception:
         journal.close()
         raise
+    show(metrics, state, started)
+    if state.pending is not None:
+        log.warning("policy.pending", name=policy.name, sha256=policy.sha256,
+                    first_seen=state.pending.first_seen.isoformat(),
+                    takes_effect=state.pending.activates_at.isoformat(),
+                    in_force="unknown (restarted during the delay)")
     client = ApiClient(
         spec.api_base_url, spec.merchant_no, spec.api_key, secret,
         lang=spec.lang, sort=spec.sign_sort, timeout=spec.request_timeout,
@@ -162,7 +182,7 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
     metrics.follow_pause_file(pause_file)
     signer = BatchSigner(shard, path=spec.pfx_path, password=password)
     pipeline = Pipeline(
-        source, shard, journal, PolicyState(policy, ledger, spec.policy_path),
+        source, shard, journal, state,
         metrics, log, mode=mode, concurrency=spec.concurrency,
         pause_file=pause_file, collect_is_main=spec.collect_is_main,
         listeners=opts.listeners, signer=signer, clock=clock)
@@ -171,7 +191,7 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
         http_host=spec.http_host,
         http_port=spec.http_port if opts.http_port is None else opts.http_port,
         policy_path=spec.policy_path, watch_interval=opts.watch_interval,
-        install_signals=opts.install_signals)
+        install_signals=opts.install_signals, governance=governance)
     log.info("daemon.configured", policy=policy.name, policy_sha256=policy.sha256,
              shard=shard.info.fingerprint_sha256, mode=mode, pause_file=str(pause_file),
              api=spec.api_base_url, merchant=spec.merchant_no,

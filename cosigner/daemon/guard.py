@@ -90,3 +90,28 @@ def _approval(chain_id: str, source: str, dest: str, amount_text: str,
     if not amount.is_finite() or amount <= 0:
         raise ValueError(f"amount {amount_text!r} is not a finite positive decimal")
     return Approval(chain_id, source, dest, amount, at)
+
+
+class BothLimits:
+    """The limits of two policies at once (the policy in force and a pending bundle,
+    DESIGN section 11): an approval is refused when either guard refuses it."""
+
+    def __init__(self, first: PolicyLimitGuard, second: PolicyLimitGuard) -> None:
+        self.guards = (first, second)
+
+    def __repr__(self) -> str:
+        return f"BothLimits{self.guards!r}"
+
+    @property
+    def window(self) -> timedelta:
+        """The longer of the two windows."""
+        return max(guard.window for guard in self.guards)
+
+    def violations(self, history: Sequence[ApprovalRow], approvals: Sequence[NewDecision],
+                   now: datetime) -> dict[int, str]:
+        """Every approval either policy's limits refuse (the first reason given wins)."""
+        refused: dict[int, str] = {}
+        for guard in self.guards:
+            for item_id, reason in guard.violations(history, approvals, now).items():
+                refused.setdefault(item_id, reason)
+        return refused

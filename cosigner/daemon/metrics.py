@@ -91,6 +91,13 @@ class Metrics:
         self._limit_scopes: dict[str, str] = {}
         self.shard_cert_expiry = Gauge("cosigner_shard_cert_expiry_timestamp_seconds",
                                        "Unix time the shard's certificate expires", registry=r)
+        self.policy_pending_info = Gauge(
+            "cosigner_policy_pending_info", "A signed policy bundle waiting for "
+            "POLICY_LOOSEN_DELAY (value 1); the intersection is enforced meanwhile",
+            ["sha256"], registry=r)
+        self.policy_activation = Gauge(
+            "cosigner_policy_activation_timestamp_seconds", "Unix time the pending bundle "
+            "takes effect, or the bundle in force took effect", registry=r)
         self.leader = Gauge("cosigner_leader", "1 when this instance may decide and post",
                             registry=r)
         self.order_callbacks = Counter("cosigner_order_callbacks", "C2C order callback "
@@ -202,6 +209,13 @@ class Metrics:
     def set_limit_scopes(self, scopes: Mapping[str, str]) -> None:
         """Each limit's ``per`` (chain, to, from): the ``per`` label of its usage ratio."""
         self._limit_scopes = dict(scopes)
+
+    def set_policy_pending(self, sha256: str | None, activation: float) -> None:
+        """Show the pending bundle (none: no series) and its activation time."""
+        self.policy_pending_info.clear()
+        if sha256 is not None:
+            self.policy_pending_info.labels(sha256).set(1)
+        self.policy_activation.set(activation)
 
     def set_limit_ratios(self, ratios: dict[str, float]) -> None:
         self.limit_usage_ratio.clear()

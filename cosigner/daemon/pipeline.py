@@ -28,7 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from cosigner.abc import Clock, PendingSource, utc_now
+from cosigner.abc import Clock, LimitGuard, PendingSource, utc_now
 from cosigner.decide import Outcome, Step, decide
 from cosigner.errors import (
     AlreadyProcessedError,
@@ -48,12 +48,13 @@ from cosigner.models import (
     valid_item_id,
 )
 from cosigner.policy import Approval, CompiledPolicy, Ledger
+from cosigner.policy.governance import Pending
 from cosigner.signing import Shard, collect_sign_object
 from cosigner.signing.objects import approval_fields, approval_sign_object
 from cosigner.signing.pool import BatchSigner
 from cosigner.store.base import DecisionRecord, ItemView, Journal, NewDecision, NewOutcome
 
-from .guard import PolicyLimitGuard
+from .guard import BothLimits, PolicyLimitGuard
 from .metrics import Metrics
 
 Signed = tuple[DecisionRecord, "str | SigningError"]
@@ -110,6 +111,8 @@ class PolicyState:
         self.policy = policy
         self.ledger = ledger
         self.path = path
+        # governance (DESIGN section 11): a bundle enforced as the intersection until due
+        self.pending: Pending | None = None
 
 
 def ledger_from_journal(policy: CompiledPolicy, journal: Journal, now: datetime) -> Ledger:
@@ -277,7 +280,21 @@ class Pipeline:
                       seconds=round(result.duration, 3))
         return result
 
+    def activate_due(self) -> bool:
+        """Put a pending bundle whose delay has passed in force alone; True when it did."""
+        pending = self.state.pending
+        if pending is None or not pending.due(self.clock()):
+            return False
+        self.state = PolicyState(pending.policy, pending.ledger, self.state.path)
+        self.metrics.set_policy(pending.policy.name, pending.policy.sha256)
+        self.metrics.set_policy_pending(None, pending.activates_at.timestamp())
+        self.log.warning("policy.activated", name=pending.policy.name,
+                         sha256=pending.policy.sha256,
+                         first_seen=pending.first_seen.isoformat())
+        return True
+
     async def _poll(self, result: PollResult) -> None:
+        self.activate_due()
         snapshot = await self.client.pending()
         items = snapshot.items
         result.seen = len(items)
@@ -381,6 +398,7 @@ class Pipeline:
         ids = [i for i in (item.id for item in chunk) if i is not None and valid_item_id(i)]
         views = await asyncio.to_thread(self.journal.lookup, ids, self.modes)
         policy, ledger = self.state.policy, self.state.ledger
+        pending = self.state.pending  # governance: decide by the intersection meanwhile
         now = self.clock()
         paused = self.paused()
         new: list[tuple[NewDecision, Outcome]] = []
@@ -388,13 +406,15 @@ class Pipeline:
         for item in _once_each(chunk, conflicting, seen):
             view = views.get(item.id) if item.id is not None else None
             outcome = decide(item, view, policy, ledger, now, paused=paused, mode=self.mode,
-                             conflicting=item.id in conflicting)
+                             conflicting=item.id in conflicting, pending=pending)
             record = self._act(item, outcome, result, view)
             if record is not None:
                 to_post.append(record)
             elif outcome.step is Step.NEW:
                 if outcome.approval is not None:
                     ledger.add(outcome.approval)  # the next items of the chunk count it
+                    if pending is not None:
+                        pending.add_approval(outcome.approval, ledger)
                 new.append((self._new_decision(item, outcome, policy), outcome))
         if new:
             try:
@@ -458,12 +478,19 @@ class Pipeline:
             return record
         return None
 
+    def _guard(self, policy: CompiledPolicy) -> LimitGuard:
+        """The limits the journal re-checks: the pending bundle's too, while it is pending."""
+        pending = self.state.pending
+        if pending is None or pending.policy is policy:
+            return PolicyLimitGuard(policy)
+        return BothLimits(PolicyLimitGuard(policy), PolicyLimitGuard(pending.policy))
+
     async def _record(self, new: list[tuple[NewDecision, Outcome]], policy: CompiledPolicy,
                       now: datetime, result: PollResult) -> list[DecisionRecord]:
         """Journal the chunk's new decisions in one transaction; nothing on failure."""
         try:
             records = await asyncio.to_thread(self.journal.record_decisions,
-                                              [n for n, _ in new], PolicyLimitGuard(policy))
+                                              [n for n, _ in new], self._guard(policy))
         except JournalConflictError:
             raise  # refused by the authority, not broken: the caller decides again
         except Exception as exc:
@@ -497,7 +524,13 @@ class Pipeline:
             chain_id=item.chain_id, from_address=item.from_address,
             to_address=item.to_address, amount_text=item.amount_text,
             action=outcome.action, rule=outcome.rule, reasons=outcome.reasons,
-            policy_name=policy.name, policy_sha256=policy.sha256, mode=self.mode)
+            policy_name=policy.name, policy_sha256=self._recorded_sha256(policy),
+            mode=self.mode)
+
+    def _recorded_sha256(self, policy: CompiledPolicy) -> str:
+        """The policy digest of a record: ``in-force+pending`` under the intersection."""
+        pending = self.state.pending
+        return policy.sha256 if pending is None else pending.recorded_sha256(policy)
 
     def _count(self, record: DecisionRecord, outcome: Outcome, result: PollResult) -> None:
         result.decided += 1

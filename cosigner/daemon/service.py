@@ -20,7 +20,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,10 +34,11 @@ from apscheduler.events import (
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from cosigner.errors import PolicyError
-from cosigner.policy import try_load_policy
+from cosigner.errors import PolicyError, UnsignedPolicyError
+from cosigner.policy.signatures import signature_dir, signature_files
 from cosigner.store.base import Journal
 
+from .governed import Governance, load_governed, next_state, show
 from .http import HttpServer, create_app
 from .leadership import LEADER, Leadership, SoleLeader
 from .metrics import Metrics
@@ -68,6 +69,7 @@ class DaemonConfig:
     policy_path: Path | None = None
     watch_interval: float = 2.0
     install_signals: bool = True
+    governance: Governance = field(default_factory=Governance)
 
 
 class Daemon:
@@ -197,7 +199,14 @@ class Daemon:
 
     def _stamp(self) -> tuple[tuple[str, int, int], ...]:
         stamps = []
-        for path in self.pipeline.state.policy.sources:
+        state = self.pipeline.state
+        sources = list(state.policy.sources)
+        if state.pending is not None:
+            sources += state.pending.policy.sources
+        policy_path = self.config.policy_path or state.path
+        if policy_path is not None:  # a new signature is a reason to look again
+            sources += [signature_dir(Path(policy_path)), *signature_files(Path(policy_path))]
+        for path in sources:
             try:
                 st = Path(path).stat()
                 stamps.append((str(path), st.st_mtime_ns, st.st_size))
@@ -206,39 +215,56 @@ class Daemon:
         return tuple(stamps)
 
     async def reload_policy(self, trigger: str) -> bool:
-        """Load the policy again; keep the last good one when the new one does not load."""
+        """Load the policy again; keep the last good one when the new one does not load
+        or lacks its signatures.  A signed bundle replaces it, or becomes pending while
+        ``POLICY_LOOSEN_DELAY`` runs (DESIGN section 11)."""
         path = self.config.policy_path or self.pipeline.state.path
         if path is None:
             return False
+        governance = self.config.governance
         async with self._lock:
-            candidate = await asyncio.to_thread(try_load_policy, path)
-            if isinstance(candidate, PolicyError):
-                self.policy_error = candidate.problems[0] if candidate.problems else "error"
-                self.metrics.policy_reloads.labels("error").inc()
-                self.log.error("policy.reload_failed", trigger=trigger, path=str(path),
-                               problems=candidate.problems[:20],
+            try:
+                candidate, report = await asyncio.to_thread(load_governed, Path(path),
+                                                            governance)
+            except PolicyError as exc:
+                self.policy_error = exc.problems[0] if exc.problems else "error"
+                unsigned = isinstance(exc, UnsignedPolicyError)
+                self.metrics.policy_reloads.labels("unsigned" if unsigned else "error").inc()
+                self.log.error("policy.unsigned" if unsigned else "policy.reload_failed",
+                               trigger=trigger, path=str(path), problems=exc.problems[:20],
                                kept=self.pipeline.state.policy.name)
                 self._watch_stamp = self._stamp()
                 return False
             self.policy_error = None
-            old = self.pipeline.state.policy
-            if candidate.sha256 == old.sha256:
-                self._watch_stamp = self._stamp()
-                self.metrics.policy_reloads.labels("unchanged").inc()
-                self.log.info("policy.unchanged", trigger=trigger, sha256=old.sha256)
-                return True
+            old = self.pipeline.state
             now = self.pipeline.clock()
-            ledger = await asyncio.to_thread(ledger_from_journal, candidate, self.journal, now)
-            self.pipeline.state = PolicyState(candidate, ledger, Path(path))
+            ledger = old.ledger
+            if candidate.sha256 not in (old.policy.sha256, _pending_sha256(old)):
+                ledger = await asyncio.to_thread(ledger_from_journal, candidate, self.journal,
+                                                 now)
+            transition = await asyncio.to_thread(next_state, old, candidate, ledger,
+                                                 governance, now)
             self._watch_stamp = self._stamp()
-            self.metrics.set_policy(candidate.name, candidate.sha256)
-            self.metrics.set_limit_scopes({lim.name: lim.per for lim in candidate.limits})
+            signed = list(report.signed) if report is not None else None
+            if transition.state is None:
+                self.metrics.policy_reloads.labels("unchanged").inc()
+                self.log.info("policy.unchanged", trigger=trigger, sha256=candidate.sha256)
+                return True
+            self.pipeline.state = transition.state
+            show(self.metrics, transition.state, now)
+            self.metrics.set_limit_scopes(
+                {lim.name: lim.per for lim in transition.state.policy.limits})
             self.metrics.policy_reloads.labels("ok").inc()
-            self.log.info("policy.reloaded", trigger=trigger, name=candidate.name,
-                          sha256=candidate.sha256, previous=old.sha256)
+            pending = transition.state.pending
+            self.log.warning(transition.event, trigger=trigger, name=candidate.name,
+                             sha256=candidate.sha256, previous=old.policy.sha256,
+                             signed_by=signed,
+                             takes_effect=pending.activates_at.isoformat() if pending else None)
             return True
 
     async def watch_job(self) -> None:
+        async with self._lock:
+            self.pipeline.activate_due()
         if self._stamp() != self._watch_stamp:
             await self.reload_policy("file_change")
 
@@ -363,6 +389,10 @@ class Daemon:
         if self._journal_open:
             await asyncio.to_thread(self.journal.close)
             self._journal_open = False
+
+
+def _pending_sha256(state: PolicyState) -> str | None:
+    return state.pending.policy.sha256 if state.pending is not None else None
 
 
 def _quiet_apscheduler() -> None:

@@ -7,7 +7,6 @@ the only module of ``cosigner.policy`` that reads files.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from cosigner.durations import EXAMPLES as DURATION_EXAMPLES
 from cosigner.durations import parse_duration
 from cosigner.errors import PolicyError
 from cosigner.models import Action
-from cosigner.policy import addresses
+from cosigner.policy import addresses, bundle
 from cosigner.policy.addresses import FORMATS, Format
 from cosigner.policy.model import (
     DAY_NAMES,
@@ -79,13 +78,10 @@ class _Sources:
 
     items: list[tuple[str, Path, bytes]] = field(default_factory=list)
 
-    def sha256(self) -> str:
-        h = hashlib.sha256()
-        for label, _, data in self.items:
-            for part in (label.encode("utf-8"), str(len(data)).encode("ascii"), data):
-                h.update(part)
-                h.update(b"\x00")
-        return h.hexdigest()
+    def sha256(self, policy_path: Path) -> str:
+        """The bundle digest (DESIGN section 11) of exactly the bytes that were parsed."""
+        return bundle.digest(bundle.manifest(
+            (bundle.relative_name(policy_path, path), data) for _, path, data in self.items))
 
 
 class _Loader:
@@ -174,7 +170,7 @@ class _Loader:
         if self.problems or name is None:
             return None
         return CompiledPolicy(
-            name=name, sha256=self.sources.sha256(),
+            name=name, sha256=self.sources.sha256(self.path),
             sources=tuple(p for _, p, _ in self.sources.items),
             default=default, on_invalid=on_invalid, on_limit=on_limit,
             chains=dict(self.chains), lists=dict(self.lists), rules=tuple(rules),
