@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr("sqlite:///var/lib/cosigner/journal.db")
     database_url_file: Path | None = None
     journal_witness: Path | None = None
+    leader_retry: float = Field(5.0, gt=0)
     poll_interval: float = Field(120.0, gt=0)
     collect_interval: float = Field(300.0, gt=0)
     collect_is_main: str = "1,0"

@@ -21,9 +21,11 @@ from cosigner.policy.governance import PolicyMemory
 from cosigner.settings import Settings
 from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
-from cosigner.store import Head, open_journal
+from cosigner.store import Head, journal_from_url
+from cosigner.store.postgres import PostgresJournal, mask_url
 
 from .governed import Governance, load_governed, show, start_state
+from .leadership import ElectedLeader, LeaderGatedSource, Leadership, SoleLeader
 from .metrics import Metrics
 from .pipeline import DecisionEvent, Pipeline, ledger_from_journal
 from .service import Daemon, DaemonConfig
@@ -44,6 +46,9 @@ class BuildOptions:
     client_retries: int = 3
     log: Any = None
     policy_memory: PolicyMemory | None = None  # first sightings of bundles (default: journal)
+    #: False (tests only): skip the PostgreSQL election and its fencing, as if every
+    #: replica led; the database's constraints and row locks must still hold.
+    election: bool = True
 
 
 def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Daemon:
@@ -72,7 +77,6 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
     metrics = Metrics()
     metrics.set_policy(policy.name, policy.sha256)
     metrics.shard_cert_expiry.set(shard.info.not_after.timestamp())
-    metrics.leader.set(1)
     if shard.info.not_after - datetime.now(UTC) < timedelta(days=EXPIRY_WARNING_DAYS):
         log.warning("shard.expiring", not_after=shard.info.not_after.isoformat(),
                     subject=shard.info.subject)
@@ -83,8 +87,9 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         log.info("journal.committed", seq=head.seq, hash=head.hash)
 
     witness = str(settings.journal_witness) if settings.journal_witness else None
-    journal = open_journal(db_url, writer=True, witness=witness, durable=True,
-                           on_commit=committed)
+    journal = journal_from_url(db_url, writer=True, witness=witness, durable=True,
+                               on_commit=committed, election=True)
+    journal.open()
     try:
         metrics.journal_head_sequence.set(journal.head().seq)
         # Every approval the limits count is hash-checked as it is read: an edited one
@@ -114,10 +119,22 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         transport=opts.transport, page_size=settings.page_size,
         max_pending=settings.max_pending, observer=metrics, retries=opts.client_retries,
         max_connections=settings.concurrency + 2)
+    leadership: Leadership = SoleLeader()
+    source: Any = client
+    if isinstance(journal, PostgresJournal):
+        if opts.election:
+            leadership = ElectedLeader(journal, settings.leader_retry, metrics, log,
+                                       on_acquired=lambda: _rebuild_ledger(pipeline, journal))
+        else:
+            journal.fenced = False
+            log.warning("leader.election_skipped", reason="test hook: every replica leads")
+        source = LeaderGatedSource(client, leadership, journal)
+    if isinstance(leadership, SoleLeader):
+        metrics.leader.set(1)
     mode = "shadow" if opts.shadow or settings.mode == "shadow" else "enforce"
     signer = BatchSigner(shard, path=settings.pfx_path, password=password)
     pipeline = Pipeline(
-        client, shard, journal, state,
+        source, shard, journal, state,
         metrics, log, mode=mode, concurrency=settings.concurrency,
         pause_file=settings.pause_file, collect_is_main=settings.collect_is_main_values,
         listeners=opts.listeners, signer=signer)
@@ -129,10 +146,23 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         install_signals=opts.install_signals, governance=governance)
     log.info("daemon.configured", policy=policy.name, policy_sha256=policy.sha256,
              shard=shard.info.fingerprint_sha256, mode=mode,
-             api=settings.api_base_url, merchant=settings.merchant_no)
+             api=settings.api_base_url, merchant=settings.merchant_no,
+             journal=mask_url(db_url), role=leadership.role)
 
     async def close() -> None:
         await client.aclose()
         await signer.aclose()
 
-    return Daemon(pipeline, journal, metrics, log, config, on_close=close)
+    return Daemon(pipeline, journal, metrics, log, config, on_close=close,
+                  leadership=leadership)
+
+
+def _rebuild_ledger(pipeline: Pipeline, journal: PostgresJournal) -> None:
+    """A new leader counts the limits from the journal: the former leader approved too."""
+    now = datetime.now(UTC)
+    state = pipeline.state
+    state.ledger = ledger_from_journal(state.policy, journal, now)
+    pending = state.pending
+    if pending is not None:  # a pending bundle's limits count the same approvals
+        pending.ledger = (state.ledger if pending.policy is state.policy
+                          else ledger_from_journal(pending.policy, journal, now))

@@ -34,6 +34,9 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--concurrency", type=int, default=None, metavar="C",
                        help="posts in flight (default: COSIGNER_CONCURRENCY or 8)")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
+    bench.add_argument("--database-url", default=None, metavar="URL",
+                       help="an empty journal to use, e.g. postgresql://... (default: a "
+                       "temporary SQLite file)")
     bench.set_defaults(func=_bench)
 
 
@@ -52,4 +55,5 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
-    return run_bench(items=args.items, concurrency=args.concurrency, as_json=args.json)
+    return run_bench(items=args.items, concurrency=args.concurrency, as_json=args.json,
+                     database_url=args.database_url)

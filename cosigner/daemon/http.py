@@ -19,8 +19,11 @@ from cosigner.errors import ConfigError
 from .metrics import Metrics
 
 
-def create_app(metrics: Metrics, readiness: Callable[[], dict[str, bool]]) -> Starlette:
-    """The observability app: nothing secret is ever rendered here."""
+def create_app(metrics: Metrics, readiness: Callable[[], dict[str, bool]],
+               role: Callable[[], str] = lambda: "leader") -> Starlette:
+    """The observability app: nothing secret is ever rendered here.
+
+    ``/readyz`` also says the replica's ``role`` (``leader`` or ``standby``)."""
 
     async def metrics_route(_request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -31,7 +34,8 @@ def create_app(metrics: Metrics, readiness: Callable[[], dict[str, bool]]) -> St
     async def readyz(_request: Request) -> Response:
         checks = readiness()
         ready = all(checks.values())
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+        return JSONResponse({"ready": ready, "role": role(), "checks": checks},
+                            status_code=200 if ready else 503)
 
     return Starlette(routes=[Route("/metrics", metrics_route), Route("/healthz", healthz),
                              Route("/readyz", readyz)])

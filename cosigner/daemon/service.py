@@ -6,6 +6,10 @@ instance at a time (``max_instances=1``), coalesced misfires and a small jitter.
 SIGHUP or a change of the policy files reloads the policy, keeping the last good
 one.  SIGTERM/SIGINT: the item in flight is finished, nothing new is posted, the
 journal is closed and the process exits 0 within 10 s.
+
+With PostgreSQL several replicas run at once: the :class:`Leadership` decides which
+one polls and collects (the others skip their jobs as ready standbys), and a
+``leader`` job probes or retries the election lock.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from cosigner.store.base import Journal
 
 from .governed import Governance, load_governed, next_state, show
 from .http import HttpServer, create_app
+from .leadership import LEADER, Leadership, SoleLeader
 from .metrics import Metrics
 from .pipeline import Pipeline, PolicyState, ledger_from_journal
 
@@ -61,7 +66,8 @@ class Daemon:
 
     def __init__(self, pipeline: Pipeline, journal: Journal, metrics: Metrics, log: Any,
                  config: DaemonConfig, *, shard_ok: bool = True,
-                 on_close: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_close: Callable[[], Awaitable[None]] | None = None,
+                 leadership: Leadership | None = None) -> None:
         self.pipeline = pipeline
         self.journal = journal
         self.metrics = metrics
@@ -69,6 +75,8 @@ class Daemon:
         self.config = config
         self.shard_ok = shard_ok
         self._on_close = on_close
+        self.leadership: Leadership = leadership or SoleLeader()
+        self._scheduler: AsyncIOScheduler | None = None
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()  # a reload never swaps the ledger mid-poll
         self._jobs: set[asyncio.Task[Any]] = set()
@@ -81,11 +89,23 @@ class Daemon:
     # -- readiness -------------------------------------------------------------------
 
     def readiness(self) -> dict[str, bool]:
-        last = self.pipeline.last_poll_ok
-        fresh = last is not None and time.time() - last <= 2 * self.config.poll_interval
-        return {"policy_loaded": self.pipeline.state.policy is not None,
-                "shard_loaded": self.shard_ok, "journal_open": self._journal_open,
-                "recent_poll": fresh, "leader": True}
+        """The /readyz checks: a leader needs a recent poll, a standby a reachable database."""
+        checks = {"policy_loaded": self.pipeline.state.policy is not None,
+                  "shard_loaded": self.shard_ok, "journal_open": self._journal_open}
+        if self.leadership.role == LEADER:
+            last = self.pipeline.last_poll_ok
+            fresh = last is not None and time.time() - last <= 2 * self.config.poll_interval
+            # A leader in its takeover grace has not polled yet: it is ready meanwhile.
+            checks["recent_poll"] = fresh or (not self.leadership.active() and
+                                              self.leadership.healthy())
+            checks["leader"] = True
+        else:
+            checks["standby"] = self.leadership.healthy()
+        return checks
+
+    def role(self) -> str:
+        """``leader`` or ``standby`` (shown by /readyz)."""
+        return self.leadership.role
 
     # -- jobs ------------------------------------------------------------------------
 
@@ -96,12 +116,16 @@ class Daemon:
         dropped answer) does not fail the cycle for readiness, but it is not a step
         that succeeded either: ``--once`` reports it with exit code 1.
         """
+        if not self.leadership.active():
+            return True  # a standby: the leader polls
         async with self._tracked(), self._lock:
             result = await self.pipeline.poll()
             self.polls += 1
             return result.ok and not (result.failed or result.unknown)
 
     async def collect_job(self) -> bool:
+        if not self.leadership.active():
+            return True  # a standby: the leader collects
         async with self._tracked():
             ok = await self.pipeline.collect()
             self.collections += 1
@@ -117,6 +141,25 @@ class Daemon:
         finally:
             if task is not None:
                 self._jobs.discard(task)
+
+    async def leader_job(self) -> None:
+        """Probe or retry the election; a replica that just became active polls at once."""
+        if await self.leadership.step() and self._scheduler is not None:
+            job = self._scheduler.get_job("poll")
+            if job is not None:
+                job.modify(next_run_time=datetime.now(UTC))
+
+    async def await_leadership(self) -> None:
+        """For ``--once`` and the bench: try the election once, and wait out a new
+        leader's grace; a standby returns at once."""
+        deadline = time.monotonic() + 60
+        while self.leadership.interval > 0 and not self.leadership.active() \
+                and time.monotonic() < deadline:
+            await self.leadership.step()
+            if self.leadership.role != LEADER:
+                self.log.info("daemon.standby", reason="another replica leads")
+                return
+            await asyncio.sleep(self.leadership.interval)
 
     # -- policy reload ---------------------------------------------------------------
 
@@ -199,6 +242,7 @@ class Daemon:
         """One poll and one collection; 0 when every step (each post included) succeeded,
         else 1."""
         try:
+            await self.await_leadership()
             poll_ok = await self.poll_job()
             collect_ok = await self.collect_job()
         finally:
@@ -213,7 +257,7 @@ class Daemon:
             ConfigError: ``HTTP_ADDR`` cannot be listened on (the journal is closed first).
         """
         loop = asyncio.get_running_loop()
-        self.http = HttpServer(create_app(self.metrics, self.readiness),
+        self.http = HttpServer(create_app(self.metrics, self.readiness, self.role),
                                self.config.http_host, self.config.http_port)
         try:
             await self.http.start()
@@ -231,7 +275,7 @@ class Daemon:
                       poll_interval=self.config.poll_interval,
                       collect_interval=self.config.collect_interval)
         _quiet_apscheduler()
-        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler = self._scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_listener(self._job_event,
                                EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED | EVENT_JOB_ERROR)
         now = datetime.now(UTC)
@@ -244,6 +288,9 @@ class Daemon:
             seconds=self.config.collect_interval,
             jitter=_jitter(self.config.collect_interval)),
             id="collect", next_run_time=now + timedelta(milliseconds=50), **common)
+        if self.leadership.interval > 0:
+            scheduler.add_job(self.leader_job, IntervalTrigger(
+                seconds=self.leadership.interval), id="leader", next_run_time=now, **common)
         if self.config.watch_interval > 0:
             scheduler.add_job(self.watch_job, IntervalTrigger(
                 seconds=self.config.watch_interval), id="policy-watch", **common)

@@ -164,7 +164,7 @@ class TestHealth:
             ready = await get(daemon, "/readyz")
         assert health.status_code == 200
         assert ready.status_code == 200
-        assert ready.json() == {"ready": True, "checks": {
+        assert ready.json() == {"ready": True, "role": "leader", "checks": {
             "policy_loaded": True, "shard_loaded": True, "journal_open": True,
             "recent_poll": True, "leader": True}}
 
