@@ -19,6 +19,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from cosigner.errors import SettingsError
 
 PREFIX = "COSIGNER_"
+#: Where the kill switch lives when the journal is not an SQLite file (DESIGN section 6).
+DEFAULT_PAUSE_DIR = Path("/var/lib/cosigner")
+PAUSE_NAME = "PAUSE"
 #: Secrets: each has a ``*_FILE`` twin.
 SECRET_FIELDS = ("api_secret", "pfx_password", "database_url")
 
@@ -61,6 +64,7 @@ class Settings(BaseSettings):
     pfx_password: SecretStr | None = None
     pfx_password_file: Path | None = None
     sign_scheme: Literal["java-rsa", "rsa-sha256"] = "java-rsa"
+    ca_bundle: Path | None = None
     policy_path: Path | None = None
     database_url: SecretStr = SecretStr("sqlite:///var/lib/cosigner/journal.db")
     database_url_file: Path | None = None
@@ -161,6 +165,24 @@ class Settings(BaseSettings):
     def http_host_port(self) -> tuple[str, int]:
         host, _, port = self.http_addr.rpartition(":")
         return host.strip("[]"), int(port)
+
+    def pause_path(self) -> Path:
+        """``COSIGNER_PAUSE_FILE``, else ``PAUSE`` beside the SQLite journal
+        (``/var/lib/cosigner/PAUSE`` for the default URL), else under ``/var/lib/cosigner``:
+        every deployment that keeps a journal volume has a kill switch."""
+        if self.pause_file is not None:
+            return self.pause_file
+        scheme, sep, rest = self.database_url.get_secret_value().partition(":")
+        if sep and scheme.lower() == "sqlite" and not {"?", "#"} & set(rest):
+            if rest.startswith("///"):
+                path = rest[2:]
+            elif rest.startswith("//"):  # sqlite://HOST/...: refused by the journal anyway
+                path = ""
+            else:
+                path = rest
+            if path and not path.endswith("/"):
+                return Path(path).parent / PAUSE_NAME
+        return DEFAULT_PAUSE_DIR / PAUSE_NAME
 
     def shard_password(self) -> str:
         """``COSIGNER_PFX_PASSWORD``, else ``"1bitpay" + COSIGNER_MERCHANT_NO``."""

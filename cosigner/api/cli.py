@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cosigner.api.client import ApiClient
+from cosigner.api.tls import tls_context
 from cosigner.errors import ConfigError
 from cosigner.models import loads_exact
 from cosigner.settings import Settings, load_settings
@@ -35,7 +36,7 @@ def client_from_settings(settings: Settings) -> ApiClient:
         settings.api_base_url or "", settings.merchant_no or "", settings.api_key or "",
         settings.api_secret.get_secret_value(), lang=settings.lang, sort=settings.sign_sort,
         timeout=settings.request_timeout, page_size=settings.page_size,
-        max_pending=settings.max_pending)
+        max_pending=settings.max_pending, tls=tls_context(settings.ca_bundle))
 
 
 def _rate(args: argparse.Namespace) -> int:

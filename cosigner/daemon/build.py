@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from cosigner.api.client import ApiClient
+from cosigner.api.tls import tls_context
 from cosigner.errors import JournalUnavailableError, StoreError
 from cosigner.logs import configure_logging, get_logger
 from cosigner.policy.governance import PolicyMemory
@@ -24,6 +25,7 @@ from cosigner.signing.pool import BatchSigner
 from cosigner.store import Head, journal_from_url
 from cosigner.store.postgres import PostgresJournal, mask_url
 
+from .control import check_pause_location
 from .governed import Governance, load_governed, show, start_state
 from .leadership import ElectedLeader, LeaderGatedSource, Leadership, SoleLeader
 from .metrics import Metrics
@@ -67,6 +69,7 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
                           secrets=(secret, password, db_url))
     log = opts.log or get_logger("cosigner.daemon")
 
+    tls = tls_context(settings.ca_bundle)
     governance = Governance.configure(settings.policy_signers, settings.policy_quorum,
                                       settings.loosen_delay)
     policy, signatures = load_governed(Path(settings.policy_path), governance)
@@ -76,6 +79,7 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
     shard = load_shard(settings.pfx_path, password, scheme=settings.sign_scheme)
     metrics = Metrics()
     metrics.set_policy(policy.name, policy.sha256)
+    metrics.set_limit_scopes({limit.name: limit.per for limit in policy.limits})
     metrics.shard_cert_expiry.set(shard.info.not_after.timestamp())
     if shard.info.not_after - datetime.now(UTC) < timedelta(days=EXPIRY_WARNING_DAYS):
         log.warning("shard.expiring", not_after=shard.info.not_after.isoformat(),
@@ -90,8 +94,13 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
     journal = journal_from_url(db_url, writer=True, witness=witness, durable=True,
                                on_commit=committed, election=True)
     journal.open()
+    pause_file = settings.pause_path()
     try:
         metrics.journal_head_sequence.set(journal.head().seq)
+        # The kill switch must be visible to the daemon (exit 2, not a traceback per poll).
+        if not check_pause_location(pause_file):
+            log.warning("pause.not_writable", pause_file=str(pause_file),
+                        hint="`cosigner pause` cannot create the file there as this user")
         # Every approval the limits count is hash-checked as it is read: an edited one
         # stops the start (exit 2), like a chain that does not verify.
         started = datetime.now(UTC)
@@ -118,7 +127,7 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         lang=settings.lang, sort=settings.sign_sort, timeout=settings.request_timeout,
         transport=opts.transport, page_size=settings.page_size,
         max_pending=settings.max_pending, observer=metrics, retries=opts.client_retries,
-        max_connections=settings.concurrency + 2)
+        max_connections=settings.concurrency + 2, tls=tls)
     leadership: Leadership = SoleLeader()
     source: Any = client
     if isinstance(journal, PostgresJournal):
@@ -132,11 +141,15 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
     if isinstance(leadership, SoleLeader):
         metrics.leader.set(1)
     mode = "shadow" if opts.shadow or settings.mode == "shadow" else "enforce"
+    metrics.configure(mode=mode, poll_interval=settings.poll_interval,
+                      collect_interval=settings.collect_interval,
+                      collect_is_main=settings.collect_is_main_values)
+    metrics.follow_pause_file(pause_file)
     signer = BatchSigner(shard, path=settings.pfx_path, password=password)
     pipeline = Pipeline(
         source, shard, journal, state,
         metrics, log, mode=mode, concurrency=settings.concurrency,
-        pause_file=settings.pause_file, collect_is_main=settings.collect_is_main_values,
+        pause_file=pause_file, collect_is_main=settings.collect_is_main_values,
         listeners=opts.listeners, signer=signer)
     host, port = settings.http_host_port
     config = DaemonConfig(
@@ -145,7 +158,7 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         policy_path=Path(settings.policy_path), watch_interval=opts.watch_interval,
         install_signals=opts.install_signals, governance=governance)
     log.info("daemon.configured", policy=policy.name, policy_sha256=policy.sha256,
-             shard=shard.info.fingerprint_sha256, mode=mode,
+             shard=shard.info.fingerprint_sha256, mode=mode, pause_file=str(pause_file),
              api=settings.api_base_url, merchant=settings.merchant_no,
              journal=mask_url(db_url), role=leadership.role)
 

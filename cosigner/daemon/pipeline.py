@@ -213,6 +213,7 @@ class Pipeline:
             return False
         self.state = PolicyState(pending.policy, pending.ledger, self.state.path)
         self.metrics.set_policy(pending.policy.name, pending.policy.sha256)
+        self.metrics.set_limit_scopes({lim.name: lim.per for lim in pending.policy.limits})
         self.metrics.set_policy_pending(None, pending.activates_at.timestamp())
         self.log.warning("policy.activated", name=pending.policy.name,
                          sha256=pending.policy.sha256,
@@ -536,6 +537,9 @@ class Pipeline:
         """One collection round, for each configured ``isMain``; True when all succeeded."""
         if self.mode == "shadow":
             self.log.info("collect.skipped", reason="shadow mode posts nothing")
+            return True
+        if self.paused():
+            self.log.info("collect.skipped", reason="paused: the kill switch posts nothing")
             return True
         ok = True
         for is_main in self.collect_is_main:
