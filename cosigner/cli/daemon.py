@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from cosigner.daemon.build import BuildOptions, DaemonSpec, build_daemon
 from cosigner.daemon.callbacks import build_callbacks
 from cosigner.daemon.control import LiveView, PauseState, pause, probe, read_pause, resume
+from cosigner.daemon.governed import pending_from_metrics, pending_line
 from cosigner.errors import CosignerError
 from cosigner.settings import Settings, load_settings
 from cosigner.store import open_journal, redact_url
@@ -203,6 +204,9 @@ def _live_report(live: LiveView) -> dict[str, Any]:
         if policy else None,
         "last_poll_seconds_ago": round(time.time() - last_poll, 1) if last_poll else None,
         "pending_items": live.value("cosigner_pending_items"),
+        "policy_pending": pending_from_metrics(
+            live.labels_of("cosigner_policy_pending_info"),
+            live.value("cosigner_policy_activation_timestamp_seconds")),
         "decided_unposted_items": live.value("cosigner_decided_unposted_items"),
         "journal_head_sequence": int(head) if head is not None else None,
     })
@@ -243,6 +247,7 @@ def _daemon_lines(daemon: dict[str, Any]) -> list[str]:
              f"{'PAUSED' if daemon['paused'] else 'not paused'}"]
     if policy:
         lines.append(f"         policy {policy['name']} (sha256 {str(policy['sha256'])[:12]})")
+    lines.append(f"         {pending_line(daemon.get('policy_pending'))}")
     ago = daemon["last_poll_seconds_ago"]
     lines.append("         last successful poll "
                  + (f"{ago:.0f} s ago" if ago is not None else "never")

@@ -217,6 +217,7 @@ def show(metrics: Metrics, state: PolicyState, now: datetime) -> None:
     """Export the policy in force and the pending bundle (if any); *now* is when the state
     took effect."""
     metrics.set_policy(state.policy.name, state.policy.sha256)
+    metrics.set_limit_scopes({lim.name: lim.per for lim in state.policy.limits})
     pending = state.pending
     if pending is None:
         metrics.set_policy_pending(None, now.timestamp())

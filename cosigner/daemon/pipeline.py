@@ -287,6 +287,7 @@ class Pipeline:
             return False
         self.state = PolicyState(pending.policy, pending.ledger, self.state.path)
         self.metrics.set_policy(pending.policy.name, pending.policy.sha256)
+        self.metrics.set_limit_scopes({lim.name: lim.per for lim in pending.policy.limits})
         self.metrics.set_policy_pending(None, pending.activates_at.timestamp())
         self.log.warning("policy.activated", name=pending.policy.name,
                          sha256=pending.policy.sha256,

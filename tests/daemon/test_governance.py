@@ -8,8 +8,10 @@ never slept through.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 import time_machine
 from structlog.testing import capture_logs
 
+from cosigner.cli import main
 from cosigner.daemon.service import Daemon
 from cosigner.errors import UnsignedPolicyError
 from cosigner.models import Action
@@ -24,7 +27,8 @@ from cosigner.policy.bundle import read_manifest
 from cosigner.policy.governance import PENDING_REASON
 from cosigner.policy.loader import load_policy
 from cosigner.policy.signatures import signature_dir
-from tests.daemon.conftest import COSIGNER, SANCTIONED, Rig, address, item
+from tests.daemon.conftest import COSIGNER, SANCTIONED, Rig, address, item, wait_for
+from tests.daemon.test_service import running
 from tests.sshsig import Approvers, make_approvers
 
 pytestmark = pytest.mark.external_service
@@ -350,6 +354,30 @@ class TestLoosenDelay:
         clock.shift(DELAY)
         assert await again.poll_job()
         assert rig.latest()[big].action is Action.APPROVE
+
+    async def test_cosigner_status_shows_the_pending_bundle(
+            self, rig: Rig, approvers: Approvers, bundle: Bundle,
+            cosigner_env: Callable[..., None], capsys: pytest.CaptureFixture[str]) -> None:
+        """`cosigner status` reads the pending digest and its activation from the daemon."""
+        daemon = governed(rig, approvers, timedelta(hours=24))
+        new = bundle.write([SANCTIONED], [CUSTOMER], "alice", "bob")
+        assert await daemon.reload_policy("test") is True
+        pending = daemon.pipeline.state.pending
+        assert pending is not None
+        async with running(daemon):
+            await wait_for(lambda: daemon.polls >= 1, what="the first poll")
+            assert daemon.http is not None
+            env = rig.env(HTTP_ADDR=f"127.0.0.1:{daemon.http.port}")
+            cosigner_env(**{k.removeprefix("COSIGNER_"): v for k, v in env.items()
+                            if k.startswith("COSIGNER_") and k != "COSIGNER_REQUIRE_ALL"})
+            code = await asyncio.to_thread(main, ["status", "--json"])
+            text_code = await asyncio.to_thread(main, ["status"])
+        assert code == text_code == 0
+        out = capsys.readouterr().out
+        report = json.loads(out[out.index("{\n"):out.index("\n}\n") + 2])
+        assert report["daemon"]["policy_pending"] == {
+            "sha256": new, "takes_effect": pending.activates_at.isoformat()}
+        assert f"policy change: PENDING {new[:12]}" in out
 
     async def test_the_first_policy_of_a_new_journal_is_in_force_at_once(
             self, rig: Rig, approvers: Approvers, bundle: Bundle) -> None:

@@ -3,6 +3,7 @@ sections 5 and 11)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ import pytest
 
 from cosigner.cli import main
 from cosigner.models import Action, PendingItem
-from cosigner.store import SqliteJournal, init_journal
+from cosigner.store import Journal, SqliteJournal, init_journal
 from cosigner.store.base import NewDecision
 from tests.policy.conftest import BAD, CUSTOMER, HEADER, HOT, TREASURY
 
@@ -56,16 +57,34 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def journal_url(tmp_path: Path) -> Iterator[str]:
-    """A SQLite journal holding HISTORY (the daemon's writer stays open during the test)."""
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    path = state / "journal.db"
+@pytest.fixture(params=[pytest.param("sqlite", id="sqlite"),
+                        pytest.param("postgres", id="postgres",
+                                     marks=pytest.mark.external_service)])
+def journal_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A journal (SQLite, PostgreSQL) holding HISTORY, its writer open during the test as
+    the daemon's would be: backtest reads beside it."""
     clock = Clock()
-    init_journal(f"sqlite://{path}")
-    journal = SqliteJournal(path, writer=True, clock=clock)
-    journal.open()
+    with contextlib.ExitStack() as stack:
+        journal: Journal
+        if request.param == "postgres":
+            from cosigner.store.postgres import PostgresJournal
+            from tests.postgres import scratch_database
+            url = stack.enter_context(scratch_database("backtest"))
+            journal = PostgresJournal(url, writer=True, clock=clock)
+            journal.init()
+        else:
+            state = tmp_path / "state"
+            state.mkdir(mode=0o700)
+            url = f"sqlite://{state / 'journal.db'}"
+            init_journal(url)
+            journal = SqliteJournal(state / "journal.db", writer=True, clock=clock)
+        journal.open()
+        stack.callback(journal.close)
+        _record_history(journal, clock)
+        yield url
+
+
+def _record_history(journal: Journal, clock: Clock) -> None:
     for item_id, at, to, amount, action, rule in HISTORY:
         raw: dict[str, Any] = {"id": item_id, "fromAddress": HOT, "toAddress": to,
                                "chainId": "56"}
@@ -77,10 +96,6 @@ def journal_url(tmp_path: Path) -> Iterator[str]:
             from_address=HOT, to_address=to, amount_text=amount, action=action, rule=rule,
             reasons=(f"rule:{rule}",), policy_name="old", policy_sha256="0" * 64,
             mode="enforce")])
-    try:
-        yield f"sqlite://{path}"
-    finally:
-        journal.close()
 
 
 @pytest.fixture
