@@ -198,40 +198,19 @@ class _Connection(asyncio.Protocol):
 
     def _read_head(self, head: bytes) -> None:
         lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") \
-                or not parts[1].isdigit() or len(parts[1]) != 3:
-            raise _ProtocolError("malformed status line")
-        status = int(parts[1])
-        headers: list[tuple[bytes, bytes]] = []
-        length: bytes | None = None
-        connection = b""
-        chunked = False
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip():
-                raise _ProtocolError("malformed header line")
-            value = value.strip()
-            headers.append((name, value))
-            lower = name.lower()
-            if lower == b"content-length":
-                if not value.isdigit() or (length is not None and length != value):
-                    raise _ProtocolError("invalid Content-Length")
-                length = value
-            elif lower == b"transfer-encoding":
-                chunked = value.lower().endswith(b"chunked")
-                if not chunked:
-                    raise _ProtocolError("unsupported Transfer-Encoding")
-            elif lower == b"connection":
-                connection += b"," + value.lower()
+        version, status, reason = _status_line(lines[0])
+        headers, length, connection, chunked = _header_lines(lines[1:])
         if 100 <= status < 200:
             if status == 101:
                 raise _ProtocolError("protocol upgrades are not supported")
             return  # interim answer: the real one follows
-        self._status, self._reason, self._headers = status, parts[2] if len(parts) > 2 else b"", \
-            headers
+        self._status, self._reason, self._headers = status, reason, headers
         self._head_done = True
-        self._keep_alive = parts[0] == b"HTTP/1.1" and b"close" not in connection
+        self._keep_alive = version == b"HTTP/1.1" and b"close" not in connection
+        self._frame(status, length, chunked)
+
+    def _frame(self, status: int, length: bytes | None, chunked: bool) -> None:
+        """How the body ends: no body, chunks, a length, or the connection's close."""
         if self._no_body or status in (204, 304):
             self._length = 0
         elif chunked:
@@ -408,3 +387,39 @@ async def _serialize(request: httpx.Request) -> bytes:
     else:
         parts.append(body)
     return b"".join(parts)
+
+
+def _status_line(line: bytes) -> tuple[bytes, int, bytes]:
+    """(version, status, reason) of an HTTP/1.x status line."""
+    parts = line.split(b" ", 2)
+    if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") \
+            or not parts[1].isdigit() or len(parts[1]) != 3:
+        raise _ProtocolError("malformed status line")
+    return parts[0], int(parts[1]), parts[2] if len(parts) > 2 else b""
+
+
+def _header_lines(lines: list[bytes]
+                  ) -> tuple[list[tuple[bytes, bytes]], bytes | None, bytes, bool]:
+    """(headers, Content-Length, Connection tokens, chunked) of the header lines."""
+    headers: list[tuple[bytes, bytes]] = []
+    length: bytes | None = None
+    connection = b""
+    chunked = False
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip():
+            raise _ProtocolError("malformed header line")
+        value = value.strip()
+        headers.append((name, value))
+        lower = name.lower()
+        if lower == b"content-length":
+            if not value.isdigit() or (length is not None and length != value):
+                raise _ProtocolError("invalid Content-Length")
+            length = value
+        elif lower == b"transfer-encoding":
+            chunked = value.lower().endswith(b"chunked")
+            if not chunked:
+                raise _ProtocolError("unsupported Transfer-Encoding")
+        elif lower == b"connection":
+            connection += b"," + value.lower()
+    return headers, length, connection, chunked

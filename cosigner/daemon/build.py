@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,10 @@ from cosigner.api.tls import tls_context
 from cosigner.errors import JournalUnavailableError, StoreError
 from cosigner.logs import configure_logging, get_logger
 from cosigner.policy.governance import PolicyMemory
+from cosigner.policy.model import CompiledPolicy
 from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
-from cosigner.signing.shard import SignScheme
+from cosigner.signing.shard import Shard, SignScheme
 from cosigner.store import Head, journal_from_url
 from cosigner.store.postgres import PostgresJournal, mask_url
 
@@ -34,7 +35,7 @@ from .control import check_pause_location
 from .governed import Governance, load_governed, show, start_state
 from .leadership import ElectedLeader, LeaderGatedSource, Leadership, SoleLeader
 from .metrics import Metrics
-from .pipeline import DecisionEvent, Pipeline, ledger_from_journal
+from .pipeline import DecisionEvent, Pipeline, PolicyState, ledger_from_journal
 from .service import Daemon, DaemonConfig
 
 
@@ -120,20 +121,7 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
     clock = opts.clock
 
     tls = tls_context(spec.ca_bundle)
-    governance = Governance.configure(spec.policy_signers, spec.policy_quorum,
-                                      spec.policy_loosen_delay)
-    policy, signatures = load_governed(spec.policy_path, governance)
-    if signatures is not None:
-        log.info("policy.signed", sha256=policy.sha256, signed_by=list(signatures.signed),
-                 missing=list(signatures.missing), quorum=signatures.quorum)
-    shard = load_shard(spec.pfx_path, password, scheme=spec.sign_scheme)
-    metrics = Metrics()
-    metrics.set_policy(policy.name, policy.sha256)
-    metrics.set_limit_scopes({limit.name: limit.per for limit in policy.limits})
-    metrics.shard_cert_expiry.set(shard.info.not_after.timestamp())
-    if shard.info.not_after - clock() < timedelta(days=EXPIRY_WARNING_DAYS):
-        log.warning("shard.expiring", not_after=shard.info.not_after.isoformat(),
-                    subject=shard.info.subject)
+    governance, policy, shard, metrics = _policy_shard_metrics(spec, log, clock)
     journal = _open_journal(spec, policy_clock=clock, metrics=metrics, log=log)
     pause_file = spec.pause_file
     services: list[CallbackService] = []
@@ -161,12 +149,7 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
     except Exception:
         journal.close()
         raise
-    show(metrics, state, started)
-    if state.pending is not None:
-        log.warning("policy.pending", name=policy.name, sha256=policy.sha256,
-                    first_seen=state.pending.first_seen.isoformat(),
-                    takes_effect=state.pending.activates_at.isoformat(),
-                    in_force="unknown (restarted during the delay)")
+    _show_start_state(metrics, log, state, policy, started)
     client = ApiClient(
         spec.api_base_url, spec.merchant_no, spec.api_key, secret,
         lang=spec.lang, sort=spec.sign_sort, timeout=spec.request_timeout,
@@ -208,6 +191,36 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
 
     return Daemon(pipeline, journal, metrics, log, config, lock_held=lock_held,
                   on_close=close, leadership=leadership, services=services)
+
+
+def _policy_shard_metrics(spec: DaemonSpec, log: Any, clock: Clock
+                          ) -> tuple[Governance, CompiledPolicy, Shard, Metrics]:
+    """The governance settings, the (signed) policy, the shard, and metrics showing them."""
+    governance = Governance.configure(spec.policy_signers, spec.policy_quorum,
+                                      spec.policy_loosen_delay)
+    policy, signatures = load_governed(spec.policy_path, governance)
+    if signatures is not None:
+        log.info("policy.signed", sha256=policy.sha256, signed_by=list(signatures.signed),
+                 missing=list(signatures.missing), quorum=signatures.quorum)
+    shard = load_shard(spec.pfx_path, spec.pfx_password, scheme=spec.sign_scheme)
+    metrics = Metrics()
+    metrics.set_policy(policy.name, policy.sha256)
+    metrics.set_limit_scopes({limit.name: limit.per for limit in policy.limits})
+    metrics.shard_cert_expiry.set(shard.info.not_after.timestamp())
+    if shard.info.not_after - clock() < timedelta(days=EXPIRY_WARNING_DAYS):
+        log.warning("shard.expiring", not_after=shard.info.not_after.isoformat(),
+                    subject=shard.info.subject)
+    return governance, policy, shard, metrics
+
+
+def _show_start_state(metrics: Metrics, log: Any, state: PolicyState, policy: CompiledPolicy,
+                      started: datetime) -> None:
+    show(metrics, state, started)
+    if state.pending is not None:
+        log.warning("policy.pending", name=policy.name, sha256=policy.sha256,
+                    first_seen=state.pending.first_seen.isoformat(),
+                    takes_effect=state.pending.activates_at.isoformat(),
+                    in_force="unknown (restarted during the delay)")
 
 
 def _callback_options(opts: BuildOptions, leads: Callable[[], bool]) -> CallbackOptions:

@@ -229,14 +229,7 @@ async def bench(items: int, concurrency: int | None = None, *, ceiling: bool = T
     if items < 1:
         raise CosignerError("--items must be at least 1")
     if database_url is not None:
-        init_journal(database_url)
-        journal = open_journal(database_url)
-        try:
-            if journal.head().seq:
-                raise ConfigError(f"--database-url {mask_url(database_url)}: the journal is "
-                                  "not empty; bench needs an empty one")
-        finally:
-            journal.close()
+        _require_empty_journal(database_url)
     with tempfile.TemporaryDirectory(prefix="cosigner-bench-") as tmp:
         work = Path(tmp)
         secret = secrets.token_urlsafe(24)
@@ -303,41 +296,78 @@ async def bench(items: int, concurrency: int | None = None, *, ceiling: bool = T
                     finally:
                         await signer.aclose()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stderr is not None:
-                proc.stderr.close()
+            _stop_sandbox(proc)
     load.append(round(os.getloadavg()[0], 2))
+    return _bench_result(
+        items, settings, result, received, latency, load, ceiling_figures,
+        seconds=seconds, cpu=cpu, sandbox_cpu=_delta(sandbox0, sandbox1), peak_rss=peak_rss,
+        signer_rss=signer_rss, journal_bytes=journal_bytes)
+
+
+def _require_empty_journal(database_url: str) -> None:
+    init_journal(database_url)
+    journal = open_journal(database_url)
+    try:
+        if journal.head().seq:
+            raise ConfigError(f"--database-url {mask_url(database_url)}: the journal is "
+                              "not empty; bench needs an empty one")
+    finally:
+        journal.close()
+
+
+def _stop_sandbox(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+def _bench_result(items: int, settings: DaemonSpec, result: Any, received: list[dict[str, Any]],
+                  latency: _Latency, load: list[float],
+                  ceiling_figures: _CeilingFigures | None, *, seconds: float, cpu: float,
+                  sandbox_cpu: float | None, peak_rss: float, signer_rss: float | None,
+                  journal_bytes: int | None) -> BenchResult:
+    """The figures of one run, and whether every item was handled and verified."""
     verified = sum(1 for d in received if d.get("verified") is True)
     handled = result.approved + result.rejected + result.held
     ok = (result.ok and handled == items and result.posted == result.approved + result.rejected
           and verified == result.posted
           and (ceiling_figures is None or ceiling_figures.posted == items))
     rate = items / seconds
-    ceiling_rate = (items / ceiling_figures.seconds) if ceiling_figures is not None else None
+    per_decision = None
+    if result.decided and journal_bytes is not None:
+        per_decision = round(journal_bytes / result.decided, 1)
     return BenchResult(
         items=items, seconds=round(seconds, 3), items_per_second=round(rate, 1),
-        ceiling_seconds=round(ceiling_figures.seconds, 3) if ceiling_figures else None,
-        ceiling_items_per_second=round(ceiling_rate, 1) if ceiling_rate else None,
-        ratio=round(rate / ceiling_rate, 3) if ceiling_rate else None,
+        **_ceiling_fields(items, rate, ceiling_figures),
         p50_ms=latency.percentile(0.5), p99_ms=latency.percentile(0.99),
         peak_rss_mb=round(peak_rss, 1), signer_peak_rss_mb=signer_rss,
-        journal_bytes_per_decision=(round(journal_bytes / result.decided, 1)
-                                    if result.decided and journal_bytes is not None else None),
+        journal_bytes_per_decision=per_decision,
         approved=result.approved, rejected=result.rejected, held=result.held,
         posted=result.posted, received_by_sandbox=len(received),
         verified_by_sandbox=verified,
-        ceiling_posted=ceiling_figures.posted if ceiling_figures else None,
         concurrency=settings.concurrency, page_size=settings.page_size,
-        daemon_cpu_seconds=round(cpu, 2),
-        sandbox_cpu_seconds=_delta(sandbox0, sandbox1),
-        ceiling_cpu_seconds=round(ceiling_figures.cpu, 2) if ceiling_figures else None,
-        ceiling_sandbox_cpu_seconds=ceiling_figures.sandbox_cpu if ceiling_figures else None,
+        daemon_cpu_seconds=round(cpu, 2), sandbox_cpu_seconds=sandbox_cpu,
         load_average=load, ok=ok)
+
+
+def _ceiling_fields(items: int, rate: float,
+                    figures: _CeilingFigures | None) -> dict[str, Any]:
+    """The BenchResult fields of the ceiling run (None when it did not run)."""
+    if figures is None:
+        return dict.fromkeys(("ceiling_seconds", "ceiling_items_per_second", "ratio",
+                              "ceiling_posted", "ceiling_cpu_seconds",
+                              "ceiling_sandbox_cpu_seconds"))
+    ceiling_rate = items / figures.seconds
+    return {"ceiling_seconds": round(figures.seconds, 3),
+            "ceiling_items_per_second": round(ceiling_rate, 1),
+            "ratio": round(rate / ceiling_rate, 3), "ceiling_posted": figures.posted,
+            "ceiling_cpu_seconds": round(figures.cpu, 2),
+            "ceiling_sandbox_cpu_seconds": figures.sandbox_cpu}
 
 
 SEED = 42
