@@ -12,6 +12,7 @@ setting, file:line or item id involved and never contain a secret.
     │   ├── SettingsError                   a COSIGNER_* setting is missing or invalid
     │   ├── ShardError                      the PKCS#12 shard cannot be used
     │   └── PolicyError                     a policy file does not load (carries every problem)
+    │       └── UnsignedPolicyError         a policy bundle lacks its quorum of signatures
     ├── SigningError                        a payload cannot be signed (too long for the key, ...)
     ├── ApiError                            talking to 1BitPay failed
     │   ├── ApiResponseError                envelope with code != 200 (keeps code and message)
@@ -58,6 +59,10 @@ class PolicyError(ConfigError):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(self.problems) if self.problems else "policy error")
+
+
+class UnsignedPolicyError(PolicyError):
+    """A policy bundle lacks valid signatures from the quorum of approvers (DESIGN section 11)."""
 
 
 class SigningError(CosignerError):

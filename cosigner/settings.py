@@ -9,12 +9,14 @@ never its value.
 from __future__ import annotations
 
 import ipaddress
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cosigner.durations import EXAMPLES, parse_duration
 from cosigner.errors import SettingsError
 
 PREFIX = "COSIGNER_"
@@ -23,6 +25,19 @@ DEFAULT_PAUSE_DIR = Path("/var/lib/cosigner")
 PAUSE_NAME = "PAUSE"
 #: Secrets: each has a ``*_FILE`` twin.
 SECRET_FIELDS = ("api_secret", "pfx_password", "database_url", "callback_forward_secret")
+
+
+def parse_delay(text: str) -> timedelta:
+    """``POLICY_LOOSEN_DELAY``: ``0``, or a duration in the one grammar (``90s``, ``24h``).
+
+    Raises:
+        ValueError: anything else.
+    """
+    text = text.strip()
+    delay = timedelta(0) if text == "0" else parse_duration(text)
+    if delay is None:
+        raise ValueError(f"must be 0 or a duration like {EXAMPLES}")
+    return delay
 
 
 def env_name(field: str) -> str:
@@ -73,6 +88,10 @@ class Settings(BaseSettings):
     callback_forward_url: str | None = None
     callback_forward_secret: SecretStr | None = None
     callback_forward_secret_file: Path | None = None
+    # governance (DESIGN section 11)
+    policy_signers: Path | None = None
+    policy_quorum: int | None = Field(None, ge=1, le=100)
+    policy_loosen_delay: str = "0"
 
     @field_validator("log_level", "log_format", "mode", "sign_sort", "sign_scheme", "lang",
                      mode="before")
@@ -96,6 +115,19 @@ class Settings(BaseSettings):
         if not parts or any(p not in ("0", "1") for p in parts) or len(set(parts)) != len(parts):
             raise ValueError("must be a comma-separated list of 1 and/or 0, e.g. 1,0")
         return ",".join(parts)
+
+    @field_validator("policy_loosen_delay")
+    @classmethod
+    def _delay(cls, v: str) -> str:
+        parse_delay(v)
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _signers_and_quorum(self) -> Settings:
+        if (self.policy_signers is None) != (self.policy_quorum is None):
+            raise ValueError(f"set both {env_name('policy_signers')} and "
+                             f"{env_name('policy_quorum')}, or neither")
+        return self
 
     @field_validator("http_addr")
     @classmethod
@@ -163,6 +195,11 @@ class Settings(BaseSettings):
     @property
     def collect_is_main_values(self) -> tuple[int, ...]:
         return tuple(int(p) for p in self.collect_is_main.split(","))
+
+    @property
+    def loosen_delay(self) -> timedelta:
+        """``POLICY_LOOSEN_DELAY`` as a duration."""
+        return parse_delay(self.policy_loosen_delay)
 
     @property
     def http_host_port(self) -> tuple[str, int]:

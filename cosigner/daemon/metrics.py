@@ -91,6 +91,13 @@ class Metrics:
         self._limit_scopes: dict[str, str] = {}
         self.shard_cert_expiry = Gauge("cosigner_shard_cert_expiry_timestamp_seconds",
                                        "Unix time the shard's certificate expires", registry=r)
+        self.policy_pending_info = Gauge(
+            "cosigner_policy_pending_info", "A signed policy bundle waiting for "
+            "POLICY_LOOSEN_DELAY (value 1); the intersection is enforced meanwhile",
+            ["sha256"], registry=r)
+        self.policy_activation = Gauge(
+            "cosigner_policy_activation_timestamp_seconds", "Unix time the pending bundle "
+            "takes effect, or the bundle in force took effect", registry=r)
         self.leader = Gauge("cosigner_leader", "1 when this instance may decide and post",
                             registry=r)
         self.order_callbacks = Counter("cosigner_order_callbacks", "C2C order callback "
@@ -113,8 +120,9 @@ class Metrics:
         self.collect_interval = Gauge("cosigner_collect_interval_seconds",
                                       "The configured COSIGNER_COLLECT_INTERVAL", registry=r)
         self.decided_unposted_items = Gauge(
-            "cosigner_decided_unposted_items", "Approve/reject decisions recorded but not "
-            "known to be posted (re-posted while listed; gone ones need a person)", registry=r)
+            "cosigner_decided_unposted_items", "Approve/reject decisions whose post is not "
+            "confirmed: still to post (decided, failed; re-posted while listed), or settled "
+            "as gone in the last day (the item left the list; a person checks)", registry=r)
         # process_* (CPU, memory, open fds, start time) and python_info.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -201,6 +209,13 @@ class Metrics:
     def set_limit_scopes(self, scopes: Mapping[str, str]) -> None:
         """Each limit's ``per`` (chain, to, from): the ``per`` label of its usage ratio."""
         self._limit_scopes = dict(scopes)
+
+    def set_policy_pending(self, sha256: str | None, activation: float) -> None:
+        """Show the pending bundle (none: no series) and its activation time."""
+        self.policy_pending_info.clear()
+        if sha256 is not None:
+            self.policy_pending_info.labels(sha256).set(1)
+        self.policy_activation.set(activation)
 
     def set_limit_ratios(self, ratios: dict[str, float]) -> None:
         self.limit_usage_ratio.clear()

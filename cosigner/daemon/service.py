@@ -20,8 +20,8 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,10 +34,11 @@ from apscheduler.events import (
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from cosigner.errors import PolicyError
-from cosigner.policy import try_load_policy
+from cosigner.errors import PolicyError, UnsignedPolicyError
+from cosigner.policy.signatures import signature_dir, signature_files
 from cosigner.store.base import Journal
 
+from .governed import Governance, load_governed, next_state, show
 from .http import HttpServer, create_app
 from .leadership import LEADER, Leadership, SoleLeader
 from .metrics import Metrics
@@ -68,13 +69,15 @@ class DaemonConfig:
     policy_path: Path | None = None
     watch_interval: float = 2.0
     install_signals: bool = True
+    governance: Governance = field(default_factory=Governance)
 
 
 class Daemon:
     """Composes a :class:`Pipeline` with a scheduler, the HTTP endpoints and reloads."""
 
     def __init__(self, pipeline: Pipeline, journal: Journal, metrics: Metrics, log: Any,
-                 config: DaemonConfig, *, shard_ok: bool = True,
+                 config: DaemonConfig, *,
+                 lock_held: Callable[[], bool] | None = None,
                  on_close: Callable[[], Awaitable[None]] | None = None,
                  leadership: Leadership | None = None,
                  services: Sequence[Service] = ()) -> None:
@@ -85,7 +88,10 @@ class Daemon:
         self.metrics = metrics
         self.log = log
         self.config = config
-        self.shard_ok = shard_ok
+        # The journal's writer (or leader) lock; until the store offers it, always held.
+        self._lock_held = lock_held or (lambda: bool(getattr(journal, "lock_held",
+                                                             lambda: True)()))
+        self.policy_error: str | None = None  # the last reload's failure, until one succeeds
         self._on_close = on_close
         self.leadership: Leadership = leadership or SoleLeader()
         self._scheduler: AsyncIOScheduler | None = None
@@ -101,18 +107,34 @@ class Daemon:
     # -- readiness -------------------------------------------------------------------
 
     def readiness(self) -> dict[str, bool]:
-        """The /readyz checks: a leader needs a recent poll, a standby a reachable database."""
-        checks = {"policy_loaded": self.pipeline.state.policy is not None,
-                  "shard_loaded": self.shard_ok, "journal_open": self._journal_open}
-        if self.leadership.role == LEADER:
-            last = self.pipeline.last_poll_ok
-            fresh = last is not None and time.time() - last <= 2 * self.config.poll_interval
-            # A leader in its takeover grace has not polled yet: it is ready meanwhile.
-            checks["recent_poll"] = fresh or (not self.leadership.active() and
-                                              self.leadership.healthy())
-            checks["leader"] = True
-        else:
+        """The checks of ``/readyz``; each one can fail (and a test makes each fail):
+
+        * ``policy_in_force``: the policy on disk is the one in force (no failed reload since);
+        * ``shard_usable``: the shard's certificate is valid now and signing has not failed;
+        * ``journal_writable``: the journal is open and its last write succeeded;
+        * a leader: ``lock_held`` (it still holds the journal's writer or leader lock) and
+          ``recent_poll`` (a poll succeeded within two poll intervals, or it is in its
+          takeover grace); a PostgreSQL standby: ``standby`` (its database is reachable).
+        """
+        pipeline = self.pipeline
+        now = pipeline.clock()
+        info = pipeline.shard.info
+        checks = {"policy_in_force": self.policy_error is None,
+                  "shard_usable": info.not_before <= now < info.not_after
+                  and pipeline.signing_ok,
+                  "journal_writable": self._journal_open and pipeline.journal_ok}
+        if self.leadership.role != LEADER:
             checks["standby"] = self.leadership.healthy()
+            return checks
+        try:
+            checks["lock_held"] = bool(self._lock_held())
+        except Exception:  # a lock probe that breaks means the lock is not known to be held
+            checks["lock_held"] = False
+        last = pipeline.last_poll_ok
+        fresh = last is not None and now.timestamp() - last <= 2 * self.config.poll_interval
+        # A leader in its takeover grace has not polled yet: it is ready meanwhile.
+        checks["recent_poll"] = fresh or (not self.leadership.active()
+                                          and self.leadership.healthy())
         return checks
 
     def role(self) -> str:
@@ -159,7 +181,7 @@ class Daemon:
         if await self.leadership.step() and self._scheduler is not None:
             job = self._scheduler.get_job("poll")
             if job is not None:
-                job.modify(next_run_time=datetime.now(UTC))
+                job.modify(next_run_time=self.pipeline.clock())
 
     async def await_leadership(self) -> None:
         """For ``--once`` and the bench: try the election once, and wait out a new
@@ -177,7 +199,14 @@ class Daemon:
 
     def _stamp(self) -> tuple[tuple[str, int, int], ...]:
         stamps = []
-        for path in self.pipeline.state.policy.sources:
+        state = self.pipeline.state
+        sources = list(state.policy.sources)
+        if state.pending is not None:
+            sources += state.pending.policy.sources
+        policy_path = self.config.policy_path or state.path
+        if policy_path is not None:  # a new signature is a reason to look again
+            sources += [signature_dir(Path(policy_path)), *signature_files(Path(policy_path))]
+        for path in sources:
             try:
                 st = Path(path).stat()
                 stamps.append((str(path), st.st_mtime_ns, st.st_size))
@@ -186,37 +215,56 @@ class Daemon:
         return tuple(stamps)
 
     async def reload_policy(self, trigger: str) -> bool:
-        """Load the policy again; keep the last good one when the new one does not load."""
+        """Load the policy again; keep the last good one when the new one does not load
+        or lacks its signatures.  A signed bundle replaces it, or becomes pending while
+        ``POLICY_LOOSEN_DELAY`` runs (DESIGN section 11)."""
         path = self.config.policy_path or self.pipeline.state.path
         if path is None:
             return False
+        governance = self.config.governance
         async with self._lock:
-            candidate = await asyncio.to_thread(try_load_policy, path)
-            if isinstance(candidate, PolicyError):
-                self.metrics.policy_reloads.labels("error").inc()
-                self.log.error("policy.reload_failed", trigger=trigger, path=str(path),
-                               problems=candidate.problems[:20],
+            try:
+                candidate, report = await asyncio.to_thread(load_governed, Path(path),
+                                                            governance)
+            except PolicyError as exc:
+                self.policy_error = exc.problems[0] if exc.problems else "error"
+                unsigned = isinstance(exc, UnsignedPolicyError)
+                self.metrics.policy_reloads.labels("unsigned" if unsigned else "error").inc()
+                self.log.error("policy.unsigned" if unsigned else "policy.reload_failed",
+                               trigger=trigger, path=str(path), problems=exc.problems[:20],
                                kept=self.pipeline.state.policy.name)
                 self._watch_stamp = self._stamp()
                 return False
-            old = self.pipeline.state.policy
-            if candidate.sha256 == old.sha256:
-                self._watch_stamp = self._stamp()
-                self.metrics.policy_reloads.labels("unchanged").inc()
-                self.log.info("policy.unchanged", trigger=trigger, sha256=old.sha256)
-                return True
-            now = datetime.now(UTC)
-            ledger = await asyncio.to_thread(ledger_from_journal, candidate, self.journal, now)
-            self.pipeline.state = PolicyState(candidate, ledger, Path(path))
+            self.policy_error = None
+            old = self.pipeline.state
+            now = self.pipeline.clock()
+            ledger = old.ledger
+            if candidate.sha256 not in (old.policy.sha256, _pending_sha256(old)):
+                ledger = await asyncio.to_thread(ledger_from_journal, candidate, self.journal,
+                                                 now)
+            transition = await asyncio.to_thread(next_state, old, candidate, ledger,
+                                                 governance, now)
             self._watch_stamp = self._stamp()
-            self.metrics.set_policy(candidate.name, candidate.sha256)
-            self.metrics.set_limit_scopes({lim.name: lim.per for lim in candidate.limits})
+            signed = list(report.signed) if report is not None else None
+            if transition.state is None:
+                self.metrics.policy_reloads.labels("unchanged").inc()
+                self.log.info("policy.unchanged", trigger=trigger, sha256=candidate.sha256)
+                return True
+            self.pipeline.state = transition.state
+            show(self.metrics, transition.state, now)
+            self.metrics.set_limit_scopes(
+                {lim.name: lim.per for lim in transition.state.policy.limits})
             self.metrics.policy_reloads.labels("ok").inc()
-            self.log.info("policy.reloaded", trigger=trigger, name=candidate.name,
-                          sha256=candidate.sha256, previous=old.sha256)
+            pending = transition.state.pending
+            self.log.warning(transition.event, trigger=trigger, name=candidate.name,
+                             sha256=candidate.sha256, previous=old.policy.sha256,
+                             signed_by=signed,
+                             takes_effect=pending.activates_at.isoformat() if pending else None)
             return True
 
     async def watch_job(self) -> None:
+        async with self._lock:
+            self.pipeline.activate_due()
         if self._stamp() != self._watch_stamp:
             await self.reload_policy("file_change")
 
@@ -274,7 +322,7 @@ class Daemon:
         scheduler = self._scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_listener(self._job_event,
                                EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED | EVENT_JOB_ERROR)
-        now = datetime.now(UTC)
+        now = self.pipeline.clock()
         common: dict[str, Any] = {"max_instances": 1, "coalesce": True,
                                   "misfire_grace_time": None}
         scheduler.add_job(self.poll_job, IntervalTrigger(
@@ -341,6 +389,10 @@ class Daemon:
         if self._journal_open:
             await asyncio.to_thread(self.journal.close)
             self._journal_open = False
+
+
+def _pending_sha256(state: PolicyState) -> str | None:
+    return state.pending.policy.sha256 if state.pending is not None else None
 
 
 def _quiet_apscheduler() -> None:
