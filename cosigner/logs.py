@@ -13,44 +13,23 @@ import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
-from urllib.parse import unquote, urlsplit
 
 import structlog
 
-REDACTED = "**********"
+from cosigner.redact import MASK, mask_secrets, mask_url, register_secret
+
+__all__ = ["REDACTED", "configure_logging", "get_logger", "redact_secrets", "register_secret"]
+
+REDACTED = MASK
 _SECRET_KEY = re.compile(
     r"(secret|password|passwd|pfx_pass|private|token|authorization|^sign$|^data$|"
     r"api_secret|database_url|dsn)", re.IGNORECASE)
 
-_registered: set[str] = set()
-
-
-def register_secret(*values: str | None) -> None:
-    """Remember secret values so that :func:`redact_secrets` masks them anywhere.
-
-    The password inside a URL (``postgresql://user:pw@host/db``) is registered
-    on its own too: a driver's error message may quote it without the URL.
-    """
-    for v in values:
-        if not v:
-            continue
-        candidates = [v]
-        if "://" in v:
-            try:
-                password = urlsplit(v).password
-            except ValueError:
-                password = None
-            if password:
-                candidates += [password, unquote(password)]
-        _registered.update(c for c in candidates if len(c) >= 4)
-
 
 def _mask(text: str) -> str:
-    # Longest first, so that a secret containing another is masked whole.
-    for secret in sorted(_registered, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
+    # Registered secret values live in cosigner.redact, shared with what the journal
+    # stores; a URL's userinfo is masked wherever a URL is logged.
+    return mask_url(mask_secrets(text))
 
 
 def _scrub(value: Any) -> Any:

@@ -53,6 +53,7 @@ from cosigner.errors import (
     ConfigError,
 )
 from cosigner.models import JsonNumber, PendingItem, loads_exact
+from cosigner.redact import MASK, mask_text, mask_url
 
 ENDPOINTS = {
     "rate": "/api/otc/rate",
@@ -116,6 +117,7 @@ class ApiClient:
                  clock: Callable[[], float] = time.perf_counter,
                  max_connections: int = 16) -> None:
         self._auth = SignAuth(merchant_no, api_key, api_secret, lang=lang, sort=sort)
+        self._secret = api_secret  # masked out of the provider's messages
         self._base_url = base_url
 
         # One TLS context for every client (building one costs ~25 ms), with the
@@ -151,7 +153,7 @@ class ApiClient:
         self._clock = clock
 
     def __repr__(self) -> str:
-        return f"ApiClient(base_url={self._base_url!r})"
+        return f"ApiClient(base_url={mask_url(self._base_url)!r})"
 
     async def __aenter__(self) -> ApiClient:
         return self
@@ -178,8 +180,7 @@ class ApiClient:
                 finally:
                     self._idle.put_nowait(client)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                raise ApiConnectError(endpoint, f"could not connect: {type(exc).__name__}"
-                                      ) from exc
+                raise ApiConnectError(endpoint, _connect_problem(exc)) from exc
             except httpx.TimeoutException as exc:
                 raise ApiTimeoutError(endpoint, f"timed out ({type(exc).__name__})") from exc
             except httpx.HTTPError as exc:
@@ -205,7 +206,7 @@ class ApiClient:
             message = ""
             if isinstance(body, dict):
                 if isinstance(body.get("message"), str):
-                    message = body["message"][:200]
+                    message = _provider_text(body["message"], self._secret)
                 code = body.get("code")
                 # Keep the envelope's code too (DESIGN section 1): 429 may carry 4290, 5xx 5000.
                 if isinstance(code, int) and not isinstance(code, bool):
@@ -217,7 +218,8 @@ class ApiClient:
             raise ApiProtocolError(endpoint, "answer has no 'code' field")
         code = body["code"]
         raw_message = body.get("message")
-        message = raw_message[:200] if isinstance(raw_message, str) else ""
+        message = (_provider_text(raw_message, self._secret) if isinstance(raw_message, str)
+                   else "")
         if isinstance(code, bool) or code != 200 or not isinstance(code, int):
             if isinstance(code, int) and not isinstance(code, bool) and code in self._already:
                 raise AlreadyProcessedError(endpoint, code, message)
@@ -332,6 +334,32 @@ class ApiClient:
     async def collect(self, is_main: int, data: str) -> None:
         """Trigger fund collection for ``isMain`` with the signed ``{"isMain":..}``."""
         await self._call("collect", {"isMain": is_main, "data": data}, read=False)
+
+
+def _provider_text(message: str, secret: str) -> str:
+    """The provider's message as kept in errors, logs and the journal: masked, then cut.
+
+    A hostile or buggy provider may echo the signing string (which ends with the API
+    secret) or the signature; masking before cutting means no half secret survives.
+    """
+    if secret:
+        message = message.replace(secret, MASK)
+    return mask_text(message)[:200]
+
+
+def _connect_problem(exc: httpx.HTTPError) -> str:
+    """Why a connection failed, naming a TLS certificate problem as one."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            reason = cause.verify_message or cause.reason or "certificate verify failed"
+            return f"TLS certificate verification failed: {reason}"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS handshake failed: {cause.reason or type(cause).__name__}"
+        cause = cause.__cause__ or cause.__context__
+    return f"could not connect: {type(exc).__name__}"
 
 
 _DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")

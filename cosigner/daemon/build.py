@@ -17,6 +17,7 @@ import httpx
 from cosigner.api.client import ApiClient
 from cosigner.logs import configure_logging, get_logger
 from cosigner.policy import load_policy
+from cosigner.redact import mask_url, register_secret
 from cosigner.settings import Settings
 from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
@@ -54,6 +55,9 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
     secret = settings.api_secret.get_secret_value()
     password = settings.shard_password()
     db_url = settings.database_url.get_secret_value()
+    # Masked wherever they might appear: log lines, and the provider's messages the
+    # journal stores (cosigner.redact).
+    register_secret(secret, password, db_url)
     if opts.configure_logs:
         configure_logging(settings.log_format, settings.log_level,
                           secrets=(secret, password, db_url))
@@ -97,7 +101,7 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         install_signals=opts.install_signals)
     log.info("daemon.configured", policy=policy.name, policy_sha256=policy.sha256,
              shard=shard.info.fingerprint_sha256, mode=mode,
-             api=settings.api_base_url, merchant=settings.merchant_no)
+             api=mask_url(settings.api_base_url or ""), merchant=settings.merchant_no)
 
     async def close() -> None:
         await client.aclose()

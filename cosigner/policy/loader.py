@@ -221,10 +221,14 @@ class _Loader:
         self._has_other = any(c.address == "other" for c in self.chains.values())
 
     def _classify(self, reader: Reader, node: yaml.Node | int, text: str,
-                  into: dict[Format, set[str]]) -> None:
-        """Check one list or literal address and add its comparison keys to *into*."""
+                  into: dict[Format, set[str]], *, echo: bool = True) -> None:
+        """Check one list or literal address and add its comparison keys to *into*.
+
+        With ``echo`` False (list files) an error never quotes the entry.
+        """
+        shown = repr(text) if echo else "on this line"
         if not addresses.has_clean_chars(text):
-            reader.error(node, f"address {text!r} contains whitespace, control, zero-width or "
+            reader.error(node, f"address {shown} contains whitespace, control, zero-width or "
                                f"non-ASCII characters")
         elif addresses.looks_evm(text):
             if addresses.is_evm(text):
@@ -232,7 +236,7 @@ class _Loader:
                 if self._has_other:
                     into["other"].add(text)
             else:
-                reader.error(node, f"address {text!r} is not a valid evm address (0x and 40 hex "
+                reader.error(node, f"address {shown} is not a valid evm address (0x and 40 hex "
                                    f"digits; mixed case must be a valid EIP-55 checksum)")
         elif addresses.looks_tron(text):
             if addresses.is_tron(text):
@@ -240,11 +244,11 @@ class _Loader:
                 if self._has_other:
                     into["other"].add(text)
             else:
-                reader.error(node, f"address {text!r} fails its tron base58check checksum")
+                reader.error(node, f"address {shown} fails its tron base58check checksum")
         elif self._has_other:
             into["other"].add(text)
         else:
-            reader.error(node, f"address {text!r} is neither evm nor tron, and no chain uses the "
+            reader.error(node, f"address {shown} is neither evm nor tron, and no chain uses the "
                                f"other address format")
 
     def _lists(self, node: yaml.Node) -> None:
@@ -269,13 +273,17 @@ class _Loader:
         relative = self.r.string(node, "list file")
         if relative is None:
             return
-        path = self.path.parent / relative
+        path = self._confined(node, relative)
+        if path is None:
+            return
         if not path.is_file():
             self.r.error(node, f"list file {relative!r} not found (looked at {path})")
             return
         text = self._read(path, relative, str(path))
         if text is None:
             return
+        # Entries of a list file are never quoted back in an error: a file that is not
+        # a list (a key, a password file) must not leak through the policy's errors.
         reader = Reader(str(path), self.problems)
         # The common entries (evm and tron addresses) take a fast path with the
         # same checks as _classify: the shape regexes only admit clean ASCII,
@@ -303,7 +311,30 @@ class _Loader:
                 if has_other:
                     other_keys.add(entry)
                 continue
-            self._classify(reader, number, entry, keys)  # anything else, and every refusal
+            # anything else, and every refusal
+            self._classify(reader, number, entry, keys, echo=False)
+
+    def _confined(self, node: yaml.Node, relative: str) -> Path | None:
+        """The list file's path, if it lies inside the policy's directory tree.
+
+        Symlinks are resolved first, both for the directory and for the file, so a
+        Kubernetes ConfigMap (``..data`` -> a timestamped directory, both inside the
+        mount) loads, while an absolute path, ``..`` or a link out of the tree does not.
+        """
+        root = self.path.parent.resolve()
+        candidate = Path(relative)
+        if candidate.is_absolute() or ".." in candidate.parts:
+            self.r.error(node, f"list file {relative!r} must be a relative path inside the "
+                               f"policy's directory ({root})")
+            return None
+        path = self.path.parent / candidate
+        try:
+            path.resolve().relative_to(root)
+        except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop
+            self.r.error(node, f"list file {relative!r} leads outside the policy's "
+                               f"directory ({root})")
+            return None
+        return path
 
     # -- conditions --------------------------------------------------------
 

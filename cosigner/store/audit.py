@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from cosigner.errors import ConfigError
+from cosigner.redact import mask_text
 from cosigner.store.base import DecisionRecord, VerifyResult
 
 #: Export columns, in their stable order.
@@ -84,7 +85,10 @@ def export_row(record: DecisionRecord) -> dict[str, Any]:
         "seq": record.seq, "created_at": record.created_at.isoformat(),
         "item_id": record.item_id, "action": record.action.value, "rule": record.rule,
         "reasons": list(record.reasons), "state": record.state,
-        "outcome_code": record.outcome_code, "outcome_message": record.outcome_message,
+        "outcome_code": record.outcome_code,
+        # Masked when stored; masked again for rows written before that was so.
+        "outcome_message": (mask_text(record.outcome_message)
+                            if record.outcome_message is not None else None),
         "outcome_at": record.outcome_at.isoformat() if record.outcome_at else None,
         "mode": record.mode, "chain_id": record.chain_id,
         "from_address": record.from_address, "to_address": record.to_address,

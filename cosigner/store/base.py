@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from cosigner.models import Action
+from cosigner.redact import mask_text
 
 #: Decision modes: ``enforce`` decisions are posted, ``shadow`` ones never are.
 ENFORCE = "enforce"
@@ -168,6 +169,9 @@ class NewOutcome:
 
     ``state`` is ``posted`` (the API accepted it, or said it was already
     processed) or ``failed`` (the API answered with a definitive error).
+    ``api_message`` is the provider's untrusted text: it is stored masked
+    (:func:`cosigner.redact.mask_text`), so a message echoing the signing string,
+    a signature or a key never reaches the journal or an export.
 
     Raises:
         ValueError: a field has the wrong type or ``state`` is not an outcome state.
@@ -187,6 +191,7 @@ class NewOutcome:
         if self.api_code is not None:
             _check_int("api_code", self.api_code)
         _check_text("api_message", self.api_message)
+        object.__setattr__(self, "api_message", mask_text(self.api_message))
 
 
 @dataclass(frozen=True, slots=True)
