@@ -164,13 +164,22 @@ def _body(item: dict[str, Any]) -> dict[str, Any]:
     return {"chainId": item["chainId"], "to": item["toAddress"], "value": item["amount"]}
 
 
-@pytest.mark.parametrize("name", list(SANDBOX_FAULTS))
+#: The short profile runs these (``mixed`` has every sandbox fault kind at once); the
+#: long profile runs every case.
+SHORT = {"mixed", "lost_answer", "timeout", "code_string", "pages_overlap"}
+
+
+def _cases(names: tuple[str, ...] | list[str]) -> list[Any]:
+    return [pytest.param(n, marks=() if n in SHORT else pytest.mark.chaos_long) for n in names]
+
+
+@pytest.mark.parametrize("name", _cases(list(SANDBOX_FAULTS)))
 async def test_sandbox_fault(world: World, figures: Figures, name: str) -> None:
     """One of the sandbox's fault kinds on every endpoint, then cleared."""
     await _exercise(world, figures, name, faults=SANDBOX_FAULTS[name], tamper=None)
 
 
-@pytest.mark.parametrize("mode", TAMPERING)
+@pytest.mark.parametrize("mode", _cases(TAMPERING))
 async def test_tampered_answers(world: World, figures: Figures, mode: str) -> None:
     """Envelopes with a bad ``code`` and pending pages that lie, then honest again."""
     await _exercise(world, figures, mode, faults=None, tamper=mode)
