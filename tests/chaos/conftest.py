@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from pydantic import SecretStr
 
 from cosigner.sandbox import Merchant, SandboxServer
@@ -93,6 +94,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "chaos_long" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """``cosigner run`` in-process configures structlog for its stderr; undo it after."""
+    yield
+    structlog.reset_defaults()
 
 
 # -- figures ----------------------------------------------------------------------------
