@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cosigner.errors import SettingsError
@@ -126,6 +133,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"{env_name(name)}_FILE: {file_path} is empty")
             setattr(self, name, SecretStr(text))
         return self
+
+    @field_serializer("api_base_url")
+    def _masked_url(self, v: str | None) -> str | None:
+        # A dump (model_dump_json, a debug print) shows the URL without its userinfo.
+        return mask_url(v) if v else v
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # A URL's userinfo is masked wherever a URL is shown, repr(settings) included.

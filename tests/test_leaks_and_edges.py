@@ -115,6 +115,7 @@ class TestUrlUserinfo:
         settings = load_settings(api_base_url=url)
         client = ApiClient(url, "M1", "ak", "sec-123456")
         assert "pw-canary-91" not in repr(settings)
+        assert "pw-canary-91" not in settings.model_dump_json()
         assert "pw-canary-91" not in repr(client)
 
 
