@@ -302,6 +302,7 @@ def raw_items(draw: st.DrawFn) -> str:
 
 
 class TestProperties:
+    @pytest.mark.timeout(3600)  # 2,000 snapshots in the long profile on a busy machine
     def test_no_approval_outside_policy(self, harness: Harness) -> None:
         """Random items, a few per snapshot: every approve posted is one the oracle allows."""
 
