@@ -22,7 +22,12 @@ setting, file:line or item id involved and never contain a secret.
     │       ├── ApiConnectError             provably never reached the server (safe to retry)
     │       └── ApiTimeoutError             timed out (may or may not have reached it)
     └── StoreError                          the journal cannot be used
-        └── JournalUnavailableError         missing / unreadable / newer schema: exit 2
+        ├── JournalConflictError            a write the journal refuses: id already decided,
+        │                                   or an approval that would break a limit
+        ├── LockLostError                   this process no longer holds the writer lock
+        └── JournalUnavailableError         missing / unreadable / newer schema / chain broken /
+            │                               behind its witness: exit 2
+            └── JournalLockedError          another process is the journal's writer: exit 2
 """
 
 from __future__ import annotations
@@ -109,3 +114,29 @@ class StoreError(CosignerError):
 
 class JournalUnavailableError(StoreError, ConfigError):
     """The journal is missing where one existed, unreadable, or from a newer schema."""
+
+
+class JournalLockedError(JournalUnavailableError):
+    """Another process holds the journal's single-writer lock (exit code 2)."""
+
+
+class JournalConflictError(StoreError):
+    """The journal refused to record decisions that it cannot justify.
+
+    Raised inside the write transaction (which then records nothing) when an id
+    of the batch already has an approve/reject decision in enforce mode, or an
+    approval would push a limit over its maximum given the approvals the
+    journal already holds.  ``conflicts`` maps each refused item id to a reason
+    (``already_decided`` or ``limit:<name>``).
+    """
+
+    def __init__(self, journal: str, conflicts: dict[int, str]) -> None:
+        self.conflicts = dict(conflicts)
+        shown = ", ".join(f"{i} ({r})" for i, r in list(self.conflicts.items())[:5])
+        more = len(self.conflicts) - 5
+        super().__init__(f"journal {journal} refused {len(self.conflicts)} decision(s): {shown}"
+                         + (f" and {more} more" if more > 0 else ""))
+
+
+class LockLostError(StoreError):
+    """This process no longer holds the writer/leader lock, so it may not record (or post)."""

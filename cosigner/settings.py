@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     policy_path: Path | None = None
     database_url: SecretStr = SecretStr("sqlite:///var/lib/cosigner/journal.db")
     database_url_file: Path | None = None
+    journal_witness: Path | None = None
     poll_interval: float = Field(120.0, gt=0)
     collect_interval: float = Field(300.0, gt=0)
     collect_is_main: str = "1,0"

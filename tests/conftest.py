@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, settings
@@ -121,3 +122,11 @@ def cosigner_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..
             monkeypatch.setenv(f"COSIGNER_{name.upper()}", os.fspath(value))
 
     return set_env
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """Each test starts with structlog's defaults: a command run in-process configures
+    logging onto the (then captured) stdout, which must not leak into the next test."""
+    yield
+    structlog.reset_defaults()

@@ -30,6 +30,7 @@ from cosigner.sandbox import SandboxAdmin
 from cosigner.sandbox.generate import eip55_address
 from cosigner.settings import Settings
 from cosigner.signing.throwaway import make_throwaway_shard
+from cosigner.store import init_journal
 
 from .build import BuildOptions, build_daemon
 
@@ -133,11 +134,13 @@ async def bench(items: int, concurrency: int | None = None) -> BenchResult:
             await _wait_ready(url, proc)
             async with SandboxAdmin(url, timeout=120) as admin:
                 await admin.generate_items(items, seed=42)
+                journal_url = f"sqlite://{work / 'journal.db'}"
+                init_journal(journal_url)  # run never creates a journal
                 settings = Settings(
                     api_base_url=url, merchant_no=MERCHANT_NO, api_key=API_KEY,
                     api_secret=SecretStr(secret), pfx_path=work / "shard.pfx",
                     pfx_password=SecretStr(password), policy_path=policy,
-                    database_url=SecretStr(f"sqlite://{work / 'journal.db'}"),
+                    database_url=SecretStr(journal_url),
                     http_addr="127.0.0.1:0", log_level="error",
                     max_pending=max(items, 10000),
                     concurrency=concurrency or int(os.environ.get("COSIGNER_CONCURRENCY", 8)),

@@ -15,13 +15,14 @@ from typing import Any
 import httpx
 
 from cosigner.api.client import ApiClient
+from cosigner.errors import JournalUnavailableError, StoreError
 from cosigner.logs import configure_logging, get_logger
 from cosigner.policy import load_policy
 from cosigner.redact import mask_url, register_secret
 from cosigner.settings import Settings
 from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
-from cosigner.store import open_journal
+from cosigner.store import Head, open_journal
 
 from .metrics import Metrics
 from .pipeline import DecisionEvent, Pipeline, PolicyState, ledger_from_journal
@@ -73,10 +74,24 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         log.warning("shard.expiring", not_after=shard.info.not_after.isoformat(),
                     subject=shard.info.subject)
 
-    journal = open_journal(db_url, create=True)
-    journal.open()
+    def committed(head: Head) -> None:
+        # Every commit's head, for an external system to anchor (DESIGN section 4).
+        metrics.journal_head_sequence.set(head.seq)
+        log.info("journal.committed", seq=head.seq, hash=head.hash)
+
+    witness = str(settings.journal_witness) if settings.journal_witness else None
+    journal = open_journal(db_url, writer=True, witness=witness, durable=True,
+                           on_commit=committed)
     try:
+        metrics.journal_head_sequence.set(journal.head().seq)
+        # Every approval the limits count is hash-checked as it is read: an edited one
+        # stops the start (exit 2), like a chain that does not verify.
         ledger = ledger_from_journal(policy, journal, datetime.now(UTC))
+    except StoreError as exc:
+        journal.close()
+        if isinstance(exc, JournalUnavailableError):
+            raise
+        raise JournalUnavailableError(str(exc)) from exc
     except Exception:
         journal.close()
         raise

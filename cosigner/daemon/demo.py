@@ -29,6 +29,7 @@ from cosigner.sandbox.generate import eip55_address, tron_address
 from cosigner.settings import Settings
 from cosigner.signing.shard import certificate_pem
 from cosigner.signing.throwaway import make_throwaway_shard
+from cosigner.store import init_journal
 
 from .build import BuildOptions, build_daemon
 from .pipeline import DecisionEvent
@@ -139,11 +140,13 @@ async def _demo(duration: float | None, policy_path: Path, out: TextIO,
                             certificate_pem=certificate_pem(cert))
         async with SandboxServer(merchants=[merchant]) as server, \
                 SandboxAdmin(server.url) as admin:
+            journal_url = f"sqlite://{work / 'journal.db'}"
+            init_journal(journal_url)  # run never creates a journal
             settings = Settings(
                 api_base_url=server.url, merchant_no=MERCHANT_NO, api_key=API_KEY,
                 api_secret=SecretStr(secret), pfx_path=work / "shard.pfx",
                 pfx_password=SecretStr(password), policy_path=policy_path,
-                database_url=SecretStr(f"sqlite://{work / 'journal.db'}"),
+                database_url=SecretStr(journal_url),
                 poll_interval=2.0, collect_interval=10.0, http_addr="127.0.0.1:0",
                 log_format="console", log_level="error", mode="enforce", pause_file=None,
                 sign_sort="casefold", sign_scheme="java-rsa", request_timeout=5.0)

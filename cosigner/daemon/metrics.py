@@ -62,6 +62,9 @@ class Metrics:
                                        "Unix time the shard's certificate expires", registry=r)
         self.leader = Gauge("cosigner_leader", "1 when this instance may decide and post",
                             registry=r)
+        self.journal_head_sequence = Gauge(
+            "cosigner_journal_head_sequence", "Sequence number of the journal's last entry "
+            "(its head; anchor it externally to detect a rollback)", registry=r)
 
     def observe(self, endpoint: str, seconds: float, error_kind: str | None) -> None:
         """The API client's observer hook: latency and errors per endpoint."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,7 @@ from cosigner.errors import (
     ApiError,
     ApiResponseError,
     CosignerError,
+    JournalConflictError,
     SigningError,
 )
 from cosigner.models import Action, PendingItem
@@ -38,6 +40,7 @@ from cosigner.signing.objects import approval_fields, approval_sign_object
 from cosigner.signing.pool import BatchSigner
 from cosigner.store.base import DecisionRecord, ItemView, Journal, NewDecision, NewOutcome
 
+from .guard import PolicyLimitGuard
 from .metrics import Metrics
 
 Signed = tuple[DecisionRecord, "str | SigningError"]
@@ -215,9 +218,15 @@ class Pipeline:
             await queue.put(None)
             await poster
 
-    async def _decide_chunk(self, chunk: list[PendingItem], result: PollResult
-                            ) -> list[DecisionRecord]:
-        """Evaluate the chunk's new items and journal them; return what is to be posted."""
+    async def _decide_chunk(self, chunk: list[PendingItem], result: PollResult,
+                            *, retry: bool = True) -> list[DecisionRecord]:
+        """Evaluate the chunk's new items and journal them; return what is to be posted.
+
+        The journal re-checks idempotency and limits inside its write transaction; when it
+        refuses (another writer got there first, or the ledger cache was wrong), the ledger
+        is rebuilt from the journal and the chunk decided once more, from scratch.
+        """
+        before = copy.deepcopy(result)
         ids = [i.id for i in chunk if i.id is not None]
         views: dict[int, ItemView] = await asyncio.to_thread(self.journal.lookup, ids, self.modes)
         policy = self.state.policy
@@ -264,20 +273,26 @@ class Pipeline:
         if new:
             try:
                 records = await asyncio.to_thread(self.journal.record_decisions,
-                                                  [n for n, _, _ in new])
+                                                  [n for n, _, _ in new],
+                                                  PolicyLimitGuard(policy))
+            except JournalConflictError as exc:
+                self.log.error("journal.conflict", error=str(exc), items=len(new),
+                               refused=len(exc.conflicts), retry=retry)
+                await self._rebuild_ledger(policy, now)
+                if retry:
+                    result.__dict__.update(before.__dict__)
+                    return await self._decide_chunk(chunk, result, retry=False)
+                result.ok = False
+                result.errors.append(f"journal: {exc}")
+                result.held += len(new)
+                return to_post
             except Exception as exc:
                 # Nothing of this chunk was recorded, so nothing of it may be posted, and
                 # the ledger must forget the approvals it was told about.
                 result.ok = False
                 result.errors.append(f"journal: {exc}")
                 self.log.error("journal.write_failed", error=str(exc), items=len(new))
-                try:
-                    self.state.ledger = await asyncio.to_thread(ledger_from_journal, policy,
-                                                                self.journal, now)
-                except Exception:
-                    # Keeping the ledger with the unrecorded approvals only over-counts
-                    # the limits: stricter, never looser.
-                    self.log.exception("ledger.rebuild_failed")
+                await self._rebuild_ledger(policy, now)
                 result.held += len(new)
                 return to_post
             for record, (_, decision, _item) in zip(records, new, strict=True):
@@ -287,6 +302,16 @@ class Pipeline:
             if self.after_journal is not None:
                 self.after_journal(records)
         return to_post
+
+    async def _rebuild_ledger(self, policy: CompiledPolicy, now: datetime) -> None:
+        """The ledger from the journal again, after a write that recorded nothing."""
+        try:
+            self.state.ledger = await asyncio.to_thread(ledger_from_journal, policy,
+                                                        self.journal, now)
+        except Exception:
+            # Keeping the ledger with the unrecorded approvals only over-counts
+            # the limits: stricter, never looser.
+            self.log.exception("ledger.rebuild_failed")
 
     def _evaluate(self, policy: CompiledPolicy, ledger: Ledger, item: PendingItem,
                   now: datetime, paused: bool) -> Decision:

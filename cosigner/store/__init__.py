@@ -3,12 +3,14 @@
 The interface and value types are in :mod:`cosigner.store.base`; this module
 picks an implementation from ``COSIGNER_DATABASE_URL``:
 
-``sqlite:///abs/path.db``
-    SQLite at the absolute path ``/abs/path.db`` (three slashes, then the path).
+``sqlite:///abs/path.db`` or ``sqlite:////abs/path.db``
+    SQLite at the absolute path ``/abs/path.db`` (three slashes then the path, or
+    SQLAlchemy's four-slash form: both mean the same file).
 ``sqlite:relative/path.db``
     SQLite at a path relative to the current directory (no slashes after the colon).
 ``memory://``
-    An in-memory journal (tests, throwaway demos): nothing survives the process.
+    An in-memory journal for tests: nothing survives the process, so ``cosigner run``
+    refuses it (``durable=True``).
 ``postgresql://...``
     Not available yet (a later issue adds it).
 
@@ -32,15 +34,18 @@ from cosigner.store.base import (
     ApprovalRow,
     Clock,
     DecisionRecord,
+    Head,
     ItemView,
     Journal,
+    LimitGuard,
     NewDecision,
     NewOutcome,
     VerifyResult,
     utc_now,
 )
 from cosigner.store.memory import MemoryJournal
-from cosigner.store.sqlite import SqliteJournal
+from cosigner.store.sqlite import CommitHook, SqliteJournal
+from cosigner.store.witness import Witness
 
 __all__ = [
     "DECIDED",
@@ -55,13 +60,17 @@ __all__ = [
     "STATES",
     "ApprovalRow",
     "DecisionRecord",
+    "Head",
     "ItemView",
     "Journal",
+    "LimitGuard",
     "MemoryJournal",
     "NewDecision",
     "NewOutcome",
     "SqliteJournal",
     "VerifyResult",
+    "Witness",
+    "init_journal",
     "journal_from_url",
     "open_journal",
     "redact_url",
@@ -84,15 +93,21 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def journal_from_url(url: str, *, create: bool = False, clock: Clock = utc_now) -> Journal:
+def journal_from_url(url: str, *, writer: bool = False, witness: str | None = None,
+                     durable: bool = False, clock: Clock = utc_now,
+                     on_commit: CommitHook | None = None) -> Journal:
     """The journal ``url`` names, not yet opened.
 
-    ``create``: whether opening may create a new journal (the daemon) or must
-    find an existing one (``cosigner audit``).
+    ``writer``: this process writes it (takes the single-writer lock on open; the
+    daemon, ``journal init``); read-only users (``cosigner audit``) pass False.
+    ``witness``: the rollback witness file (``COSIGNER_JOURNAL_WITNESS``; SQLite
+    defaults to ``<db>.witness``).  ``durable``: refuse ``memory://`` (``cosigner run``).
+    ``on_commit``: called with the new head after every commit.
 
     Raises:
-        SettingsError: the URL is not one of the forms above (the message names
-            ``COSIGNER_DATABASE_URL`` and never contains a password).
+        SettingsError: the URL is not one of the forms above, or is ``memory://`` where a
+            durable journal is needed (the message names ``COSIGNER_DATABASE_URL`` and
+            never contains a password).
     """
     scheme, sep, rest = url.partition(":")
     scheme = scheme.lower()
@@ -100,10 +115,15 @@ def journal_from_url(url: str, *, create: bool = False, clock: Clock = utc_now) 
         raise SettingsError(f"{SETTING}: {redact_url(url)!r} is not a URL; use "
                             "sqlite:///abs/path.db, sqlite:relative.db or memory://")
     if scheme == "sqlite":
-        return SqliteJournal(_sqlite_path(rest), create=create, clock=clock)
+        return SqliteJournal(_sqlite_path(rest), writer=writer, witness=witness, clock=clock,
+                             on_commit=on_commit)
     if scheme == "memory":
         if rest not in ("", "//"):
             raise SettingsError(f"{SETTING}: use memory:// for the in-memory journal")
+        if durable:
+            raise SettingsError(f"{SETTING}: memory:// keeps nothing across restarts, so it "
+                                "could decide an item twice; use a sqlite:/// or "
+                                "postgresql:// journal (create it with `cosigner journal init`)")
         return MemoryJournal(clock=clock)
     if scheme in ("postgresql", "postgres"):
         raise SettingsError(f"{SETTING}: PostgreSQL journal is not available yet")
@@ -111,24 +131,40 @@ def journal_from_url(url: str, *, create: bool = False, clock: Clock = utc_now) 
                         "sqlite:///abs/path.db, sqlite:relative.db or memory://")
 
 
-def open_journal(url: str, *, create: bool = False, clock: Clock = utc_now) -> Journal:
-    """The journal ``url`` names, opened (see :func:`journal_from_url`).
+def open_journal(url: str, *, writer: bool = False, witness: str | None = None,
+                 durable: bool = False, clock: Clock = utc_now,
+                 on_commit: CommitHook | None = None) -> Journal:
+    """The journal ``url`` names, opened (see :func:`journal_from_url`); never creates one.
 
     Raises:
         SettingsError: the URL is unusable.
-        JournalUnavailableError: the journal is missing (or may not be created),
-            unreadable, or from a newer schema.
+        JournalLockedError: ``writer`` and another process is the journal's writer.
+        JournalUnavailableError: the journal is missing, unreadable, from another schema
+            version, does not verify, or is behind its witness.
     """
-    journal = journal_from_url(url, create=create, clock=clock)
+    journal = journal_from_url(url, writer=writer, witness=witness, durable=durable,
+                               clock=clock, on_commit=on_commit)
     journal.open()
     return journal
+
+
+def init_journal(url: str, *, witness: str | None = None, clock: Clock = utc_now) -> str:
+    """Create (or migrate) the journal ``url`` names and return its id (``journal init``).
+
+    Raises:
+        SettingsError: the URL is unusable (``memory://`` included: nothing to create).
+        JournalLockedError: another process is the journal's writer.
+        JournalUnavailableError: it cannot be created or migrated, or does not verify.
+    """
+    journal = journal_from_url(url, writer=True, witness=witness, durable=True, clock=clock)
+    return journal.init()
 
 
 def _sqlite_path(rest: str) -> str:
     if "?" in rest or "#" in rest:
         raise SettingsError(f"{SETTING}: sqlite URLs take no query or fragment")
     if rest.startswith("///"):
-        path = rest[2:]
+        path = "/" + rest.lstrip("/")  # sqlite:///abs and SQLAlchemy's sqlite:////abs
     elif rest.startswith("//"):
         raise SettingsError(f"{SETTING}: sqlite://HOST/... is not supported; use "
                             "sqlite:///abs/path.db (three slashes) or sqlite:relative.db")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from cosigner.models import Action
@@ -234,6 +234,38 @@ class VerifyResult:
     problem: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The end of the hash chain: the last entry's ``seq`` and ``record_hash``.
+
+    An empty journal's head is ``(0, GENESIS_HASH)``.
+    """
+
+    seq: int
+    hash: str
+
+
+class LimitGuard(Protocol):
+    """The policy's limits, as the journal re-checks them inside its write transaction.
+
+    The journal, not an in-memory ledger, is the authority: :meth:`Journal.record_decisions`
+    reads the enforced approvals of the last :attr:`window` *inside* the transaction that
+    records a batch, and asks :meth:`violations` which of the batch's approvals would break a
+    limit on top of them.  Implementations are pure (no I/O).
+    """
+
+    @property
+    def window(self) -> timedelta:
+        """How far back the history must go (the longest limit window; 0 = no limits)."""
+        ...
+
+    def violations(self, history: Sequence[ApprovalRow], approvals: Sequence[NewDecision],
+                   now: datetime) -> dict[int, str]:
+        """Item id -> ``limit:<name>`` for each approval (in order, each counting the ones
+        before it) that would push a limit over its maximum; empty when all fit."""
+        ...
+
+
 @runtime_checkable
 class Journal(Protocol):
     """The decision journal.  Calls are serialised: the daemon calls it from a
@@ -245,19 +277,65 @@ class Journal(Protocol):
     storage fails; a failed write leaves nothing written.
     """
 
-    def open(self) -> None:
-        """Open the journal, creating it if allowed and new, else validating it.
+    def init(self) -> str:
+        """Create the journal, or migrate an existing one to the current schema; return its id.
 
-        Opening an open journal does nothing.
+        Creating a journal is an explicit act (``cosigner journal init``): :meth:`open`
+        never creates one.  Safe to run again (and concurrently: migrations run under a
+        lock).  Leaves the journal closed.  With a witness configured, writes the head of a
+        new journal to it.
 
         Raises:
-            JournalUnavailableError: it is missing where one existed (or where
-                creating is not allowed), unreadable, not a journal, or from a
-                newer schema.
+            JournalUnavailableError: it cannot be created, is not a journal, or is from a
+                newer schema; JournalLockedError: another process is its writer.
+        """
+        ...
+
+    def open(self) -> None:
+        """Open an existing journal and validate it; never creates one.
+
+        A *writer* journal (constructed with ``writer=True``) also takes the
+        single-writer lock for the life of the process, verifies its hash chain
+        (incrementally, from the last verified checkpoint) and checks that its head is
+        not behind, nor off the line of, the witness.  Opening an open journal does
+        nothing.
+
+        Raises:
+            JournalLockedError: another process is the journal's writer.
+            JournalUnavailableError: it is missing, unreadable, not a journal, from a
+                newer or older schema (run ``cosigner journal init``), its chain does not
+                verify, or it is behind its witness.
         """
 
     def close(self) -> None:
-        """Close the journal (idempotent)."""
+        """Close the journal and release the writer lock (idempotent)."""
+
+    @property
+    def journal_id(self) -> str:
+        """The journal's creation id (random, fixed when it was created)."""
+        ...
+
+    def head(self) -> Head:
+        """The last entry's seq and hash.
+
+        Raises:
+            StoreError: the journal cannot be read.
+        """
+        ...
+
+    def lock_held(self) -> bool:
+        """Whether this (writer) journal still holds its writer lock; False when read-only
+        or closed.  Cheap: the readiness probe calls it."""
+        ...
+
+    def remember_policy(self, sha256: str, seen_at: datetime) -> datetime:
+        """When the policy bundle with this digest was first seen (recording ``seen_at`` if
+        it never was).  Persisted, so a restart neither resets nor skips a loosening delay.
+
+        Raises:
+            StoreError: the journal cannot be read or written.
+        """
+        ...
 
     def lookup(self, item_ids: Iterable[int], modes: Collection[str]) -> dict[int, ItemView]:
         """What the journal knows about each id; ids never decided are absent.
@@ -270,12 +348,19 @@ class Journal(Protocol):
         """
         ...
 
-    def record_decisions(self, decisions: Sequence[NewDecision]) -> list[DecisionRecord]:
+    def record_decisions(self, decisions: Sequence[NewDecision],
+                         guard: LimitGuard | None = None) -> list[DecisionRecord]:
         """Append the decisions in one durable transaction (one commit, all or nothing).
 
-        Returns their records in order, ``decided`` (or ``shadow``).
+        Inside that transaction the journal is the authority: it refuses the whole batch
+        when an enforce approve/reject names an id that already has an enforce
+        approve/reject decision, or (with ``guard``) when an approval would break a limit
+        given the enforced approvals it holds.  Returns the records in order, ``decided``
+        (or ``shadow``).  After the commit the witness (if any) holds the new head.
 
         Raises:
+            JournalConflictError: refused as above; nothing was recorded.
+            LockLostError: this process is no longer the writer; nothing was recorded.
             StoreError: the journal cannot be written; nothing was recorded.
         """
         ...

@@ -94,28 +94,31 @@ class StoredEntry:
     record_hash: str
 
 
-def verify_entries(entries: Iterable[StoredEntry],
-                   head: tuple[int, str] | None = None) -> VerifyResult:
+def verify_entries(entries: Iterable[StoredEntry], head: tuple[int, str] | None = None,
+                   start: tuple[int, str] = (0, GENESIS_HASH)) -> VerifyResult:
     """Check hashes, links and contiguous seqs of ``entries`` (in seq order).
 
     ``head`` is the (seq, record_hash) the store recorded as its last entry, so
-    that removing entries from the end is detected too.
+    that removing entries from the end is detected too.  ``start`` is the
+    (seq, record_hash) of an already verified checkpoint: ``entries`` then begin
+    right after it (an incremental verification); ``entries`` in the result
+    counts only the ones checked.
     """
-    expected = 1
-    prev = GENESIS_HASH
+    expected = start[0] + 1
+    prev = start[1]
     for entry in entries:
         if entry.seq != expected:
             # seq is the primary key and entries come in order, so a jump is a gap.
-            return _bad(expected, expected - 1, f"record seq {expected} is missing")
+            return _bad(expected, expected - 1 - start[0], f"record seq {expected} is missing")
         where = f"record seq {entry.seq} (item {entry.item_id})"
         try:
             recomputed = entry_hash(entry.payload)
         except (TypeError, ValueError):
             recomputed = ""
         if recomputed != entry.record_hash:
-            return _bad(entry.seq, expected - 1, f"{where} was edited: hash mismatch")
+            return _bad(entry.seq, expected - 1 - start[0], f"{where} was edited: hash mismatch")
         if entry.payload.get("prev_hash") != prev:
-            return _bad(entry.seq, expected - 1, f"{where} does not follow record seq "
+            return _bad(entry.seq, expected - 1 - start[0], f"{where} does not follow record seq "
                         f"{entry.seq - 1}: prev_hash mismatch (a record before it was "
                         "replaced)")
         prev = entry.record_hash
@@ -124,12 +127,12 @@ def verify_entries(entries: Iterable[StoredEntry],
     if head is not None:
         head_seq, head_hash = head
         if head_seq > count:
-            return _bad(count + 1, count, f"record seq {count + 1} is missing "
+            return _bad(count + 1, count - start[0], f"record seq {count + 1} is missing "
                         f"(the journal's head is seq {head_seq})")
         if head_seq < count or (count and head_hash != prev):
-            return _bad(count, count, f"record seq {count} does not match the journal's "
-                        f"head (seq {head_seq})")
-    return VerifyResult(ok=True, entries=count)
+            return _bad(count, count - start[0], f"record seq {count} does not match the "
+                        f"journal's head (seq {head_seq})")
+    return VerifyResult(ok=True, entries=count - start[0])
 
 
 def _bad(seq: int, checked: int, problem: str) -> VerifyResult:

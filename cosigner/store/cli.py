@@ -1,4 +1,5 @@
-"""``cosigner audit list|export|verify``: read the journal, never create one.
+"""``cosigner journal init`` creates (or migrates) the journal; ``cosigner audit
+list|export|verify`` read it, never create or lock it (they work while the daemon runs).
 
 The journal is the one ``--database-url`` names, else ``COSIGNER_DATABASE_URL``,
 else ``sqlite:///var/lib/cosigner/journal.db``.  A journal that does not exist,
@@ -19,16 +20,28 @@ from typing import Any, TextIO
 from cosigner.errors import ConfigError
 from cosigner.models import Action
 from cosigner.settings import load_settings
-from cosigner.store import DEFAULT_URL, SETTING, Journal, open_journal
+from cosigner.store import DEFAULT_URL, SETTING, Journal, init_journal, open_journal
 from cosigner.store.audit import parse_since, verdict, write_csv, write_jsonl, write_table
 
 Clock = Callable[[], datetime]
 
 
 def register(subparsers: Any) -> None:
-    """Add ``audit`` and its subcommands to the ``cosigner`` parser."""
+    """Add ``journal`` and ``audit`` and their subcommands to the ``cosigner`` parser."""
     url_help = (f"the journal (default: ${SETTING}, else {DEFAULT_URL}); "
                 "sqlite:///abs/path.db or sqlite:relative.db")
+    journal = subparsers.add_parser(
+        "journal", help="create or migrate the decision journal",
+        description="Creating a journal is an explicit act: `cosigner run` never creates one.")
+    jsub = journal.add_subparsers(dest="journal_command", metavar="SUBCOMMAND", required=True)
+    init = jsub.add_parser(
+        "init", help="create the journal (or migrate it to this version's schema); prints "
+        "its id", description="Create the journal COSIGNER_DATABASE_URL names, or migrate an "
+        "existing one; verify its whole hash chain and write its head to the rollback "
+        "witness (COSIGNER_JOURNAL_WITNESS). Safe to run again.")
+    init.add_argument("--database-url", default=None, help=url_help)
+    init.set_defaults(func=run_init)
+
     audit = subparsers.add_parser(
         "audit", help="show, export and verify the decision journal",
         description="Read the decision journal. It is never created or changed here.")
@@ -57,6 +70,16 @@ def register(subparsers: Any) -> None:
     verify = sub.add_parser("verify", parents=[common],
                             help="check the hash chain; exit 1 naming the first broken record")
     verify.set_defaults(func=run_verify)
+
+
+def run_init(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """``journal init``: exit 0 and print the journal id."""
+    settings = load_settings()
+    url = args.database_url or settings.database_url.get_secret_value()
+    witness = str(settings.journal_witness) if settings.journal_witness else None
+    journal_id = init_journal(url, witness=witness)
+    (out or sys.stdout).write(f"{journal_id}\n")
+    return 0
 
 
 def run_list(args: argparse.Namespace, *, out: TextIO | None = None,
@@ -107,7 +130,7 @@ def _count(text: str) -> int:
 def _journal(args: argparse.Namespace) -> Iterator[Journal]:
     # The same settings as the daemon (environment, *_FILE, .env), so one .env serves both.
     url = args.database_url or load_settings().database_url.get_secret_value()
-    journal = open_journal(url, create=False)
+    journal = open_journal(url)  # read-only: no writer lock, so it works beside the daemon
     try:
         yield journal
     finally:

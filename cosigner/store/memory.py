@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from cosigner.errors import StoreError
+from cosigner.errors import JournalConflictError, StoreError
 from cosigner.models import Action
 from cosigner.store.base import (
     ENFORCE,
@@ -16,7 +17,9 @@ from cosigner.store.base import (
     ApprovalRow,
     Clock,
     DecisionRecord,
+    Head,
     ItemView,
+    LimitGuard,
     NewDecision,
     NewOutcome,
     VerifyResult,
@@ -53,9 +56,21 @@ class MemoryJournal:
         self._first_hash: dict[int, str] = {}            # item id -> first content hash
         self._latest: dict[tuple[int, str], int] = {}    # (item id, mode) -> decision seq
         self._outcome: dict[int, int] = {}               # decision seq -> latest outcome seq
+        self._final: set[int] = set()                    # ids with an enforce approve/reject
+        self._policies: dict[str, datetime] = {}
+        self._journal_id = secrets.token_hex(16)
 
     def __repr__(self) -> str:
         return f"MemoryJournal(entries={len(self._entries)})"
+
+    @property
+    def journal_id(self) -> str:
+        """A random id, fixed for the object's life."""
+        return self._journal_id
+
+    def init(self) -> str:
+        """Nothing to create: the journal exists as soon as the object does."""
+        return self._journal_id
 
     def open(self) -> None:
         """Open the journal (it starts empty and stays in memory)."""
@@ -66,6 +81,24 @@ class MemoryJournal:
         """Close the journal; its entries stay, so it can be opened again."""
         with self._lock:
             self._open = False
+
+    def lock_held(self) -> bool:
+        """One process, one object: held while open."""
+        return self._open
+
+    def head(self) -> Head:
+        """See :meth:`Journal.head`."""
+        with self._lock:
+            self._check_open()
+            record_hash, seq = self._head()
+            return Head(seq, record_hash)
+
+    def remember_policy(self, sha256: str, seen_at: datetime) -> datetime:
+        """See :meth:`Journal.remember_policy`."""
+        timestamp_text(seen_at)  # ValueError for a naive datetime
+        with self._lock:
+            self._check_open()
+            return self._policies.setdefault(sha256, seen_at)
 
     def lookup(self, item_ids: Iterable[int], modes: Collection[str]) -> dict[int, ItemView]:
         """See :meth:`Journal.lookup`."""
@@ -81,11 +114,14 @@ class MemoryJournal:
                 found[item_id] = ItemView(item_id, first, latest)
             return found
 
-    def record_decisions(self, decisions: Sequence[NewDecision]) -> list[DecisionRecord]:
+    def record_decisions(self, decisions: Sequence[NewDecision],
+                         guard: LimitGuard | None = None) -> list[DecisionRecord]:
         """See :meth:`Journal.record_decisions`."""
         with self._lock:
             self._check_open()
-            created_at = timestamp_text(self._clock())
+            now = self._clock()
+            created_at = timestamp_text(now)
+            self._refuse_conflicts(decisions, guard, now)
             new: list[StoredEntry] = []
             prev, seq = self._head()
             for decision in decisions:
@@ -117,18 +153,41 @@ class MemoryJournal:
                 new.append(StoredEntry(seq, outcome.item_id, payload, prev))
             self._commit(new)
 
+    def _refuse_conflicts(self, decisions: Sequence[NewDecision], guard: LimitGuard | None,
+                          now: datetime) -> None:
+        final = [d for d in decisions if d.mode == ENFORCE and d.action is not Action.HOLD]
+        conflicts: dict[int, str] = {}
+        seen: set[int] = set()
+        for decision in final:
+            if decision.item_id in self._final or decision.item_id in seen:
+                conflicts[decision.item_id] = "already_decided"
+            seen.add(decision.item_id)
+        if guard is not None and any(d.action is Action.APPROVE for d in final):
+            history = self._approvals_since(now - guard.window)
+            try:
+                conflicts.update(guard.violations(history, final, now))
+            except (ArithmeticError, ValueError) as exc:
+                raise StoreError(f"journal memory://: its approvals cannot be counted "
+                                 f"({type(exc).__name__})") from exc
+        if conflicts:
+            raise JournalConflictError("memory://", conflicts)
+
     def approvals_since(self, since: datetime) -> list[ApprovalRow]:
         """See :meth:`Journal.approvals_since`."""
-        cutoff = timestamp_text(since)
+        timestamp_text(since)  # ValueError for a naive datetime
         with self._lock:
             self._check_open()
-            return [
-                ApprovalRow(p["chain_id"], p["from_address"], p["to_address"], p["amount_text"],
-                            parse_timestamp(p["created_at"]))
-                for p in (e.payload for e in self._entries)
-                if p["kind"] == DECISION and p["action"] == Action.APPROVE.value
-                and p["mode"] == ENFORCE and p["created_at"] >= cutoff
-            ]
+            return self._approvals_since(since)
+
+    def _approvals_since(self, since: datetime) -> list[ApprovalRow]:
+        cutoff = timestamp_text(since)
+        return [
+            ApprovalRow(p["chain_id"], p["from_address"], p["to_address"], p["amount_text"],
+                        parse_timestamp(p["created_at"]))
+            for p in (e.payload for e in self._entries)
+            if p["kind"] == DECISION and p["action"] == Action.APPROVE.value
+            and p["mode"] == ENFORCE and p["created_at"] >= cutoff
+        ]
 
     def records(self, since: datetime | None = None, action: Action | None = None,
                 limit: int | None = None) -> Iterator[DecisionRecord]:
@@ -189,6 +248,8 @@ class MemoryJournal:
             if p["kind"] == DECISION:
                 self._first_hash.setdefault(p["item_id"], p["content_hash"])
                 self._latest[(p["item_id"], p["mode"])] = p["seq"]
+                if p["mode"] == ENFORCE and p["action"] != Action.HOLD.value:
+                    self._final.add(p["item_id"])
             else:
                 self._outcome[p["decision_seq"]] = p["seq"]
 

@@ -14,6 +14,7 @@ another one is refused instead of silently starting from empty.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -26,7 +27,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cosigner.errors import JournalUnavailableError, StoreError
+from cosigner.errors import (
+    JournalConflictError,
+    JournalLockedError,
+    JournalUnavailableError,
+    LockLostError,
+    StoreError,
+)
 from cosigner.models import Action
 from cosigner.store.base import (
     ENFORCE,
@@ -35,7 +42,9 @@ from cosigner.store.base import (
     ApprovalRow,
     Clock,
     DecisionRecord,
+    Head,
     ItemView,
+    LimitGuard,
     NewDecision,
     NewOutcome,
     VerifyResult,
@@ -54,8 +63,10 @@ from cosigner.store.chain import (
     verify_entries,
 )
 from cosigner.store.records import build_record, check_outcome, decision_state
+from cosigner.store.witness import Witness, check_head
 
-SCHEMA_VERSION = 1
+#: Called after every commit with the new head (metrics, the ``journal.committed`` log event).
+CommitHook = Callable[[Head], None]
 
 _T = TypeVar("_T")
 
@@ -69,7 +80,9 @@ _COLUMNS = ("seq", "kind", "prev_hash", "item_id", "content_hash", "chain_id", "
             "policy_sha256", "mode", "decision_seq", "state", "api_code", "api_message",
             "created_at", "record_hash")
 
-_SCHEMA = """
+# Versioned migrations: _MIGRATIONS[v] takes a journal from schema v to v + 1.  ``journal
+# init`` applies the missing ones in one transaction under the writer lock.
+_SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE entries (
     seq INTEGER PRIMARY KEY,
@@ -90,6 +103,19 @@ CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries
 CREATE TRIGGER entries_no_delete BEFORE DELETE ON entries
     BEGIN SELECT RAISE(ABORT, 'journal entries are append-only'); END;
 """
+
+# v2: the first-seen time of each policy bundle (governance's loosening delay), the
+# verification checkpoint (start-up verifies the chain from there), and an index for the
+# idempotency check inside the write transaction.
+_SCHEMA_V2 = """
+CREATE TABLE policies (sha256 TEXT PRIMARY KEY, first_seen TEXT NOT NULL);
+INSERT INTO meta (key, value) VALUES ('verified_seq', '0');
+INSERT INTO meta (key, value) VALUES ('verified_hash', printf('%064d', 0));
+CREATE INDEX entries_by_action ON entries (kind, mode, action, seq)
+"""
+
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
+SCHEMA_VERSION = len(_MIGRATIONS)
 
 # A decision with its latest outcome (o.* NULL when there is none).
 _SELECT_RECORDS = """
@@ -122,51 +148,131 @@ FROM entries AS d WHERE d.kind = 'decision' GROUP BY 1, 2
 class SqliteJournal:
     """A :class:`~cosigner.store.base.Journal` in one SQLite file.
 
-    ``create``: whether :meth:`open` may create a journal that does not exist
-    (the daemon) or must find an existing one (``cosigner audit``).  The
-    connection is shared with worker threads (``check_same_thread=False``) and
-    every call holds a lock.
+    ``writer``: whether this process writes the journal (the daemon, ``journal init``).
+    A writer holds an exclusive OS lock (``flock``) on ``<db>.lock`` from :meth:`open`
+    to :meth:`close`; the kernel releases it when the process dies, even by
+    ``kill -9``.  A second writer is refused (:class:`JournalLockedError`, naming the
+    holder's pid); read-only users (``cosigner audit``) never take it.
+
+    ``witness``: the rollback witness file (:mod:`cosigner.store.witness`); by default
+    ``<db>.witness`` beside the database, which catches a restored older copy or a lost
+    ``-wal`` but not someone who replaces the whole directory: point
+    ``COSIGNER_JOURNAL_WITNESS`` at another volume for that.
+
+    The connection is shared with worker threads (``check_same_thread=False``) and every
+    call holds a lock.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = False,
-                 clock: Clock = utc_now) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, writer: bool = False,
+                 witness: str | os.PathLike[str] | None = None, clock: Clock = utc_now,
+                 on_commit: CommitHook | None = None) -> None:
         self.path = Path(os.path.abspath(path))
         self.marker_path = self.path.with_name(self.path.name + ".marker")
-        self._create = create
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.witness = Witness(witness if witness is not None
+                               else self.path.with_name(self.path.name + ".witness"))
+        self.writer = writer
         self._clock = clock
+        self._on_commit = on_commit
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._journal_id = ""
+        # Enforced approvals already read (and hash-checked) by this writer, by seq: the
+        # write transaction reads only the newer ones.  Valid because this process holds
+        # the single-writer lock while it is open.
+        self._approvals: list[tuple[int, ApprovalRow]] = []
+        self._approvals_seq = 0
+        self._approvals_cover: datetime | None = None
 
     def __repr__(self) -> str:
         return f"SqliteJournal({str(self.path)!r})"
 
-    # -- opening -------------------------------------------------------------------
+    @property
+    def journal_id(self) -> str:
+        """The creation id (empty until opened or initialised)."""
+        return self._journal_id
+
+    # -- creating and opening --------------------------------------------------------
+
+    def init(self) -> str:
+        """See :meth:`Journal.init`: create the file, the schema and the marker, or migrate;
+        verify the whole chain; write the witness.  Holds the writer lock meanwhile."""
+        with self._lock:
+            if self._conn is not None:
+                raise StoreError(f"journal {self.path} is open; init it before opening")
+            self._take_lock()
+            try:
+                marker_id = self._read_marker()
+                if not self._check_file(marker_id, creating=True):
+                    self._make_file()
+                conn = self._connect()
+                try:
+                    journal_id = self._prepare(conn, marker_id=marker_id, migrate=True)
+                    if marker_id is None:
+                        self._write_marker(journal_id)
+                    result = self._verify(conn, full=True)
+                    if not result.ok:
+                        raise self._unavailable(f"does not verify: {result.problem}")
+                    head = Head(*self._head(conn))
+                    state = self.witness.read()
+                    if state is not None:
+                        check_head(str(self.path), state, journal_id, head,
+                                   lambda seq: self._hash_at(conn, seq), self.witness)
+                    self._write_witness(journal_id, head)
+                finally:
+                    conn.close()
+                    self.witness.close()
+            finally:
+                self._release_lock()
+        self._journal_id = journal_id
+        return journal_id
 
     def open(self) -> None:
-        """See :meth:`Journal.open`; also writes the marker of a new journal."""
+        """See :meth:`Journal.open`; never creates a journal."""
         with self._lock:
             if self._conn is not None:
                 return
             marker_id = self._read_marker()
-            if not self._check_file(marker_id):
-                self._make_file()
-            conn = self._connect()
+            self._check_file(marker_id, creating=False)  # before the lock: create nothing
+            if self.writer:
+                self._take_lock()
             try:
-                creation_id = self._prepare(conn, marker_id=marker_id)
-                if marker_id is None and self._create:
-                    self._write_marker(creation_id)
+                conn = self._connect()
+                try:
+                    self._journal_id = self._prepare(conn, marker_id=marker_id, migrate=False)
+                    if self.writer:
+                        self._check_integrity(conn)
+                        if marker_id is None:  # lost: a writer puts it back
+                            self._write_marker(self._journal_id)
+                except BaseException:
+                    conn.close()
+                    raise
             except BaseException:
-                conn.close()
+                self._release_lock()
                 raise
             self._conn = conn
+            self._approvals, self._approvals_seq, self._approvals_cover = [], 0, None
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection and release the writer lock (idempotent)."""
         with self._lock:
             if self._conn is not None:
                 conn, self._conn = self._conn, None
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
+            self.witness.close()
+            self._release_lock()
+
+    def lock_held(self) -> bool:
+        """See :meth:`Journal.lock_held`: the lock file is still the one this process locked."""
+        fd = self._lock_fd
+        if fd is None or self._conn is None:
+            return False
+        try:
+            return os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
+        except OSError:
+            return False
 
     def pragmas(self) -> dict[str, object]:
         """The connection's ``journal_mode`` and ``synchronous`` (2 is FULL), for diagnostics."""
@@ -181,6 +287,31 @@ class SqliteJournal:
 
     def _unavailable(self, problem: str) -> JournalUnavailableError:
         return JournalUnavailableError(f"journal {self.path} {problem}")
+
+    def _take_lock(self) -> None:
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise self._unavailable(f"cannot be locked: {self.lock_path} "
+                                    f"({_os_reason(exc)})") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise JournalLockedError(
+                f"journal {self.path} is locked by another writer (pid {holder or 'unknown'}, "
+                f"lock {self.lock_path}); only one process may write a journal") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # closing the only descriptor releases the flock
 
     def _read_marker(self) -> str | None:
         try:
@@ -197,7 +328,7 @@ class SqliteJournal:
         raise self._unavailable(f"cannot be checked: its marker {self.marker_path} holds "
                                 "no creation_id")
 
-    def _check_file(self, marker_id: str | None) -> bool:
+    def _check_file(self, marker_id: str | None, *, creating: bool) -> bool:
         """Whether the database file exists (and is a regular file)."""
         try:
             st = self.path.stat()
@@ -207,8 +338,9 @@ class SqliteJournal:
                     f"is missing but {self.marker_path} shows one existed (creation id "
                     f"{marker_id}); restore it from a backup, or remove the marker only if "
                     "starting from an empty journal is really intended") from None
-            if not self._create:
-                raise self._unavailable("does not exist") from None
+            if not creating:
+                raise self._unavailable(
+                    "does not exist; create it with `cosigner journal init`") from None
             return False
         except OSError as exc:
             raise self._unavailable(f"is unreadable ({_os_reason(exc)})") from exc
@@ -238,17 +370,18 @@ class SqliteJournal:
             raise self._unavailable(f"is unreadable ({exc})") from exc
         return conn
 
-    def _prepare(self, conn: sqlite3.Connection, *, marker_id: str | None) -> str:
-        """Set the pragmas, create or validate the schema; return the creation id."""
+    def _prepare(self, conn: sqlite3.Connection, *, marker_id: str | None,
+                 migrate: bool) -> str:
+        """Set the pragmas, create, migrate or validate the schema; return the creation id."""
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=10000")
             tables = {r[0] for r in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if not tables and marker_id is None and self._create:
-                # New, or created by an open that crashed before its first commit.
-                return self._create_schema(conn)
+            if not tables and marker_id is None and migrate:
+                # New, or created by an init that crashed before its first commit.
+                return self._migrate(conn, 0, secrets.token_hex(16))
             if not tables:
                 raise self._unavailable("is empty" + (
                     f" but {self.marker_path} shows a journal existed"
@@ -265,40 +398,97 @@ class SqliteJournal:
             version = int(version_text) if version_text is not None else None
         except ValueError:
             version = None
-        if version is None:
+        if version is None or version < 1:
             raise self._unavailable(f"has no valid schema_version ({version_text!r})")
         if version > SCHEMA_VERSION:
             raise self._unavailable(
                 f"has schema version {version}, newer than this cosigner supports "
                 f"({SCHEMA_VERSION}); upgrade cosigner")
-        if version < SCHEMA_VERSION:
-            raise self._unavailable(
-                f"has schema version {version}, older than {SCHEMA_VERSION}, and no "
-                "migration exists")
         creation_id = str(meta.get("creation_id", ""))
         if marker_id is not None and creation_id != marker_id:
             raise self._unavailable(
                 f"is not the journal {self.marker_path} recorded (creation id "
                 f"{creation_id or 'none'} instead of {marker_id})")
+        if version < SCHEMA_VERSION:
+            if not migrate:
+                raise self._unavailable(
+                    f"has schema version {version}, older than {SCHEMA_VERSION}; run "
+                    "`cosigner journal init` to migrate it")
+            self._migrate(conn, version, creation_id)
         return creation_id
 
-    def _create_schema(self, conn: sqlite3.Connection) -> str:
-        creation_id = secrets.token_hex(16)
-        conn.execute("BEGIN IMMEDIATE")
+    def _migrate(self, conn: sqlite3.Connection, version: int, creation_id: str) -> str:
+        """Apply the migrations after ``version`` in one transaction."""
         try:
-            for statement in _SCHEMA.split(";\n"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
-                ("schema_version", str(SCHEMA_VERSION)), ("creation_id", creation_id),
-                ("created_at", timestamp_text(self._clock())),
-                ("head_seq", "0"), ("head_hash", GENESIS_HASH)])
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for script in _MIGRATIONS[version:]:
+                    for statement in script.split(";\n"):
+                        if statement.strip():
+                            conn.execute(statement)
+                if version == 0:
+                    conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
+                        ("creation_id", creation_id),
+                        ("created_at", timestamp_text(self._clock())),
+                        ("head_seq", "0"), ("head_hash", GENESIS_HASH),
+                        ("schema_version", str(SCHEMA_VERSION))])
+                else:
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                                 (str(SCHEMA_VERSION),))
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self._unavailable(f"cannot be migrated to schema version {SCHEMA_VERSION} "
+                                    f"({exc})") from exc
         return creation_id
+
+    def _check_integrity(self, conn: sqlite3.Connection) -> None:
+        """A writer's start: the chain verifies (from the checkpoint) and is not behind
+        its witness."""
+        try:
+            result = self._verify(conn, full=False)
+            if not result.ok:
+                raise self._unavailable(f"does not verify: {result.problem}; run "
+                                        "`cosigner audit verify`")
+            head = Head(*self._head(conn))
+            check_head(str(self.path), self.witness.read(), self._journal_id, head,
+                       lambda seq: self._hash_at(conn, seq), self.witness)
+        except sqlite3.Error as exc:
+            raise self._unavailable(f"is unreadable ({exc})") from exc
+        except StoreError as exc:
+            if isinstance(exc, JournalUnavailableError):
+                raise
+            raise self._unavailable(str(exc).removeprefix(f"journal {self.path}").strip(
+                " :")) from exc
+
+    def _verify(self, conn: sqlite3.Connection, *, full: bool) -> VerifyResult:
+        """Walk the chain, from the start or from the checkpoint, and move the checkpoint."""
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+        start_seq, start_hash = 0, GENESIS_HASH
+        if not full and "verified_seq" in meta:
+            start_seq, start_hash = int(meta["verified_seq"]), meta["verified_hash"]
+            if start_seq > 0 and self._hash_at(conn, start_seq) != start_hash:
+                return VerifyResult(False, 0, start_seq,
+                                    f"record seq {start_seq} is not the one last verified")
+        try:
+            head = (int(meta["head_seq"]), meta["head_hash"])
+        except (KeyError, ValueError):
+            head = (-1, "")
+        cursor = conn.execute(_SELECT_ALL_FROM, (start_seq,))
+        result = verify_entries((_stored(row) for row in cursor), head,
+                                start=(start_seq, start_hash))
+        if result.ok and "verified_seq" in meta and head[0] > start_seq:
+            conn.executemany("UPDATE meta SET value = ? WHERE key = ?",
+                             [(str(head[0]), "verified_seq"), (head[1], "verified_hash")])
+        return result
+
+    @staticmethod
+    def _hash_at(conn: sqlite3.Connection, seq: int) -> str | None:
+        row = conn.execute("SELECT record_hash FROM entries WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else str(row[0])
 
     def _write_marker(self, creation_id: str) -> None:
         text = (f"# cosigner journal marker: a journal was created at {self.path}\n"
@@ -358,16 +548,20 @@ class SqliteJournal:
                 found[item_id] = ItemView(item_id, content_hash, latest.get(item_id))
         return found
 
-    def record_decisions(self, decisions: Sequence[NewDecision]) -> list[DecisionRecord]:
-        """See :meth:`Journal.record_decisions`."""
+    def record_decisions(self, decisions: Sequence[NewDecision],
+                         guard: LimitGuard | None = None) -> list[DecisionRecord]:
+        """See :meth:`Journal.record_decisions`: idempotency and limits are re-checked
+        against the journal inside the write transaction."""
         with self._lock:
             conn = self._connection()
             if not decisions:
                 return []
-            created_at = timestamp_text(self._clock())
+            now = self._clock()
+            created_at = timestamp_text(now)
 
             def write(c: sqlite3.Connection) -> list[DecisionRecord]:
                 seq, prev = self._head(c)
+                self._refuse_conflicts(c, decisions, guard, now)
                 rows, records = [], []
                 for decision in decisions:
                     seq += 1
@@ -379,7 +573,75 @@ class SqliteJournal:
                 self._set_head(c, seq, prev)
                 return records
 
-            return self._transaction(conn, write)
+            records = self._transaction(conn, write)
+            self._committed(Head(records[-1].seq, records[-1].record_hash))
+            return records
+
+    def _refuse_conflicts(self, conn: sqlite3.Connection, decisions: Sequence[NewDecision],
+                          guard: LimitGuard | None, now: datetime) -> None:
+        """Raise JournalConflictError when the journal cannot justify the batch."""
+        if self.writer and not self.lock_held():
+            raise LockLostError(f"journal {self.path}: this process no longer holds the "
+                                f"writer lock {self.lock_path}; nothing was recorded")
+        final = [d for d in decisions if d.mode == ENFORCE and d.action is not Action.HOLD]
+        conflicts: dict[int, str] = {}
+        seen: set[int] = set()
+        for decision in final:  # twice in one batch is as bad as twice in the journal
+            if decision.item_id in seen:
+                conflicts[decision.item_id] = "already_decided"
+            seen.add(decision.item_id)
+        ids = sorted(seen)
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for (item_id,) in conn.execute(
+                    f"SELECT DISTINCT item_id FROM entries WHERE kind = 'decision' "  # noqa: S608
+                    f"AND mode = ? AND action IN (?, ?) AND item_id IN ({marks})",
+                    [ENFORCE, Action.APPROVE.value, Action.REJECT.value, *chunk]):
+                conflicts[item_id] = "already_decided"
+        if guard is not None and any(d.action is Action.APPROVE for d in final):
+            history = self._approvals_in(conn, now - guard.window)
+            try:
+                conflicts.update(guard.violations(history, final, now))
+            except (ArithmeticError, ValueError) as exc:
+                raise StoreError(f"journal {self.path}: its approvals cannot be counted "
+                                 f"({type(exc).__name__}); run `cosigner audit verify`"
+                                 ) from exc
+        if conflicts:
+            raise JournalConflictError(str(self.path), conflicts)
+
+    def _approvals_in(self, conn: sqlite3.Connection, since: datetime) -> list[ApprovalRow]:
+        """The enforced approvals created at or after ``since``, each hash-checked.
+
+        A writer keeps the window it already read (it is the only writer, so rows it read
+        cannot change under it) and reads only newer seqs; anyone else reads the window.
+        """
+        if not self.writer or self._approvals_cover is None or since < self._approvals_cover:
+            last = conn.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchone()[0]
+            found = [self._approval_row(row) for row in conn.execute(
+                _SELECT_APPROVALS_SINCE, (ENFORCE, Action.APPROVE.value, timestamp_text(since)))]
+        else:
+            found = self._approvals + [self._approval_row(row) for row in conn.execute(
+                _SELECT_APPROVALS_AFTER, (ENFORCE, Action.APPROVE.value, self._approvals_seq))]
+            last = max(self._approvals_seq, found[-1][0] if found else 0)
+        window = [(seq, row) for seq, row in found if row.created_at >= since]
+        if self.writer:
+            self._approvals, self._approvals_seq, self._approvals_cover = window, last, since
+        return [row for _, row in window]
+
+    def _approval_row(self, row: Sequence[Any]) -> tuple[int, ApprovalRow]:
+        entry = _stored(row)
+        try:
+            ok = entry_hash(entry.payload) == entry.record_hash
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise StoreError(f"journal {self.path}: record seq {entry.seq} (item "
+                             f"{entry.item_id}) was edited: hash mismatch; run "
+                             "`cosigner audit verify`")
+        p = entry.payload
+        return entry.seq, ApprovalRow(p["chain_id"], p["from_address"], p["to_address"],
+                                      p["amount_text"], parse_timestamp(p["created_at"]))
 
     def record_outcomes(self, outcomes: Sequence[NewOutcome]) -> None:
         """See :meth:`Journal.record_outcomes`."""
@@ -389,7 +651,10 @@ class SqliteJournal:
                 return
             created_at = timestamp_text(self._clock())
 
-            def write(c: sqlite3.Connection) -> None:
+            def write(c: sqlite3.Connection) -> Head:
+                if self.writer and not self.lock_held():
+                    raise LockLostError(f"journal {self.path}: this process no longer holds "
+                                        f"the writer lock {self.lock_path}")
                 seq, prev = self._head(c)
                 states = self._decisions_for(c, {o.decision_seq for o in outcomes})
                 rows = []
@@ -403,19 +668,51 @@ class SqliteJournal:
                     rows.append(_row(payload, prev))
                 c.executemany(_INSERT, rows)
                 self._set_head(c, seq, prev)
+                return Head(seq, prev)
 
-            self._transaction(conn, write)
+            self._committed(self._transaction(conn, write))
 
-    def approvals_since(self, since: datetime) -> list[ApprovalRow]:
-        """See :meth:`Journal.approvals_since`."""
-        cutoff = timestamp_text(since)
+    def _committed(self, head: Head) -> None:
+        """After a commit: the witness first (fail closed if it cannot be kept), then the hook."""
+        self._write_witness(self._journal_id, head)
+        if self._on_commit is not None:
+            self._on_commit(head)
+
+    def _write_witness(self, journal_id: str, head: Head) -> None:
+        try:
+            self.witness.write(journal_id, head)
+        except OSError as exc:
+            raise StoreError(f"journal {self.path}: the witness {self.witness.path} cannot be "
+                             f"written ({_os_reason(exc)}); nothing more may be posted until "
+                             "it can") from exc
+
+    def head(self) -> Head:
+        """See :meth:`Journal.head`."""
         with self._lock:
             conn = self._connection()
-            rows = self._fetch(
-                conn, "SELECT chain_id, from_address, to_address, amount_text, created_at "
-                "FROM entries WHERE kind = 'decision' AND created_at >= ? AND action = ? "
-                "AND mode = ? ORDER BY seq", (cutoff, Action.APPROVE.value, ENFORCE))
-        return [ApprovalRow(r[0], r[1], r[2], r[3], parse_timestamp(r[4])) for r in rows]
+            seq, record_hash = self._run(self._head, conn)
+        return Head(seq, record_hash)
+
+    def remember_policy(self, sha256: str, seen_at: datetime) -> datetime:
+        """See :meth:`Journal.remember_policy`."""
+        seen_text = timestamp_text(seen_at)
+        with self._lock:
+            conn = self._connection()
+
+            def write(c: sqlite3.Connection) -> str:
+                c.execute("INSERT OR IGNORE INTO policies (sha256, first_seen) VALUES (?, ?)",
+                          (sha256, seen_text))
+                return str(c.execute("SELECT first_seen FROM policies WHERE sha256 = ?",
+                                     (sha256,)).fetchone()[0])
+
+            return parse_timestamp(self._transaction(conn, write))
+
+    def approvals_since(self, since: datetime) -> list[ApprovalRow]:
+        """See :meth:`Journal.approvals_since`; every row is hash-checked."""
+        timestamp_text(since)  # ValueError for a naive datetime
+        with self._lock:
+            conn = self._connection()
+            return self._run(lambda c: self._approvals_in(c, since), conn)
 
     def records(self, since: datetime | None = None, action: Action | None = None,
                 limit: int | None = None) -> Iterator[DecisionRecord]:
@@ -450,7 +747,7 @@ class SqliteJournal:
                 left -= len(rows)
 
     def verify(self) -> VerifyResult:
-        """See :meth:`Journal.verify`."""
+        """See :meth:`Journal.verify`: the whole chain, from the first entry."""
         with self._lock:
             conn = self._connection()
 
@@ -461,7 +758,7 @@ class SqliteJournal:
                     head = (int(head_rows["head_seq"]), head_rows["head_hash"])
                 except (KeyError, ValueError):
                     head = (-1, "")  # reported as a head mismatch below
-                cursor = c.execute(_SELECT_ALL)
+                cursor = c.execute(_SELECT_ALL_FROM, (0,))
                 return verify_entries((_stored(row) for row in cursor), head)
 
             # One read transaction: the chain and its head are seen at one instant.
@@ -562,7 +859,14 @@ class SqliteJournal:
 # Built from constants only, never from input: the S608 warnings are false positives.
 _INSERT = (f"INSERT INTO entries ({', '.join(_COLUMNS)}) "  # noqa: S608
            f"VALUES ({', '.join('?' * len(_COLUMNS))})")
-_SELECT_ALL = f"SELECT {', '.join(_COLUMNS)} FROM entries ORDER BY seq"  # noqa: S608
+_SELECT_ALL_FROM = (f"SELECT {', '.join(_COLUMNS)} FROM entries "  # noqa: S608
+                    "WHERE seq > ? ORDER BY seq")
+_SELECT_APPROVALS_AFTER = (f"SELECT {', '.join(_COLUMNS)} FROM entries "  # noqa: S608
+                           "WHERE kind = 'decision' AND mode = ? AND action = ? AND seq > ? "
+                           "ORDER BY seq")
+_SELECT_APPROVALS_SINCE = (f"SELECT {', '.join(_COLUMNS)} FROM entries "  # noqa: S608
+                           "WHERE kind = 'decision' AND mode = ? AND action = ? "
+                           "AND created_at >= ? ORDER BY seq")
 
 
 def _row(payload: dict[str, Any], record_hash: str) -> tuple[Any, ...]:
@@ -592,6 +896,14 @@ def _stored(row: Sequence[Any]) -> StoredEntry:
     if "reasons" in payload:
         payload["reasons"] = _load_reasons(payload["reasons"])
     return StoredEntry(values["seq"], values["item_id"], payload, values["record_hash"])
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    return text if text.isdigit() else ""
 
 
 def _os_reason(exc: BaseException) -> str:

@@ -29,7 +29,7 @@ from cosigner.sandbox import Merchant, SandboxAdmin, SandboxServer
 from cosigner.sandbox.generate import eip55_address
 from cosigner.settings import Settings
 from cosigner.signing.shard import certificate_pem
-from cosigner.store import DecisionRecord, SqliteJournal
+from cosigner.store import DecisionRecord, SqliteJournal, init_journal
 from tests.conftest import SHARD_PASSWORD, ShardFactory, ThrowawayShard
 
 MERCHANT_NO = "M-TEST-0001"  # the default shard password is "1bitpay" + this: SHARD_PASSWORD
@@ -214,6 +214,7 @@ async def rig(tmp_path: Path, shard_factory: ShardFactory, test_policy: Path,
     state_dir = tmp_path / "state"
     state_dir.mkdir(mode=0o700)
     db_path = state_dir / "journal.db"
+    init_journal(f"sqlite://{db_path}")  # run never creates a journal
     async with SandboxServer(merchants=[merchant]) as server, \
             SandboxAdmin(server.url) as admin:
         settings = Settings(

@@ -11,7 +11,7 @@ import pytest
 
 from cosigner.errors import StoreError
 from cosigner.models import Action
-from cosigner.store import DecisionRecord, Journal, NewDecision, NewOutcome
+from cosigner.store import DecisionRecord, Journal, LimitGuard, NewDecision, NewOutcome
 from tests.daemon.conftest import SANCTIONED, Rig, address, item
 
 
@@ -27,10 +27,11 @@ class FailingJournal:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def record_decisions(self, decisions: Sequence[NewDecision]) -> list[DecisionRecord]:
+    def record_decisions(self, decisions: Sequence[NewDecision],
+                         guard: LimitGuard | None = None) -> list[DecisionRecord]:
         if self.fail_decisions:
             raise StoreError("journal: disk I/O error (simulated)")
-        return self._inner.record_decisions(decisions)
+        return self._inner.record_decisions(decisions, guard)
 
     def record_outcomes(self, outcomes: Sequence[NewOutcome]) -> None:
         if self.fail_outcomes:
@@ -152,8 +153,8 @@ class TestJournalFailures:
         daemon = rig.build()
 
         class Broken(FailingJournal):
-            def record_decisions(self, decisions: Sequence[NewDecision]
-                                 ) -> list[DecisionRecord]:
+            def record_decisions(self, decisions: Sequence[NewDecision],
+                                 guard: LimitGuard | None = None) -> list[DecisionRecord]:
                 raise OSError("No space left on device")
 
         daemon.pipeline.journal = Broken(daemon.journal)

@@ -206,7 +206,7 @@ class TestOnceConfigErrors:
         assert done.code == 2
         assert done.stderr.strip().splitlines() == [
             "cosigner: COSIGNER_API_KEY, COSIGNER_API_SECRET must be set to run the daemon"]
-        assert not rig.db_path.exists()
+        assert rig.latest() == {}
 
     async def test_a_bad_policy_exits_two_with_file_and_line(
             self, rig: Rig, monkeypatch: pytest.MonkeyPatch,

@@ -31,7 +31,7 @@ from cosigner.logs import get_logger
 from cosigner.models import Action, PendingItem
 from cosigner.policy import load_policy
 from cosigner.signing import Shard, load_shard
-from cosigner.store import DecisionRecord, MemoryJournal, NewDecision
+from cosigner.store import DecisionRecord, LimitGuard, MemoryJournal, NewDecision
 from tests.conftest import ThrowawayShard
 from tests.daemon.conftest import HOT, LIMIT, MAX_COUNT, SANCTIONED, address
 
@@ -89,8 +89,9 @@ class RecordingJournal(MemoryJournal):
         super().__init__(clock=clock)
         self.timeline = timeline
 
-    def record_decisions(self, decisions: Sequence[NewDecision]) -> list[DecisionRecord]:
-        records = super().record_decisions(decisions)
+    def record_decisions(self, decisions: Sequence[NewDecision],
+                         guard: LimitGuard | None = None) -> list[DecisionRecord]:
+        records = super().record_decisions(decisions, guard)
         self.timeline.append(("journal", [d.item_id for d in decisions]))
         return records
 

@@ -110,14 +110,15 @@ class SqliteHarness:
 
     def make(self, clock: FakeClock) -> Journal:
         self.clock = clock
-        journal = SqliteJournal(self.path, create=True, clock=clock)
+        journal = SqliteJournal(self.path, writer=True, clock=clock)
+        journal.init()
         journal.open()
         return journal
 
     def reopen(self, journal: Journal) -> Journal:
         assert self.clock is not None
         journal.close()
-        again = SqliteJournal(self.path, create=False, clock=self.clock)
+        again = SqliteJournal(self.path, writer=True, clock=self.clock)
         again.open()
         return again
 

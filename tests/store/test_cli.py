@@ -33,7 +33,8 @@ def url(db_path: Path) -> str:
 def filled(db_path: Path) -> Path:
     """A journal with four decisions an hour apart (approve posted, reject, hold, approve)."""
     clock = FakeClock()
-    journal = SqliteJournal(db_path, create=True, clock=clock)
+    journal = SqliteJournal(db_path, writer=True, clock=clock)
+    journal.init()
     journal.open()
     for item_id, action in [(1001, "approve"), (1002, "reject"), (1003, "hold"),
                             (1004, "approve")]:
@@ -114,7 +115,8 @@ class TestAuditList:
     def test_untrusted_text_is_escaped(self, db_path: Path, url: str,
                                        capsys: pytest.CaptureFixture[str]) -> None:
         """Terminal escape sequences in an item's fields never reach the screen."""
-        journal = SqliteJournal(db_path, create=True)
+        journal = SqliteJournal(db_path, writer=True)
+        journal.init()
         journal.open()
         journal.record_decisions([decision(1, "hold", amount_text="1\x1b[2J", chain_id="5\u200b")])
         journal.close()
@@ -156,7 +158,8 @@ class TestAuditExport:
     def test_csv_defuses_formulas(self, db_path: Path, url: str,
                                   capsys: pytest.CaptureFixture[str]) -> None:
         """A field a spreadsheet would run as a formula is prefixed with a quote."""
-        journal = SqliteJournal(db_path, create=True)
+        journal = SqliteJournal(db_path, writer=True)
+        journal.init()
         journal.open()
         journal.record_decisions([decision(1, "hold", to_address="=HYPERLINK(\"x\")")])
         journal.close()
@@ -201,7 +204,8 @@ class TestAuditVerify:
         path = tmp_path / "absent.db"
         code, out, err = audit(capsys, f"sqlite://{path}", "verify")
         assert (code, out) == (2, "")
-        assert err == f"cosigner: journal {path} does not exist\n"
+        assert err == (f"cosigner: journal {path} does not exist; create it with "
+                       "`cosigner journal init`\n")
         assert not path.exists()
         assert not Path(f"{path}.marker").exists()
 

@@ -187,9 +187,9 @@ class TestLookup:
 
     def test_latest_is_per_requested_modes(self, journal: Journal) -> None:
         """latest is the newest decision among the modes asked for."""
-        journal.record_decisions([decision(1, rule="a")])
+        journal.record_decisions([decision(1, "hold", rule="a")])
         journal.record_decisions([decision(1, rule="b", mode="shadow")])
-        journal.record_decisions([decision(1, rule="c")])
+        journal.record_decisions([decision(1, "hold", rule="c")])
         journal.record_decisions([decision(1, rule="d", mode="shadow")])
 
         def latest_rule(modes: set[str]) -> str | None:

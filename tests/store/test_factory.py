@@ -10,6 +10,7 @@ from cosigner.errors import ConfigError, JournalUnavailableError, SettingsError
 from cosigner.store import (
     MemoryJournal,
     SqliteJournal,
+    init_journal,
     journal_from_url,
     open_journal,
     redact_url,
@@ -67,19 +68,36 @@ class TestJournalFromUrl:
 
 
 class TestOpenJournal:
-    def test_opens_and_creates_when_allowed(self, tmp_path: Path) -> None:
-        """With create=True a new journal is created and returned open."""
-        journal = open_journal(f"sqlite://{tmp_path}/j.db", create=True)
+    def test_init_then_open(self, tmp_path: Path) -> None:
+        """init_journal creates a journal (returning its id) that open_journal then opens."""
+        journal_id = init_journal(f"sqlite://{tmp_path}/j.db")
+        journal = open_journal(f"sqlite://{tmp_path}/j.db", writer=True)
+        assert journal.journal_id == journal_id
         try:
             assert journal.verify().ok
         finally:
             journal.close()
 
-    def test_refuses_to_create_by_default(self, tmp_path: Path) -> None:
-        """By default a missing journal is refused, not created."""
+    @pytest.mark.parametrize("writer", [False, True])
+    def test_never_creates(self, tmp_path: Path, writer: bool) -> None:
+        """Opening, as reader or writer, refuses a missing journal and creates nothing."""
         with pytest.raises(JournalUnavailableError, match="does not exist"):
-            open_journal(f"sqlite://{tmp_path}/j.db")
+            open_journal(f"sqlite://{tmp_path}/j.db", writer=writer)
         assert not (tmp_path / "j.db").exists()
+
+    def test_four_slash_url_is_the_absolute_path(self, tmp_path: Path) -> None:
+        """sqlite:////abs/path (SQLAlchemy's form) names /abs/path, like sqlite:///abs/path."""
+        init_journal(f"sqlite:///{tmp_path}/j.db")
+        assert (tmp_path / "j.db").is_file()
+        journal = open_journal(f"sqlite://{tmp_path}/j.db")
+        journal.close()
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "j.db", "j.db.lock", "j.db.marker", "j.db.witness"]
+
+    def test_memory_is_refused_where_durability_is_needed(self) -> None:
+        """cosigner run asks for a durable journal: memory:// is refused, naming the setting."""
+        with pytest.raises(SettingsError, match="COSIGNER_DATABASE_URL: memory:// keeps nothing"):
+            journal_from_url("memory://", durable=True)
 
 
 class TestRedactUrl:

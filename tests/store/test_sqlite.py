@@ -15,7 +15,7 @@ import pytest
 from cosigner.errors import JournalUnavailableError, StoreError
 from cosigner.store import NewOutcome, SqliteJournal
 from cosigner.store.chain import entry_hash
-from cosigner.store.sqlite import _SELECT_ALL, _stored
+from cosigner.store.sqlite import _SELECT_ALL_FROM, _stored
 from tests.store.conftest import FakeClock, decision
 
 
@@ -45,7 +45,8 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def journal(db_path: Path) -> Iterator[SqliteJournal]:
     """An open SQLite journal with ten decisions, the first five posted."""
-    journal = SqliteJournal(db_path, create=True, clock=FakeClock())
+    journal = SqliteJournal(db_path, writer=True, clock=FakeClock())
+    journal.init()
     journal.open()
     records = journal.record_decisions([decision(1000 + i) for i in range(10)])
     journal.record_outcomes([NewOutcome(r.seq, r.item_id, "posted", 200, "success")
@@ -59,7 +60,7 @@ _opened: list[SqliteJournal] = []
 
 def reopened(path: Path) -> SqliteJournal:
     """The journal at ``path`` opened again (closed when the test ends)."""
-    journal = SqliteJournal(path, create=False)
+    journal = SqliteJournal(path, writer=False)
     journal.open()
     _opened.append(journal)
     return journal
@@ -84,9 +85,8 @@ class TestFiles:
     def test_existing_directory_keeps_its_mode(self, tmp_path: Path) -> None:
         """A directory that already exists is used as it is."""
         tmp_path.chmod(0o755)
-        journal = SqliteJournal(tmp_path / "j.db", create=True)
-        journal.open()
-        journal.close()
+        journal = SqliteJournal(tmp_path / "j.db", writer=True)
+        journal.init()
         assert mode_of(tmp_path) == 0o755
         assert mode_of(tmp_path / "j.db") == 0o600
 
@@ -133,9 +133,10 @@ class TestFiles:
 
 class TestRefusals:
     def test_missing_without_create(self, tmp_path: Path) -> None:
-        """Without create, a missing journal is refused and nothing is created."""
+        """Open never creates: a missing journal is refused and nothing is created."""
         path = tmp_path / "nowhere" / "journal.db"
-        with pytest.raises(JournalUnavailableError, match=f"journal {path} does not exist"):
+        with pytest.raises(JournalUnavailableError, match=f"journal {path} does not exist; "
+                           "create it with `cosigner journal init`"):
             SqliteJournal(path).open()
         assert not path.parent.exists()
 
@@ -147,21 +148,19 @@ class TestRefusals:
             Path(f"{db_path}{suffix}").unlink(missing_ok=True)
         with pytest.raises(JournalUnavailableError,
                            match=f"journal {db_path} is missing but {db_path}.marker shows"):
-            SqliteJournal(db_path, create=True).open()
+            SqliteJournal(db_path, writer=True).open()
         assert not db_path.exists()
 
     def test_swapped_database_is_refused(self, journal: SqliteJournal, db_path: Path,
                                          tmp_path: Path) -> None:
         """A different journal put in place of the one the marker names is refused."""
         journal.close()
-        other = SqliteJournal(tmp_path / "other" / "journal.db", create=True)
-        other.open()
-        other.close()
+        SqliteJournal(tmp_path / "other" / "journal.db", writer=True).init()
         for suffix in ("-wal", "-shm"):
             Path(f"{db_path}{suffix}").unlink(missing_ok=True)
         (tmp_path / "other" / "journal.db").replace(db_path)
         with pytest.raises(JournalUnavailableError, match="is not the journal"):
-            SqliteJournal(db_path, create=True).open()
+            SqliteJournal(db_path, writer=True).open()
 
     def test_emptied_database_with_marker_is_refused(self, journal: SqliteJournal,
                                                      db_path: Path) -> None:
@@ -171,16 +170,16 @@ class TestRefusals:
             Path(f"{db_path}{suffix}").unlink(missing_ok=True)
         db_path.write_bytes(b"")
         with pytest.raises(JournalUnavailableError, match="is empty but"):
-            SqliteJournal(db_path, create=True).open()
+            SqliteJournal(db_path, writer=True).open()
 
     def test_newer_schema_is_refused(self, journal: SqliteJournal, db_path: Path) -> None:
         """A journal from a newer cosigner is refused, naming the file and both versions."""
         journal.close()
-        tamper(db_path, "UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        tamper(db_path, "UPDATE meta SET value = '3' WHERE key = 'schema_version'")
         with pytest.raises(JournalUnavailableError) as caught:
-            SqliteJournal(db_path, create=True).open()
+            SqliteJournal(db_path, writer=True).open()
         assert str(caught.value) == (
-            f"journal {db_path} has schema version 2, newer than this cosigner supports (1); "
+            f"journal {db_path} has schema version 3, newer than this cosigner supports (2); "
             "upgrade cosigner")
 
     def test_garbage_file_is_refused(self, tmp_path: Path) -> None:
@@ -188,7 +187,7 @@ class TestRefusals:
         path = tmp_path / "journal.db"
         path.write_bytes(b"this is not a database, just some text\n" * 200)
         with pytest.raises(JournalUnavailableError, match=f"journal {path} is unreadable"):
-            SqliteJournal(path, create=True).open()
+            SqliteJournal(path, writer=True).open()
 
     def test_corrupted_header_is_refused(self, journal: SqliteJournal, db_path: Path) -> None:
         """A journal whose header was overwritten is refused as unreadable."""
@@ -203,7 +202,7 @@ class TestRefusals:
         path = tmp_path / "journal.db"
         path.mkdir()
         with pytest.raises(JournalUnavailableError, match="is unreadable: it is not a regular"):
-            SqliteJournal(path, create=True).open()
+            SqliteJournal(path, writer=True).open()
 
     def test_other_database_is_refused(self, tmp_path: Path) -> None:
         """An SQLite database that is not a journal is refused."""
@@ -212,7 +211,7 @@ class TestRefusals:
             conn.execute("CREATE TABLE t (x)")
         conn.close()
         with pytest.raises(JournalUnavailableError, match="is not a cosigner journal"):
-            SqliteJournal(path, create=True).open()
+            SqliteJournal(path, writer=True).open()
 
     def test_unreadable_marker_is_refused(self, journal: SqliteJournal) -> None:
         """A marker without a creation id makes the journal uncheckable, so it is refused."""
@@ -233,14 +232,15 @@ class TestRefusals:
     def test_file_that_cannot_be_created(self, tmp_path: Path) -> None:
         """A journal file that cannot be created (a dangling symlink is in the way) says so."""
         (tmp_path / "journal.db").symlink_to(tmp_path / "elsewhere" / "target.db")
-        journal = SqliteJournal(tmp_path / "journal.db", create=True)
+        journal = SqliteJournal(tmp_path / "journal.db", writer=True)
         with pytest.raises(JournalUnavailableError, match="cannot be created"):
-            journal.open()
+            journal.init()
         assert "journal.db" in repr(journal)
 
     @pytest.mark.parametrize(("version", "problem"), [
         ("abc", "has no valid schema_version ('abc')"),
-        ("0", "has schema version 0, older than 1, and no migration exists"),
+        ("0", "has no valid schema_version ('0')"),
+        ("1", "has schema version 1, older than 2; run `cosigner journal init` to migrate it"),
     ])
     def test_invalid_or_older_schema_is_refused(self, journal: SqliteJournal, db_path: Path,
                                                 version: str, problem: str) -> None:
@@ -287,7 +287,7 @@ class TestTamperDetection:
         tamper(db_path, "UPDATE entries SET amount_text = '999999' WHERE seq = 4")
         conn = sqlite3.connect(db_path)
         try:
-            [row] = [r for r in conn.execute(_SELECT_ALL) if r[0] == 4]
+            [row] = [r for r in conn.execute(_SELECT_ALL_FROM, (0,)) if r[0] == 4]
             forged = entry_hash(_stored(row).payload)
             conn.execute("UPDATE entries SET record_hash = ? WHERE seq = 4", (forged,))
             conn.commit()
