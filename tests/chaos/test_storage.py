@@ -104,8 +104,6 @@ class TestDamagedJournal:
                     approvals_without_record=0)
         figures.add("storage", **{f"read_only_by_{how}": 1})
 
-    @pytest.mark.xfail(strict=True, reason="needs the rollback witness "
-                                           "(COSIGNER_JOURNAL_WITNESS) from issue 8/10")
     def test_rolled_back(self, world: World, figures: Figures) -> None:
         """An older copy of the journal put back: its head is behind the witness: exit 2."""
         witness = world.tmp / "witness" / "head"
@@ -128,16 +126,12 @@ class TestDamagedJournal:
         _refused(done)
         _record(figures, "rolled_back", done)
 
-    @pytest.mark.xfail(strict=True, reason="needs 'cosigner run' to refuse memory:// "
-                                           "(issue 8/10)")
     def test_memory_journal_refused(self, world: World, figures: Figures) -> None:
         env = world.env(DATABASE_URL="memory://")
         done = _second_run(world, env)
         _refused(done)
         _record(figures, "memory", done)
 
-    @pytest.mark.xfail(strict=True, reason="needs 'cosigner journal init' (run never creates "
-                                           "a journal) from issue 8/10")
     def test_never_created(self, world: World, figures: Figures) -> None:
         """No journal and no init: run refuses instead of starting from empty."""
         done = _second_run(world, world.env())
