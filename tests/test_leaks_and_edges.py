@@ -74,7 +74,8 @@ class TestProviderMessagesAreMasked:
     def test_an_outcome_is_stored_masked(self, tmp_path: Path) -> None:
         """A NewOutcome's message is masked before it reaches the journal and the exports."""
         register_secret(SECRET)  # as the daemon does at start
-        journal = SqliteJournal(tmp_path / "j.db", create=True)
+        journal = SqliteJournal(tmp_path / "j.db", writer=True)
+        journal.init()
         journal.open()
         try:
             journal.record_decisions([decision(7)])
@@ -267,7 +268,8 @@ class TestAuditListIntoAClosedPipe:
     def test_no_traceback(self, tmp_path: Path) -> None:
         """``cosigner audit list | head`` with the reader gone: exit 0, nothing on stderr."""
         db = tmp_path / "j.db"
-        journal = SqliteJournal(db, create=True)
+        journal = SqliteJournal(db, writer=True)
+        journal.init()
         journal.open()
         journal.record_decisions([decision(i) for i in range(1, 50)])
         journal.close()
