@@ -70,6 +70,7 @@ def test_kill_9_at_random_points(world: World, figures: Figures) -> None:
     world.admin.add_items(backlog(scale(450, 900), rng))
     orphans: list[int] = []
     with_worker = 0  # kills while the daemon had child processes (the signing worker)
+    exited: list[str] = []  # daemons that ended before their kill: the log's tail
     hit: dict[str, int] = dict.fromkeys(POINTS, 0)
     with subreaper() if LINUX else _nothing():
         for round_ in range(kills):
@@ -85,6 +86,8 @@ def test_kill_9_at_random_points(world: World, figures: Figures) -> None:
                 reached = daemon.wait_event(point, rng.randint(1, 5), within=20)
             if reached:
                 hit[point] += 1
+            if daemon.proc.poll() is not None:  # it must still run: only we end it
+                exited.append(daemon.output()[-1000:])
             orphans += daemon.kill9()
             with_worker += daemon.children_at_kill > 0
             if round_ % 3 == 2:
@@ -97,6 +100,7 @@ def test_kill_9_at_random_points(world: World, figures: Figures) -> None:
     figures.add("crash", kills=kills, **{f"kills_after_{p.replace('.', '_')}": n
                                          for p, n in hit.items()},
                 orphaned_processes=len(orphans), kills_with_worker=with_worker,
+                exited_before_kill=len(exited),
                 accepted=result.accepted,
                 double_posts=result.double_posts, outside_policy=result.outside_policy,
                 unrecorded_posts=result.unrecorded_posts, lost_decisions=lost)
@@ -104,6 +108,7 @@ def test_kill_9_at_random_points(world: World, figures: Figures) -> None:
                  drain_seconds=round(recovery, 2))
     result.assert_clean()
     assert orphans == []
+    assert exited == [], exited
     assert lost == 0
     assert journal_verifies(env, world.tmp)
     assert result.accepted > 0
