@@ -22,6 +22,7 @@ import random
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -287,7 +288,11 @@ class Admin:
 def world(tmp_path: Path, shard_factory: ShardFactory,
           cosigner_env: Callable[..., None]) -> Iterator[World]:
     """The sandbox runs in its own thread, so tests may block (wait for a process)."""
-    shard = shard_factory("shard.pfx", password=SHARD_PASSWORD, mode=0o600)
+    # Valid from two days back: the crash suite moves the daemon's clock back by up to
+    # 30 minutes, which must not make the shard "not yet valid".
+    now = datetime.now(UTC)
+    shard = shard_factory("shard.pfx", password=SHARD_PASSWORD, mode=0o600,
+                          not_before=now - timedelta(days=2), not_after=now + timedelta(days=30))
     merchant = Merchant(MERCHANT_NO, API_KEY, API_SECRET,
                         certificate_pem=certificate_pem(shard.certificate))
     policy_dir = tmp_path / "policy"

@@ -186,13 +186,13 @@ class FailingJournal:
             raise StoreError("journal: database or disk is full")
         self._left -= 1
 
-    def record_decisions(self, decisions: Any) -> Any:
+    def record_decisions(self, *args: Any, **kwargs: Any) -> Any:
         self._spend()
-        return self._inner.record_decisions(decisions)
+        return self._inner.record_decisions(*args, **kwargs)
 
-    def record_outcomes(self, outcomes: Any) -> Any:
+    def record_outcomes(self, *args: Any, **kwargs: Any) -> Any:
         self._spend()
-        return self._inner.record_outcomes(outcomes)
+        return self._inner.record_outcomes(*args, **kwargs)
 
 
 class TestDiskFull:
@@ -219,6 +219,7 @@ class TestDiskFull:
         figures.add("storage", cases=1, disk_full_write_failures=failing.failed,
                     approvals_without_record=result.unrecorded_posts)
         result.assert_clean()
+        assert failing.failed > 0, "the injected fault never fired"
         if after == 0:
             assert received == []
 
