@@ -208,7 +208,9 @@ class TestDiskFull:
         failing = FailingJournal(daemon.pipeline.journal, after)
         daemon.pipeline.journal = failing  # type: ignore[assignment]
         try:
-            for _ in range(3):
+            for n in range(3):  # new items every poll: every poll has writes to make
+                await asyncio.to_thread(world.admin.add_items,
+                                        backlog(5, random.Random(100 + n)))
                 await daemon.poll_job()
         finally:
             daemon.request_stop()
