@@ -190,6 +190,7 @@ def _fresh(raw: str) -> str:
 
 
 class TestCorpus:
+    @pytest.mark.timeout(900)  # many processes on a busy machine
     def test_every_entry_alone_and_all_together(self, harness: Harness) -> None:
         """Each corpus item in its own poll, then all of them in one snapshot."""
         entries = corpus("pending_items.jsonl")

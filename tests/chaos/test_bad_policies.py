@@ -85,6 +85,7 @@ class TestBadPolicies:
         assert "bad.yaml:" in err, "the error names file:line"
         figures.add("bad_policies", refused_at_load=1)
 
+    @pytest.mark.timeout(900)  # many processes on a busy machine
     def test_run_exits_2(self, world: World, cosigner_env: Callable[..., None],
                          capsys: pytest.CaptureFixture[str], figures: Figures) -> None:
         """``cosigner run`` with each bad policy: exit 2, nothing posted."""
@@ -154,6 +155,7 @@ class TestBadPolicies:
 
 
 class TestBadShards:
+    @pytest.mark.timeout(900)  # many processes on a busy machine
     def test_every_bad_shard_exits_2(self, world: World, shard_factory: ShardFactory,
                                      cosigner_env: Callable[..., None],
                                      capsys: pytest.CaptureFixture[str],

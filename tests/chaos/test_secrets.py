@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from cryptography.hazmat.primitives import serialization
 from pydantic import SecretStr
 
@@ -55,6 +56,7 @@ def _journal_text(path: Path) -> str:
         conn.close()
 
 
+@pytest.mark.timeout(900)  # many processes on a busy machine
 def test_no_canary_anywhere(world: World, shard_factory: ShardFactory,
                             figures: Figures) -> None:
     shard = shard_factory("canary.pfx", password=PFX_PASSWORD, key=world.shard.key)
@@ -118,6 +120,7 @@ def test_no_canary_anywhere(world: World, shard_factory: ShardFactory,
     assert hits == {}
 
 
+@pytest.mark.timeout(900)  # many processes on a busy machine
 async def test_hostile_provider_echo(world: World, figures: Figures) -> None:
     """Every approve answered 4013 with the signing string and ``data`` echoed: the journal
     and the export keep the answer masked."""

@@ -58,6 +58,7 @@ def _record(figures: Figures, case: str, done: subprocess.CompletedProcess[str])
                 approvals_without_record=0)
 
 
+@pytest.mark.timeout(900)  # several cosigner processes per case on a busy machine
 class TestDamagedJournal:
     def test_missing(self, world: World, figures: Figures) -> None:
         """The journal deleted after decisions were made: refused, never a fresh start."""
