@@ -40,7 +40,8 @@ def _fds(pid: int) -> int:
 def _series(port: str) -> set[str]:
     """The names and label sets of every sample on /metrics."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return {f"{s.name}{sorted(s.labels.items())}"
+    # policy_info's sha256 label is replaced on every reload (one series at a time).
+    return {f"{s.name}{sorted((k, '*' if k == 'sha256' else v) for k, v in s.labels.items())}"
             for f in text_string_to_metric_families(text) for s in f.samples}
 
 
