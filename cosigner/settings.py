@@ -28,8 +28,11 @@ from cosigner.errors import SettingsError
 from cosigner.redact import mask_url
 
 PREFIX = "COSIGNER_"
+#: Where the kill switch lives when the journal is not an SQLite file (DESIGN section 6).
+DEFAULT_PAUSE_DIR = Path("/var/lib/cosigner")
+PAUSE_NAME = "PAUSE"
 #: Secrets: each has a ``*_FILE`` twin.
-SECRET_FIELDS = ("api_secret", "pfx_password", "database_url")
+SECRET_FIELDS = ("api_secret", "pfx_password", "database_url", "callback_forward_secret")
 
 
 def env_name(field: str) -> str:
@@ -55,10 +58,12 @@ class Settings(BaseSettings):
     pfx_password: SecretStr | None = None
     pfx_password_file: Path | None = None
     sign_scheme: Literal["java-rsa", "rsa-sha256"] = "java-rsa"
+    ca_bundle: Path | None = None
     policy_path: Path | None = None
     database_url: SecretStr = SecretStr("sqlite:///var/lib/cosigner/journal.db")
     database_url_file: Path | None = None
     journal_witness: Path | None = None
+    leader_retry: float = Field(5.0, gt=0)
     poll_interval: float = Field(120.0, gt=0)
     collect_interval: float = Field(300.0, gt=0)
     collect_is_main: str = "1,0"
@@ -71,6 +76,14 @@ class Settings(BaseSettings):
     request_timeout: float = Field(10.0, gt=0)
     mode: Literal["enforce", "shadow"] = "enforce"
     pause_file: Path | None = None
+    # C2C order callbacks (DESIGN section 10): off unless callback_addr is set.
+    callback_addr: str | None = None
+    callback_public_url: str | None = None
+    callback_allow_ips: str | None = None
+    callback_trusted_proxies: str | None = None
+    callback_forward_url: str | None = None
+    callback_forward_secret: SecretStr | None = None
+    callback_forward_secret_file: Path | None = None
 
     @field_validator("log_level", "log_format", "mode", "sign_sort", "sign_scheme", "lang",
                      mode="before")
@@ -103,6 +116,36 @@ class Settings(BaseSettings):
             raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464")
         return v
 
+    @field_validator("callback_addr")
+    @classmethod
+    def _callback_addr(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        return cls._addr(v)
+
+    @field_validator("callback_public_url", "callback_forward_url")
+    @classmethod
+    def _callback_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("http://", "https://")) or len(v) < 10:
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    @field_validator("callback_allow_ips", "callback_trusted_proxies")
+    @classmethod
+    def _networks(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        for entry in v.split(","):
+            if entry.strip():
+                try:
+                    ipaddress.ip_network(entry.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"{entry.strip()!r} is not an IP address or "
+                                     "CIDR") from None
+        return v
+
     @model_validator(mode="after")
     def _refuse_clear_text(self) -> Settings:
         url = self.api_base_url
@@ -133,6 +176,10 @@ class Settings(BaseSettings):
             if not text:
                 raise ValueError(f"{env_name(name)}_FILE: {file_path} is empty")
             setattr(self, name, SecretStr(text))
+        if self.callback_forward_url and self.callback_forward_secret is None:
+            raise ValueError(f"{env_name('callback_forward_secret')} (or _FILE) must be set "
+                             f"with {env_name('callback_forward_url')}: forwarded events are "
+                             "signed with it")
         return self
 
     @field_serializer("api_base_url")
@@ -155,6 +202,32 @@ class Settings(BaseSettings):
     def http_host_port(self) -> tuple[str, int]:
         host, _, port = self.http_addr.rpartition(":")
         return host.strip("[]"), int(port)
+
+    @property
+    def callback_host_port(self) -> tuple[str, int] | None:
+        """``CALLBACK_ADDR`` as (host, port); None when callbacks are off."""
+        if self.callback_addr is None:
+            return None
+        host, _, port = self.callback_addr.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def pause_path(self) -> Path:
+        """``COSIGNER_PAUSE_FILE``, else ``PAUSE`` beside the SQLite journal
+        (``/var/lib/cosigner/PAUSE`` for the default URL), else under ``/var/lib/cosigner``:
+        every deployment that keeps a journal volume has a kill switch."""
+        if self.pause_file is not None:
+            return self.pause_file
+        scheme, sep, rest = self.database_url.get_secret_value().partition(":")
+        if sep and scheme.lower() == "sqlite" and not {"?", "#"} & set(rest):
+            if rest.startswith("///"):
+                path = rest[2:]
+            elif rest.startswith("//"):  # sqlite://HOST/...: refused by the journal anyway
+                path = ""
+            else:
+                path = rest
+            if path and not path.endswith("/"):
+                return Path(path).parent / PAUSE_NAME
+        return DEFAULT_PAUSE_DIR / PAUSE_NAME
 
     def shard_password(self) -> str:
         """``COSIGNER_PFX_PASSWORD``, else ``"1bitpay" + COSIGNER_MERCHANT_NO``."""

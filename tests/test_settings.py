@@ -20,6 +20,7 @@ SECRETS = {
     "api_secret": "api-S3cret-value-42",
     "pfx_password": "pfx-S3cret-value-43",
     "database_url": "postgresql://cosigner:db-S3cret-44@db.internal/journal",
+    "callback_forward_secret": "fwd-S3cret-value-45",
 }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cosigner.api.client import ApiClient
+from cosigner.api.tls import tls_context
 from cosigner.errors import ConfigError
 from cosigner.models import loads_exact
 from cosigner.settings import Settings, load_settings
@@ -35,7 +36,7 @@ def client_from_settings(settings: Settings) -> ApiClient:
         settings.api_base_url or "", settings.merchant_no or "", settings.api_key or "",
         settings.api_secret.get_secret_value(), lang=settings.lang, sort=settings.sign_sort,
         timeout=settings.request_timeout, page_size=settings.page_size,
-        max_pending=settings.max_pending)
+        max_pending=settings.max_pending, tls=tls_context(settings.ca_bundle))
 
 
 def _rate(args: argparse.Namespace) -> int:
@@ -61,6 +62,9 @@ def _create(args: argparse.Namespace) -> int:
     if not isinstance(order, dict):
         raise ConfigError(f"{path}: the order must be a JSON object")
     settings = load_settings()
+    if not order.get("asyncUrl") and settings.callback_public_url:
+        # The daemon's callback listener receives the order's status changes.
+        order["asyncUrl"] = settings.callback_public_url
 
     async def run() -> int:
         async with client_from_settings(settings) as client:

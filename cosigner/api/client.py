@@ -30,7 +30,6 @@ from decimal import Decimal, InvalidOperation
 from types import TracebackType
 from typing import Any, Protocol
 
-import certifi
 import httpx
 from tenacity import (
     AsyncRetrying,
@@ -41,8 +40,10 @@ from tenacity import (
 
 from cosigner.api.auth import SignAuth, SignSort, encode_body
 from cosigner.api.models import CreatedOrder, PendingPage, PendingSnapshot, Rate
+from cosigner.api.tls import certificate_failure, tls_context
 from cosigner.errors import (
     AlreadyProcessedError,
+    ApiCertificateError,
     ApiConnectError,
     ApiError,
     ApiHTTPError,
@@ -85,6 +86,8 @@ def error_kind(exc: BaseException) -> str:
         return "rate_limited" if exc.status == 429 else "http_status"
     if isinstance(exc, ApiProtocolError):
         return "protocol"
+    if isinstance(exc, ApiCertificateError):
+        return "tls"
     if isinstance(exc, ApiConnectError):
         return "connect"
     if isinstance(exc, ApiTimeoutError):
@@ -115,14 +118,14 @@ class ApiClient:
                  observer: ApiObserver | None = None,
                  backoff: tuple[float, float] = (0.2, 5.0),
                  clock: Callable[[], float] = time.perf_counter,
-                 max_connections: int = 16) -> None:
+                 max_connections: int = 16, tls: ssl.SSLContext | None = None) -> None:
         self._auth = SignAuth(merchant_no, api_key, api_secret, lang=lang, sort=sort)
         self._secret = api_secret  # masked out of the provider's messages
         self._base_url = base_url
 
-        # One TLS context for every client (building one costs ~25 ms), with the
-        # CA bundle httpx itself would use.
-        tls = ssl.create_default_context(cafile=certifi.where())
+        # One TLS context for every client (building one costs ~25 ms): the system trust
+        # store unless the caller passes one (COSIGNER_CA_BUNDLE).
+        tls = tls or tls_context()
 
         def make(one_connection: bool) -> httpx.AsyncClient:
             return httpx.AsyncClient(
@@ -180,7 +183,10 @@ class ApiClient:
                 finally:
                     self._idle.put_nowait(client)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                raise ApiConnectError(endpoint, _connect_problem(exc)) from exc
+                if (tls_problem := certificate_failure(exc)) is not None:
+                    raise ApiCertificateError(endpoint, tls_problem) from exc
+                raise ApiConnectError(endpoint, f"could not connect: {type(exc).__name__}"
+                                      ) from exc
             except httpx.TimeoutException as exc:
                 raise ApiTimeoutError(endpoint, f"timed out ({type(exc).__name__})") from exc
             except httpx.HTTPError as exc:
@@ -345,21 +351,6 @@ def _provider_text(message: str, secret: str) -> str:
     if secret:
         message = message.replace(secret, MASK)
     return mask_text(message)[:200]
-
-
-def _connect_problem(exc: httpx.HTTPError) -> str:
-    """Why a connection failed, naming a TLS certificate problem as one."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            reason = cause.verify_message or cause.reason or "certificate verify failed"
-            return f"TLS certificate verification failed: {reason}"
-        if isinstance(cause, ssl.SSLError):
-            return f"TLS handshake failed: {cause.reason or type(cause).__name__}"
-        cause = cause.__cause__ or cause.__context__
-    return f"could not connect: {type(exc).__name__}"
 
 
 _DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")

@@ -2,9 +2,10 @@
 
 The sandbox runs in its own process (so daemon and provider each get a core, as
 they would in production), is given N generated pending items, and the real
-pipeline of ``cosigner run`` decides, journals (SQLite, ``synchronous=FULL``),
-signs and posts every one.  The figure that matters is the wall time of that
-one poll cycle; the target is 10,000 items in under 30 s on 2 cores.
+pipeline of ``cosigner run`` decides, journals (SQLite, ``synchronous=FULL``, or
+the empty PostgreSQL database ``--database-url`` names), signs and posts every one.
+The figure that matters is the wall time of that one poll cycle; the target is
+10,000 items in under 30 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from cosigner.errors import CosignerError
+from cosigner.errors import ConfigError, CosignerError
 from cosigner.sandbox import SandboxAdmin
 from cosigner.sandbox.generate import eip55_address
 from cosigner.settings import Settings
 from cosigner.signing.throwaway import make_throwaway_shard
-from cosigner.store import init_journal
+from cosigner.store import init_journal, open_journal
+from cosigner.store.postgres import mask_url
 
 from .build import BuildOptions, build_daemon
 
@@ -94,9 +96,9 @@ def _free_port() -> int:
 
 
 def run_bench(items: int = 10000, concurrency: int | None = None, *,
-              as_json: bool = False) -> int:
+              as_json: bool = False, database_url: str | None = None) -> int:
     """Run the benchmark and print its figures; exit 0 when every item was handled."""
-    result = asyncio.run(bench(items, concurrency))
+    result = asyncio.run(bench(items, concurrency, database_url=database_url))
     if as_json:
         print(json.dumps(asdict(result)))
     else:
@@ -110,10 +112,23 @@ def run_bench(items: int = 10000, concurrency: int | None = None, *,
     return 0 if result.ok else 1
 
 
-async def bench(items: int, concurrency: int | None = None) -> BenchResult:
-    """Start a sandbox process, queue ``items`` items, run one poll cycle, measure it."""
+async def bench(items: int, concurrency: int | None = None, *,
+                database_url: str | None = None) -> BenchResult:
+    """Start a sandbox process, queue ``items`` items, run one poll cycle, measure it.
+
+    ``database_url``: an empty journal to use (created if absent), e.g. a PostgreSQL
+    database; by default a temporary SQLite file."""
     if items < 1:
         raise CosignerError("--items must be at least 1")
+    if database_url is not None:
+        init_journal(database_url)
+        journal = open_journal(database_url)
+        try:
+            if journal.head().seq:
+                raise ConfigError(f"--database-url {mask_url(database_url)}: the journal is "
+                                  "not empty; bench needs an empty one")
+        finally:
+            journal.close()
     with tempfile.TemporaryDirectory(prefix="cosigner-bench-") as tmp:
         work = Path(tmp)
         secret = secrets.token_urlsafe(24)
@@ -134,8 +149,9 @@ async def bench(items: int, concurrency: int | None = None) -> BenchResult:
             await _wait_ready(url, proc)
             async with SandboxAdmin(url, timeout=120) as admin:
                 await admin.generate_items(items, seed=42)
-                journal_url = f"sqlite://{work / 'journal.db'}"
-                init_journal(journal_url)  # run never creates a journal
+                journal_url = database_url or f"sqlite://{work / 'journal.db'}"
+                if database_url is None:
+                    init_journal(journal_url)  # run never creates a journal
                 settings = Settings(
                     api_base_url=url, merchant_no=MERCHANT_NO, api_key=API_KEY,
                     api_secret=SecretStr(secret), pfx_path=work / "shard.pfx",
@@ -144,8 +160,9 @@ async def bench(items: int, concurrency: int | None = None) -> BenchResult:
                     http_addr="127.0.0.1:0", log_level="error",
                     max_pending=max(items, 10000),
                     concurrency=concurrency or int(os.environ.get("COSIGNER_CONCURRENCY", 8)),
-                    mode="enforce", pause_file=None, request_timeout=30.0)
+                    mode="enforce", pause_file=None, request_timeout=30.0, leader_retry=0.2)
                 daemon = build_daemon(settings, BuildOptions(install_signals=False))
+                await daemon.await_leadership()  # PostgreSQL: the only replica leads
                 cpu0, sandbox0 = time.process_time(), _cpu_of(proc.pid)
                 started = time.perf_counter()
                 try:

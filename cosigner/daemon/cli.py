@@ -1,14 +1,20 @@
-"""``cosigner run``, ``cosigner demo`` and ``cosigner bench``."""
+"""``cosigner run``, ``demo``, ``bench`` and the kill switch: ``pause``, ``resume``, ``status``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
+import json
+import sys
+import time
+from typing import Any, TextIO
 
-from cosigner.settings import load_settings
+from cosigner.errors import CosignerError
+from cosigner.settings import Settings, load_settings
+from cosigner.store import open_journal, redact_url
 
 from .build import BuildOptions, build_daemon
+from .control import LiveView, PauseState, pause, probe, read_pause, resume
 
 
 def register(subparsers: Any) -> None:
@@ -34,7 +40,23 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--concurrency", type=int, default=None, metavar="C",
                        help="posts in flight (default: COSIGNER_CONCURRENCY or 8)")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
+    bench.add_argument("--database-url", default=None, metavar="URL",
+                       help="an empty journal to use, e.g. postgresql://... (default: a "
+                       "temporary SQLite file)")
     bench.set_defaults(func=_bench)
+
+    pause_cmd = subparsers.add_parser(
+        "pause", help="the kill switch: hold every item and post nothing until `resume`")
+    pause_cmd.add_argument("--reason", default="", metavar="TEXT",
+                           help="why (shown by `cosigner status`)")
+    pause_cmd.set_defaults(func=_pause)
+    resume_cmd = subparsers.add_parser("resume", help="remove the pause file: decide and "
+                                       "post again from the next poll")
+    resume_cmd.set_defaults(func=_resume)
+    status = subparsers.add_parser(
+        "status", help="paused?, mode, policy, journal and what the running daemon reports")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(func=_status)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -52,4 +74,143 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
-    return run_bench(items=args.items, concurrency=args.concurrency, as_json=args.json)
+    return run_bench(items=args.items, concurrency=args.concurrency, as_json=args.json,
+                     database_url=args.database_url)
+
+
+def _pause(args: argparse.Namespace) -> int:
+    path = load_settings().pause_path()
+    was = read_pause(path).paused
+    state = pause(path, args.reason)
+    verb = "still paused (reason updated)" if was else "paused"
+    print(f"{verb}: {path}" + (f": {state.reason}" if state.reason else ""))
+    print("every item is held and nothing is posted from the next poll; "
+          "`cosigner resume` ends it")
+    return 0
+
+
+def _resume(_args: argparse.Namespace) -> int:
+    path = load_settings().pause_path()
+    if resume(path):
+        print(f"resumed: removed {path}; the next poll decides and posts again")
+    else:
+        print(f"not paused: {path} does not exist")
+    return 0
+
+
+def _status(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    settings = load_settings()
+    report = status_report(settings)
+    stream = out or sys.stdout
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True), file=stream)
+    else:
+        for line in status_lines(report):
+            print(line, file=stream)
+    return 0
+
+
+def status_report(settings: Settings) -> dict[str, Any]:
+    """What ``cosigner status`` shows: the pause file, the settings, the journal and the
+    running daemon as its own ``/metrics`` and ``/readyz`` describe it."""
+    pause_state = read_pause(settings.pause_path())
+    host, port = settings.http_host_port
+    live = probe(host, port)
+    url = settings.database_url.get_secret_value()
+    return {
+        "paused": pause_state.paused,
+        "pause": _pause_dict(pause_state),
+        "mode": settings.mode,
+        "policy_path": str(settings.policy_path) if settings.policy_path else None,
+        "journal": _journal_report(
+            url, str(settings.journal_witness) if settings.journal_witness else None),
+        "daemon": _live_report(live),
+    }
+
+
+def _pause_dict(state: PauseState) -> dict[str, Any]:
+    return {"file": str(state.path), "reason": state.reason, "paused_at": state.paused_at,
+            "by": state.by}
+
+
+def _journal_report(url: str, witness: str | None) -> dict[str, Any]:
+    report: dict[str, Any] = {"url": redact_url(url)}
+    try:
+        journal = open_journal(url, witness=witness)  # a reader: works beside the daemon
+    except CosignerError as exc:
+        report["error"] = str(exc)
+        return report
+    try:
+        counts = journal.count_by_state()
+        report["records"] = sum(counts.values())
+        report["by_state"] = dict(sorted(counts.items()))
+        report["head_sequence"] = journal.head().seq
+    except CosignerError as exc:
+        report["error"] = str(exc)
+    finally:
+        journal.close()
+    return report
+
+
+def _live_report(live: LiveView) -> dict[str, Any]:
+    report: dict[str, Any] = {"url": live.url, "reachable": live.reachable}
+    if not live.reachable:
+        report["error"] = live.error
+        return report
+    mode = live.labels_of("cosigner_mode")
+    policy = live.labels_of("cosigner_policy_info")
+    last_poll = live.value("cosigner_last_poll_success_timestamp_seconds")
+    head = live.value("cosigner_journal_head_sequence")
+    report.update({
+        "ready": live.ready,
+        "mode": mode.get("mode") if mode else None,
+        "paused": live.value("cosigner_paused") == 1,
+        "policy": {"name": policy.get("name"), "sha256": policy.get("sha256")}
+        if policy else None,
+        "last_poll_seconds_ago": round(time.time() - last_poll, 1) if last_poll else None,
+        "pending_items": live.value("cosigner_pending_items"),
+        "decided_unposted_items": live.value("cosigner_decided_unposted_items"),
+        "journal_head_sequence": int(head) if head is not None else None,
+    })
+    return report
+
+
+def status_lines(report: dict[str, Any]) -> list[str]:
+    """``status_report`` as lines for a person."""
+    pause_info = report["pause"]
+    if report["paused"]:
+        detail = ", ".join(f"{k} {pause_info[k]}" for k in ("paused_at", "by") if pause_info[k])
+        paused = (f"PAUSED ({pause_info['reason'] or 'no reason given'}"
+                  + (f"; {detail}" if detail else "") + f") - {pause_info['file']}")
+    else:
+        paused = f"no (kill switch: `cosigner pause` creates {pause_info['file']})"
+    lines = [f"paused:  {paused}", f"mode:    {report['mode']} (settings)",
+             f"policy:  {report['policy_path'] or '(COSIGNER_POLICY_PATH not set)'}"]
+    journal = report["journal"]
+    if "error" in journal:
+        lines.append(f"journal: {journal['url']}: {journal['error']}")
+    else:
+        states = ", ".join(f"{k} {v}" for k, v in journal["by_state"].items()) or "empty"
+        lines.append(f"journal: {journal['url']}: {journal['records']} records ({states}), "
+                     f"head sequence {journal['head_sequence']}")
+    daemon = report["daemon"]
+    if not daemon["reachable"]:
+        lines.append(f"daemon:  not reachable at {daemon['url']} ({daemon['error']})")
+        return lines
+    policy = daemon["policy"] or {}
+    ready = {True: "ready", False: "NOT READY", None: "readiness unknown"}[daemon["ready"]]
+    lines.append(f"daemon:  {daemon['url']}: {ready}, mode {daemon['mode']}, "
+                 f"{'PAUSED' if daemon['paused'] else 'not paused'}")
+    if policy:
+        lines.append(f"         policy {policy['name']} (sha256 {str(policy['sha256'])[:12]})")
+    ago = daemon["last_poll_seconds_ago"]
+    lines.append("         last successful poll "
+                 + (f"{ago:.0f} s ago" if ago is not None else "never")
+                 + (f", {daemon['pending_items']:.0f} pending"
+                    if daemon["pending_items"] is not None else ""))
+    if daemon["decided_unposted_items"]:
+        lines.append(f"         {daemon['decided_unposted_items']:.0f} decided items not known "
+                     "to be posted (see `cosigner audit list`)")
+    if daemon["journal_head_sequence"] is not None:
+        lines.append(f"         journal head sequence {daemon['journal_head_sequence']}")
+    return lines

@@ -19,8 +19,11 @@ from cosigner.errors import ConfigError
 from .metrics import Metrics
 
 
-def create_app(metrics: Metrics, readiness: Callable[[], dict[str, bool]]) -> Starlette:
-    """The observability app: nothing secret is ever rendered here."""
+def create_app(metrics: Metrics, readiness: Callable[[], dict[str, bool]],
+               role: Callable[[], str] = lambda: "leader") -> Starlette:
+    """The observability app: nothing secret is ever rendered here.
+
+    ``/readyz`` also says the replica's ``role`` (``leader`` or ``standby``)."""
 
     async def metrics_route(_request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -31,7 +34,8 @@ def create_app(metrics: Metrics, readiness: Callable[[], dict[str, bool]]) -> St
     async def readyz(_request: Request) -> Response:
         checks = readiness()
         ready = all(checks.values())
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+        return JSONResponse({"ready": ready, "role": role(), "checks": checks},
+                            status_code=200 if ready else 503)
 
     return Starlette(routes=[Route("/metrics", metrics_route), Route("/healthz", healthz),
                              Route("/readyz", readyz)])
@@ -53,9 +57,13 @@ class HttpServer:
     traceback instead of the one clear line of a configuration error.
     """
 
-    def __init__(self, app: Starlette, host: str, port: int) -> None:
+    def __init__(self, app: Starlette, host: str, port: int, *,
+                 setting: str = "COSIGNER_HTTP_ADDR") -> None:
+        # proxy_headers=False: the peer address is the socket's (the callback listener
+        # decides itself which proxy's X-Forwarded-For to believe).
         config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                                lifespan="off")
+                                lifespan="off", proxy_headers=False, server_header=False)
+        self._setting = setting
         self._host = host
         self._port = port
         self._server = _QuietServer(config)
@@ -75,7 +83,7 @@ class HttpServer:
             sock.bind((self._host, self._port))
         except OSError as exc:
             sock.close()
-            raise ConfigError(f"COSIGNER_HTTP_ADDR {self._host}:{self._port}: cannot listen "
+            raise ConfigError(f"{self._setting} {self._host}:{self._port}: cannot listen "
                               f"({exc.strerror or exc})") from None
         self._sock = sock
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))

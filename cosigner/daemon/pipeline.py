@@ -494,6 +494,9 @@ class Pipeline:
         if self.mode == "shadow":
             self.log.info("collect.skipped", reason="shadow mode posts nothing")
             return True
+        if self.paused():
+            self.log.info("collect.skipped", reason="paused: the kill switch posts nothing")
+            return True
         ok = True
         for is_main in self.collect_is_main:
             if self.stopping.is_set():

@@ -6,6 +6,10 @@ instance at a time (``max_instances=1``), coalesced misfires and a small jitter.
 SIGHUP or a change of the policy files reloads the policy, keeping the last good
 one.  SIGTERM/SIGINT: the item in flight is finished, nothing new is posted, the
 journal is closed and the process exits 0 within 10 s.
+
+With PostgreSQL several replicas run at once: the :class:`Leadership` decides which
+one polls and collects (the others skip their jobs as ready standbys), and a
+``leader`` job probes or retries the election lock.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
@@ -35,10 +39,22 @@ from cosigner.policy import try_load_policy
 from cosigner.store.base import Journal
 
 from .http import HttpServer, create_app
+from .leadership import LEADER, Leadership, SoleLeader
 from .metrics import Metrics
 from .pipeline import Pipeline, PolicyState, ledger_from_journal
 
 STOP_BUDGET = 8.0  # seconds to let in-flight work finish; the process exits within 10 s
+
+
+class Service(Protocol):
+    """Something that runs beside the scheduler for the life of ``run`` (the order
+    callback listener)."""
+
+    async def start(self) -> None:
+        """Start; raise ConfigError when it cannot (the daemon then stops with exit 2)."""
+
+    async def stop(self) -> None:
+        """Stop (idempotent)."""
 
 
 @dataclass(frozen=True)
@@ -59,14 +75,20 @@ class Daemon:
 
     def __init__(self, pipeline: Pipeline, journal: Journal, metrics: Metrics, log: Any,
                  config: DaemonConfig, *, shard_ok: bool = True,
-                 on_close: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_close: Callable[[], Awaitable[None]] | None = None,
+                 leadership: Leadership | None = None,
+                 services: Sequence[Service] = ()) -> None:
         self.pipeline = pipeline
+        self.services = list(services)
+        self._to_stop = list(services)
         self.journal = journal
         self.metrics = metrics
         self.log = log
         self.config = config
         self.shard_ok = shard_ok
         self._on_close = on_close
+        self.leadership: Leadership = leadership or SoleLeader()
+        self._scheduler: AsyncIOScheduler | None = None
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()  # a reload never swaps the ledger mid-poll
         self._jobs: set[asyncio.Task[Any]] = set()
@@ -79,11 +101,23 @@ class Daemon:
     # -- readiness -------------------------------------------------------------------
 
     def readiness(self) -> dict[str, bool]:
-        last = self.pipeline.last_poll_ok
-        fresh = last is not None and time.time() - last <= 2 * self.config.poll_interval
-        return {"policy_loaded": self.pipeline.state.policy is not None,
-                "shard_loaded": self.shard_ok, "journal_open": self._journal_open,
-                "recent_poll": fresh, "leader": True}
+        """The /readyz checks: a leader needs a recent poll, a standby a reachable database."""
+        checks = {"policy_loaded": self.pipeline.state.policy is not None,
+                  "shard_loaded": self.shard_ok, "journal_open": self._journal_open}
+        if self.leadership.role == LEADER:
+            last = self.pipeline.last_poll_ok
+            fresh = last is not None and time.time() - last <= 2 * self.config.poll_interval
+            # A leader in its takeover grace has not polled yet: it is ready meanwhile.
+            checks["recent_poll"] = fresh or (not self.leadership.active() and
+                                              self.leadership.healthy())
+            checks["leader"] = True
+        else:
+            checks["standby"] = self.leadership.healthy()
+        return checks
+
+    def role(self) -> str:
+        """``leader`` or ``standby`` (shown by /readyz)."""
+        return self.leadership.role
 
     # -- jobs ------------------------------------------------------------------------
 
@@ -94,12 +128,16 @@ class Daemon:
         dropped answer) does not fail the cycle for readiness, but it is not a step
         that succeeded either: ``--once`` reports it with exit code 1.
         """
+        if not self.leadership.active():
+            return True  # a standby: the leader polls
         async with self._tracked(), self._lock:
             result = await self.pipeline.poll()
             self.polls += 1
             return result.ok and not (result.failed or result.unknown)
 
     async def collect_job(self) -> bool:
+        if not self.leadership.active():
+            return True  # a standby: the leader collects
         async with self._tracked():
             ok = await self.pipeline.collect()
             self.collections += 1
@@ -115,6 +153,25 @@ class Daemon:
         finally:
             if task is not None:
                 self._jobs.discard(task)
+
+    async def leader_job(self) -> None:
+        """Probe or retry the election; a replica that just became active polls at once."""
+        if await self.leadership.step() and self._scheduler is not None:
+            job = self._scheduler.get_job("poll")
+            if job is not None:
+                job.modify(next_run_time=datetime.now(UTC))
+
+    async def await_leadership(self) -> None:
+        """For ``--once`` and the bench: try the election once, and wait out a new
+        leader's grace; a standby returns at once."""
+        deadline = time.monotonic() + 60
+        while self.leadership.interval > 0 and not self.leadership.active() \
+                and time.monotonic() < deadline:
+            await self.leadership.step()
+            if self.leadership.role != LEADER:
+                self.log.info("daemon.standby", reason="another replica leads")
+                return
+            await asyncio.sleep(self.leadership.interval)
 
     # -- policy reload ---------------------------------------------------------------
 
@@ -153,6 +210,7 @@ class Daemon:
             self.pipeline.state = PolicyState(candidate, ledger, Path(path))
             self._watch_stamp = self._stamp()
             self.metrics.set_policy(candidate.name, candidate.sha256)
+            self.metrics.set_limit_scopes({lim.name: lim.per for lim in candidate.limits})
             self.metrics.policy_reloads.labels("ok").inc()
             self.log.info("policy.reloaded", trigger=trigger, name=candidate.name,
                           sha256=candidate.sha256, previous=old.sha256)
@@ -174,6 +232,7 @@ class Daemon:
         """One poll and one collection; 0 when every step (each post included) succeeded,
         else 1."""
         try:
+            await self.await_leadership()
             poll_ok = await self.poll_job()
             collect_ok = await self.collect_job()
         finally:
@@ -188,12 +247,18 @@ class Daemon:
             ConfigError: ``HTTP_ADDR`` cannot be listened on (the journal is closed first).
         """
         loop = asyncio.get_running_loop()
-        self.http = HttpServer(create_app(self.metrics, self.readiness),
+        self.http = HttpServer(create_app(self.metrics, self.readiness, self.role),
                                self.config.http_host, self.config.http_port)
         try:
             await self.http.start()
         except BaseException:
             self.http = None
+            await self.close()
+            raise
+        try:
+            for service in self.services:
+                await service.start()
+        except BaseException:
             await self.close()
             raise
         if self.config.install_signals:
@@ -206,7 +271,7 @@ class Daemon:
                       poll_interval=self.config.poll_interval,
                       collect_interval=self.config.collect_interval)
         _quiet_apscheduler()
-        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler = self._scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_listener(self._job_event,
                                EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED | EVENT_JOB_ERROR)
         now = datetime.now(UTC)
@@ -219,6 +284,9 @@ class Daemon:
             seconds=self.config.collect_interval,
             jitter=_jitter(self.config.collect_interval)),
             id="collect", next_run_time=now + timedelta(milliseconds=50), **common)
+        if self.leadership.interval > 0:
+            scheduler.add_job(self.leader_job, IntervalTrigger(
+                seconds=self.leadership.interval), id="leader", next_run_time=now, **common)
         if self.config.watch_interval > 0:
             scheduler.add_job(self.watch_job, IntervalTrigger(
                 seconds=self.config.watch_interval), id="policy-watch", **common)
@@ -262,6 +330,8 @@ class Daemon:
             await asyncio.wait(pending, timeout=1)
 
     async def close(self) -> None:
+        while self._to_stop:  # every service, started or not: each owns resources
+            await self._to_stop.pop().stop()
         if self.http is not None:
             await self.http.stop()
             self.http = None

@@ -1,19 +1,24 @@
-"""``cosigner shard inspect|sign``: look at the shard and sign a payload for support cases.
+"""``cosigner shard inspect|sign|new``: look at the shard, sign a payload for support cases,
+make a throwaway test shard.
 
-Neither command ever prints key bytes or the password.  A shard that cannot be
+No command ever prints key bytes or the password.  A shard that cannot be
 used (every refusal of :func:`load_shard`) is a configuration error: exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from cosigner.errors import ConfigError, SigningError
 from cosigner.settings import load_settings
 from cosigner.signing.shard import EXPIRY_WARNING_DAYS, SIGN_SCHEMES, Shard, load_shard
+from cosigner.signing.throwaway import make_certificate, pfx_bytes
 
 
 def register(subparsers: Any) -> None:
@@ -32,6 +37,12 @@ def register(subparsers: Any) -> None:
                       help="the exact text to sign, or - to read it from stdin "
                            "(one trailing newline is dropped)")
     sign.set_defaults(func=_sign)
+
+    new = sub.add_parser(
+        "new", help="a throwaway TEST shard for the sandbox (never for production)")
+    new.add_argument("--out", type=Path, required=True, metavar="FILE",
+                     help="where to write it (mode 0600; an existing file is never replaced)")
+    new.set_defaults(func=_new)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -91,4 +102,32 @@ def _sign(args: argparse.Namespace) -> int:
         print(f"cosigner: PAYLOAD: {exc}", file=sys.stderr)
         return 2
     print(data)
+    return 0
+
+
+NOT_FOR_PRODUCTION = (
+    "NOT FOR PRODUCTION: a throwaway key made on this machine for the sandbox and tests. "
+    "1BitPay knows nothing of it; a real shard is downloaded from the merchant system.")
+
+
+def _new(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    password = settings.shard_password()
+    path: Path = args.out
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = make_certificate(key, "cosigner throwaway TEST shard - not for production")
+    blob = pfx_bytes(key, cert, password)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"--out {path}: the file exists; refusing to overwrite a "
+                          "shard") from None
+    except OSError as exc:
+        raise ConfigError(f"--out {path}: cannot create it ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(blob)
+    print(f"wrote {path} (mode 0600), a 2048-bit RSA key with a self-signed certificate, "
+          f"protected by COSIGNER_PFX_PASSWORD (default \"1bitpay\" + COSIGNER_MERCHANT_NO)")
+    print(NOT_FOR_PRODUCTION, file=sys.stderr)
     return 0

@@ -11,8 +11,9 @@ picks an implementation from ``COSIGNER_DATABASE_URL``:
 ``memory://``
     An in-memory journal for tests: nothing survives the process, so ``cosigner run``
     refuses it (``durable=True``).
-``postgresql://...``
-    Not available yet (a later issue adds it).
+``postgresql://user@host:port/db`` (or ``postgres://``)
+    PostgreSQL (high availability, :mod:`cosigner.store.postgres`); the password
+    comes from the URL itself (so from ``COSIGNER_DATABASE_URL_FILE`` in production).
 
 Error messages never repeat a URL's password.
 """
@@ -95,14 +96,15 @@ def redact_url(url: str) -> str:
 
 def journal_from_url(url: str, *, writer: bool = False, witness: str | None = None,
                      durable: bool = False, clock: Clock = utc_now,
-                     on_commit: CommitHook | None = None) -> Journal:
+                     on_commit: CommitHook | None = None, election: bool = False) -> Journal:
     """The journal ``url`` names, not yet opened.
 
     ``writer``: this process writes it (takes the single-writer lock on open; the
     daemon, ``journal init``); read-only users (``cosigner audit``) pass False.
     ``witness``: the rollback witness file (``COSIGNER_JOURNAL_WITNESS``; SQLite
     defaults to ``<db>.witness``).  ``durable``: refuse ``memory://`` (``cosigner run``).
-    ``on_commit``: called with the new head after every commit.
+    ``on_commit``: called with the new head after every commit.  ``election``: a
+    PostgreSQL writer that finds the leader lock held opens as a standby instead of failing.
 
     Raises:
         SettingsError: the URL is not one of the forms above, or is ``memory://`` where a
@@ -126,7 +128,9 @@ def journal_from_url(url: str, *, writer: bool = False, witness: str | None = No
                                 "postgresql:// journal (create it with `cosigner journal init`)")
         return MemoryJournal(clock=clock)
     if scheme in ("postgresql", "postgres"):
-        raise SettingsError(f"{SETTING}: PostgreSQL journal is not available yet")
+        from cosigner.store.postgres import PostgresJournal  # psycopg only when used
+        return PostgresJournal(url, writer=writer, election=election, witness=witness,
+                               clock=clock, on_commit=on_commit)
     raise SettingsError(f"{SETTING}: unsupported scheme {scheme!r}; use "
                         "sqlite:///abs/path.db, sqlite:relative.db or memory://")
 

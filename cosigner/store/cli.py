@@ -41,6 +41,18 @@ def register(subparsers: Any) -> None:
         "witness (COSIGNER_JOURNAL_WITNESS). Safe to run again.")
     init.add_argument("--database-url", default=None, help=url_help)
     init.set_defaults(func=run_init)
+    copy = jsub.add_parser(
+        "copy", help="copy a journal into an empty PostgreSQL journal and verify it",
+        description="Copy every record (with its hash chain, hence the limits' history) and "
+        "the policy first-seen times from one journal into an empty postgresql:// journal "
+        "(created if its database has none), then verify the copy end to end. Stop the "
+        "daemons writing either journal first: both are opened as writers.")
+    copy.add_argument("--from", dest="source", required=True, metavar="URL",
+                      help="the journal to copy (sqlite:///abs/path.db or postgresql://...)")
+    copy.add_argument("--to", dest="target", default=None, metavar="URL",
+                      help=f"the PostgreSQL journal to fill (default: ${SETTING}, so the "
+                      "password can come from COSIGNER_DATABASE_URL_FILE)")
+    copy.set_defaults(func=run_copy)
 
     audit = subparsers.add_parser(
         "audit", help="show, export and verify the decision journal",
@@ -79,6 +91,15 @@ def run_init(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     witness = str(settings.journal_witness) if settings.journal_witness else None
     journal_id = init_journal(url, witness=witness)
     (out or sys.stdout).write(f"{journal_id}\n")
+    return 0
+
+
+def run_copy(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """``journal copy``: exit 0 once the copy verifies."""
+    from cosigner.store.copy import copy_journal  # psycopg only when used
+    target = args.target or load_settings().database_url.get_secret_value()
+    result = copy_journal(args.source, target)
+    (out or sys.stdout).write(result.summary() + "\n")
     return 0
 
 

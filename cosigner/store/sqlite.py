@@ -114,7 +114,63 @@ INSERT INTO meta (key, value) VALUES ('verified_hash', printf('%064d', 0));
 CREATE INDEX entries_by_action ON entries (kind, mode, action, seq)
 """
 
-_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
+# v3: C2C order callbacks (DESIGN section 10; :mod:`cosigner.store.orders_sqlite`): their
+# own hash chain (order_callbacks, append-only, with its head in order_chain_head), each
+# order's current state, and the outbox of events to forward to the merchant's backend.
+_SCHEMA_V3 = """
+CREATE TABLE order_callbacks (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    order_no TEXT NOT NULL,
+    merchant_order_no TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    deal_amount TEXT NOT NULL,
+    order_type INTEGER NOT NULL,
+    content_hash TEXT NOT NULL UNIQUE,
+    outcome TEXT NOT NULL,
+    previous_status INTEGER,
+    event_id TEXT,
+    source TEXT,
+    body TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    record_hash TEXT NOT NULL
+);
+CREATE INDEX order_callbacks_by_order ON order_callbacks (order_no, seq);
+CREATE TRIGGER order_callbacks_no_update BEFORE UPDATE ON order_callbacks
+    BEGIN SELECT RAISE(ABORT, 'order callbacks are append-only'); END;
+CREATE TRIGGER order_callbacks_no_delete BEFORE DELETE ON order_callbacks
+    BEGIN SELECT RAISE(ABORT, 'order callbacks are append-only'); END;
+CREATE TABLE order_chain_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);
+INSERT INTO order_chain_head (id, seq, hash) VALUES (1, 0, printf('%064d', 0));
+CREATE TABLE order_state (
+    order_no TEXT PRIMARY KEY,
+    merchant_order_no TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    deal_amount TEXT NOT NULL,
+    order_type INTEGER NOT NULL,
+    first_seen TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    callbacks INTEGER NOT NULL
+);
+CREATE INDEX order_state_by_time ON order_state (updated_at, order_no);
+CREATE TABLE order_outbox (
+    event_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE REFERENCES order_callbacks (seq),
+    order_no TEXT NOT NULL,
+    body BLOB NOT NULL,
+    created_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL,
+    last_attempt_at TEXT,
+    last_error TEXT,
+    delivered_at TEXT
+);
+CREATE INDEX order_outbox_pending ON order_outbox (delivered_at, order_no, seq)
+"""
+
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 # A decision with its latest outcome (o.* NULL when there is none).

@@ -320,3 +320,41 @@ class TestOtcCreate:
         assert code == 1
         assert "HTTP 500" in err
         assert len(api_server.requests) == 1
+
+
+class TestOtcCreateAsyncUrl:
+    """COSIGNER_CALLBACK_PUBLIC_URL becomes the order's asyncUrl when it has none."""
+
+    PUBLIC = "https://cosigner.example.com/callbacks/order"
+
+    @pytest.mark.parametrize("given", [None, ""])
+    def test_fills_a_missing_async_url(self, run: Run, merchant_env: SetEnv, tmp_path: Path,
+                                       api_server: ScriptedServer, given: str | None) -> None:
+        """No (or an empty) asyncUrl: the public callback URL is sent, signed."""
+        merchant_env(callback_public_url=self.PUBLIC)
+        api_server.script(CREATE, ok(CREATED))
+        text = order_with(asyncUrl=given)  # None removes the field
+        assert run("otc", "create", "--file", str(order_file(tmp_path, text)))[0] == 0
+        (request,) = api_server.requests
+        assert request.json()["asyncUrl"] == self.PUBLIC
+        assert accepts(request.headers, request.body, SECRET)
+
+    def test_keeps_the_order_s_own_async_url(self, run: Run, merchant_env: SetEnv,
+                                             tmp_path: Path,
+                                             api_server: ScriptedServer) -> None:
+        """An asyncUrl in the file wins over the setting."""
+        merchant_env(callback_public_url=self.PUBLIC)
+        api_server.script(CREATE, ok(CREATED))
+        assert run("otc", "create", "--file", str(order_file(tmp_path)))[0] == 0
+        (request,) = api_server.requests
+        assert request.json()["asyncUrl"] == "https://example.com"
+
+    def test_without_the_setting_nothing_is_added(self, run: Run, merchant_env: SetEnv,
+                                                  tmp_path: Path,
+                                                  api_server: ScriptedServer) -> None:
+        """No COSIGNER_CALLBACK_PUBLIC_URL: the order goes out without asyncUrl."""
+        api_server.script(CREATE, ok(CREATED))
+        text = order_with(asyncUrl=None)
+        assert run("otc", "create", "--file", str(order_file(tmp_path, text)))[0] == 0
+        (request,) = api_server.requests
+        assert "asyncUrl" not in request.json()

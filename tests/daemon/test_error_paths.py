@@ -126,7 +126,7 @@ class TestJournalFailures:
         assert await rig.received() == []
         assert rig.records() == {}
         assert daemon.metrics.registry.get_sample_value(
-            "cosigner_limit_usage_ratio", {"limit": "bsc-count"}) == 0
+            "cosigner_limit_usage_ratio", {"limit": "bsc-count", "per": "chain"}) == 0
 
         assert await rig.build().run_once() == 0
         assert set(await rig.post_counts()) >= approvable

@@ -6,6 +6,7 @@ import time
 
 import httpx
 
+from cosigner import __version__
 from cosigner.daemon.service import Daemon
 from tests.conftest import SHARD_PASSWORD
 from tests.daemon.conftest import (
@@ -31,7 +32,9 @@ SECTION_7 = {
     "cosigner_last_poll_success_timestamp_seconds", "cosigner_collections",
     "cosigner_last_collect_success_timestamp_seconds", "cosigner_policy_info",
     "cosigner_policy_reloads", "cosigner_limit_usage_ratio",
-    "cosigner_shard_cert_expiry_timestamp_seconds", "cosigner_leader",
+    "cosigner_shard_cert_expiry_timestamp_seconds", "cosigner_leader", "cosigner_build_info",
+    "cosigner_mode", "cosigner_paused", "cosigner_poll_interval_seconds",
+    "cosigner_collect_interval_seconds", "cosigner_decided_unposted_items",
 }
 
 
@@ -110,10 +113,21 @@ class TestMetricsAfterARun:
             ("cosigner_policy_info",
              frozenset({("name", POLICY_NAME), ("sha256", policy.sha256)}))]
         assert v("cosigner_policy_reloads_total", outcome="unchanged") == 1
-        assert v("cosigner_limit_usage_ratio", limit=LIMIT) == 3 / MAX_COUNT
+        assert v("cosigner_limit_usage_ratio", limit=LIMIT, per="chain") == 3 / MAX_COUNT
         assert v("cosigner_shard_cert_expiry_timestamp_seconds") == (
             rig.shard.certificate.not_valid_after_utc.timestamp())
         assert v("cosigner_leader") == 1
+        assert v("cosigner_build_info", version=__version__) == 1
+        assert v("cosigner_mode", mode="enforce") == 1
+        assert v("cosigner_mode", mode="shadow") == 0
+        assert v("cosigner_paused") == 0
+        assert v("cosigner_poll_interval_seconds") == 30.0
+        assert v("cosigner_collect_interval_seconds") == 30.0
+        assert v("cosigner_api_errors_total", endpoint="approve", kind="timeout") == 0
+        assert v("cosigner_policy_reloads_total", outcome="error") == 0
+        start = v("process_start_time_seconds")
+        assert start is not None
+        assert start <= started
 
     async def test_no_secret_is_rendered(self, rig: Rig) -> None:
         """Neither the API secret, the shard password nor the database URL appear."""
@@ -134,7 +148,7 @@ class TestMetricsAfterARun:
         assert await daemon.run_once() == 0
 
         assert daemon.metrics.registry.get_sample_value(
-            "cosigner_limit_usage_ratio", {"limit": LIMIT}) == 2 / MAX_COUNT
+            "cosigner_limit_usage_ratio", {"limit": LIMIT, "per": "chain"}) == 2 / MAX_COUNT
 
     async def test_an_api_error_kind_is_counted_per_endpoint(self, rig: Rig) -> None:
         """A non-JSON collect answer is counted as a protocol error of collect."""
@@ -164,7 +178,7 @@ class TestHealth:
             ready = await get(daemon, "/readyz")
         assert health.status_code == 200
         assert ready.status_code == 200
-        assert ready.json() == {"ready": True, "checks": {
+        assert ready.json() == {"ready": True, "role": "leader", "checks": {
             "policy_loaded": True, "shard_loaded": True, "journal_open": True,
             "recent_poll": True, "leader": True}}
 

@@ -316,14 +316,14 @@ class TestLimitsOverTime:
 
         await world.pipeline.poll()
         assert world.latest()[MAX_COUNT + 1].reasons == (f"limit:{LIMIT}",)
-        assert world.metric("cosigner_limit_usage_ratio", limit=LIMIT) == 1.0
+        assert world.metric("cosigner_limit_usage_ratio", limit=LIMIT, per="chain") == 1.0
 
         world.clock.now = T0 + timedelta(hours=24, seconds=1)
         await world.pipeline.poll()
 
         assert world.latest()[MAX_COUNT + 1].action is Action.APPROVE
         assert world.api.posts() == [*range(1, MAX_COUNT + 1), MAX_COUNT + 1]
-        assert world.metric("cosigner_limit_usage_ratio", limit=LIMIT) == 1 / MAX_COUNT
+        assert world.metric("cosigner_limit_usage_ratio", limit=LIMIT, per="chain") == 1 / MAX_COUNT
 
 
 class TestCollect:

@@ -10,6 +10,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from cosigner.daemon.metrics import Metrics
+from tests.daemon.conftest import rig, test_policy  # noqa: F401 - the daemon tests' fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

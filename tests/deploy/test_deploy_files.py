@@ -55,7 +55,8 @@ class TestMetricNames:
     def test_every_metric_is_watched(self) -> None:
         """Each metric family is on the dashboard or in an alert (a new one is not forgotten)."""
         used = " ".join(p.read_text(encoding="utf-8") for p in (RULES, DASHBOARD))
-        families = {re.sub(r"_(total|bucket|count|sum)$", "", n) for n in exported_metric_names()}
+        families = {re.sub(r"_(total|bucket|count|sum)$", "", n) for n in exported_metric_names()
+                    if n.startswith("cosigner_")}  # process_* and python_info are standard
         unwatched = {f for f in families if not re.search(rf"\b{f}(_[a-z]+)?\b", used)}
         assert unwatched == set()
 
@@ -241,12 +242,21 @@ class TestKubernetes:
         """Liveness on /healthz, readiness on /readyz, both on the metrics port 9464."""
         (container,) = k8s_object("Deployment")["spec"]["template"]["spec"]["containers"]
         assert container["args"] == ["run"]
-        assert container["ports"] == [{"name": "metrics", "containerPort": 9464,
-                                       "protocol": "TCP"}]
+        assert container["ports"] == [
+            {"name": "metrics", "containerPort": 9464, "protocol": "TCP"},
+            {"name": "callbacks", "containerPort": 9465, "protocol": "TCP"}]
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
         service = k8s_object("Service")["spec"]
-        assert service["ports"][0]["port"] == 9464
+        assert [(p["port"], p["targetPort"]) for p in service["ports"]] == [
+            (9464, "metrics"), (9465, "callbacks")]
+
+    def test_callback_listener_is_on_its_own_port(self) -> None:
+        """COSIGNER_CALLBACK_ADDR is the callbacks port, not the metrics one."""
+        (container,) = k8s_object("Deployment")["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["COSIGNER_CALLBACK_ADDR"] == "0.0.0.0:9465"
+        assert env["COSIGNER_HTTP_ADDR"] == "0.0.0.0:9464"
 
     def test_volumes_journal_policy_and_secrets(self) -> None:
         """PVC journal; policy from a ConfigMap; secrets read-only; the shard copied 0400."""
@@ -269,16 +279,49 @@ class TestKubernetes:
             assert mounts[name]["readOnly"] is True, name
 
     def test_network_policy_allows_only_dns_and_https_out(self) -> None:
-        """Egress to port 53 (DNS) and 443 (the API); ingress only to 9464."""
-        policy = k8s_object("NetworkPolicy")["spec"]
+        """Egress to port 53 (DNS) and 443 (the API); ingress to 9464 from monitoring only,
+        to 9465 (callbacks) from the provider's addresses only."""
+        policy = k8s_object("NetworkPolicy", path=KUBERNETES / "networkpolicy.yaml")["spec"]
         assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
         assert policy["podSelector"]["matchLabels"] == (
             k8s_object("Deployment")["spec"]["selector"]["matchLabels"])
         egress_ports = {(p["port"], p["protocol"]) for rule in policy["egress"]
                         for p in rule["ports"]}
         assert egress_ports == {(53, "UDP"), (53, "TCP"), (443, "TCP")}
-        ingress_ports = {p["port"] for rule in policy["ingress"] for p in rule["ports"]}
-        assert ingress_ports == {9464}
+        ingress = {tuple(p["port"] for p in rule["ports"]): rule["from"]
+                   for rule in policy["ingress"]}
+        assert set(ingress) == {(9464,), (9465,)}
+        assert [set(peer) for peer in ingress[(9464,)]] == [{"namespaceSelector"}]
+        assert [set(peer) for peer in ingress[(9465,)]] == [{"ipBlock"}]
+
+    def test_https_egress_over_ipv4_and_ipv6(self) -> None:
+        """Port 443 is reachable on 0.0.0.0/0 and ::/0 (dual-stack and IPv6-only clusters),
+        cloud metadata excepted on both."""
+        policy = k8s_object("NetworkPolicy", path=KUBERNETES / "networkpolicy.yaml")["spec"]
+        (https,) = [rule for rule in policy["egress"]
+                    if {p["port"] for p in rule["ports"]} == {443}]
+        blocks = {peer["ipBlock"]["cidr"]: peer["ipBlock"].get("except", [])
+                  for peer in https["to"]}
+        assert set(blocks) == {"0.0.0.0/0", "::/0"}
+        assert all(blocks.values())
+
+    def test_journal_init_job_has_no_network(self) -> None:
+        """The init Job's pod is selected by a policy that admits nothing in or out."""
+        job = k8s_object("Job")["spec"]["template"]
+        policy = k8s_object("NetworkPolicy",
+                            path=KUBERNETES / "networkpolicy-journal-init.yaml")["spec"]
+        assert policy["podSelector"]["matchLabels"] == job["metadata"]["labels"]
+        assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+        assert "ingress" not in policy
+        assert "egress" not in policy
+
+    def test_startup_probe_and_cpu_limit(self) -> None:
+        """A startupProbe covers the start-up checks; every container has a CPU limit."""
+        pod = k8s_object("Deployment")["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        for each in pod["containers"] + pod["initContainers"]:
+            assert "cpu" in each["resources"]["limits"], each["name"]
 
     def test_no_pod_disruption_budget(self) -> None:
         """With one replica a PodDisruptionBudget would only block node drains."""
@@ -330,8 +373,11 @@ class TestDockerfile:
         return [value for key, value in instructions if key == keyword]
 
     def test_base_user_port_and_command(self, instructions: list[tuple[str, str]]) -> None:
-        """python:3.11-slim, uid 10001, port 9464, ``cosigner run``."""
-        assert self.values(instructions, "FROM") == ["python:3.11-slim"]
+        """python:3.11-slim-bookworm pinned by digest (build and runtime stages), uid 10001,
+        port 9464, ``cosigner run``."""
+        froms = self.values(instructions, "FROM")
+        assert [f.split()[0].split("@")[0] for f in froms] == ["python:3.11-slim-bookworm"] * 2
+        assert froms[0].endswith(" AS build")
         assert self.values(instructions, "USER") == ["10001:10001"]
         assert self.values(instructions, "EXPOSE") == ["9464"]
         assert self.values(instructions, "ENTRYPOINT") == ['["cosigner"]']

@@ -1,9 +1,9 @@
 """Fixtures for the journal tests: a controllable clock, decision builders, and one
 harness per store so the contract suite runs unchanged over every implementation.
 
-A PostgreSQL harness joins ``STORE_PARAMS`` later as
-``pytest.param("postgresql", marks=pytest.mark.external_service)``, its factory
-calling ``require_tool`` to skip when no server is configured.
+The PostgreSQL harness (``pytest.param("postgres", marks=pytest.mark.external_service)``)
+skips with the reason when ``COSIGNER_TEST_POSTGRES_URL`` is unset or unreachable; it
+uses one scratch database per session, emptied before each test.
 """
 
 from __future__ import annotations
@@ -138,9 +138,60 @@ class SqliteHarness:
             conn.close()
 
 
-Harness = MemoryHarness | SqliteHarness
+@dataclass
+class PostgresHarness:
+    """Builds :class:`PostgresJournal` s in a scratch database; breaks writes with a
+    trigger added from a second connection, so PostgreSQL itself aborts mid-batch."""
 
-STORE_PARAMS = [pytest.param("memory", id="memory"), pytest.param("sqlite", id="sqlite")]
+    url: str
+    persistent = True
+    clock: FakeClock | None = None
+
+    def make(self, clock: FakeClock) -> Journal:
+        from cosigner.store.postgres import PostgresJournal
+        self.clock = clock
+        journal = PostgresJournal(self.url, writer=True, clock=clock)
+        journal.init()
+        journal.open()
+        return journal
+
+    def reopen(self, journal: Journal) -> Journal:
+        from cosigner.store.postgres import PostgresJournal
+        assert self.clock is not None
+        journal.close()
+        again = PostgresJournal(self.url, writer=True, clock=self.clock)
+        again.open()
+        return again
+
+    @contextmanager
+    def failing_on(self, item_id: int) -> Iterator[None]:
+        """Writes fail (in PostgreSQL) when they reach an entry for ``item_id``."""
+        import psycopg
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"""CREATE FUNCTION cosigner_test_fail() RETURNS trigger
+                LANGUAGE plpgsql AS $$ BEGIN IF NEW.item_id = {int(item_id)} THEN
+                RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$""")
+            conn.execute("CREATE TRIGGER test_fail BEFORE INSERT ON cosigner_entries "
+                         "FOR EACH ROW EXECUTE FUNCTION cosigner_test_fail()")
+        try:
+            yield
+        finally:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute("DROP FUNCTION cosigner_test_fail() CASCADE")
+
+
+Harness = MemoryHarness | SqliteHarness | PostgresHarness
+
+STORE_PARAMS = [pytest.param("memory", id="memory"), pytest.param("sqlite", id="sqlite"),
+                pytest.param("postgres", id="postgres", marks=pytest.mark.external_service)]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A scratch PostgreSQL database for the session (skips without a server)."""
+    from tests.postgres import scratch_database
+    with scratch_database("store") as url:
+        yield url
 
 
 @pytest.fixture(params=STORE_PARAMS)
@@ -148,6 +199,11 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
     """One harness per store kind."""
     if request.param == "memory":
         return MemoryHarness()
+    if request.param == "postgres":
+        from tests.postgres import reset_journal
+        url: str = request.getfixturevalue("postgres_url")
+        reset_journal(url)
+        return PostgresHarness(url)
     return SqliteHarness(tmp_path)
 
 

@@ -232,6 +232,9 @@ class TestCreation:
         journal.record_decisions([decision(1)])
         journal.close()
         with sqlite3.connect(db_path) as conn:
+            for table in ("order_outbox", "order_state", "order_chain_head",
+                          "order_callbacks"):  # schema 3
+                conn.execute(f"DROP TABLE {table}")
             conn.execute("DROP TABLE policies")
             conn.execute("DROP INDEX entries_by_action")
             conn.execute("DELETE FROM meta WHERE key IN ('verified_seq', 'verified_hash')")

@@ -217,10 +217,13 @@ class TestAuditVerify:
         assert code == 2
         assert "schema version 7" in err
 
-    def test_postgres_url_exits_2(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """A PostgreSQL URL is refused for now, without echoing its password."""
-        code, _, err = audit(capsys, "postgresql://u:hunter2@db/cosigner", "verify")
+    def test_unreachable_postgres_exits_2_without_userinfo(
+            self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A PostgreSQL server that cannot be reached is exit 2, the URL's userinfo masked."""
+        code, _, err = audit(capsys, "postgresql://u:hunter2@db.invalid/cosigner", "verify")
         assert code == 2
-        assert err == ("cosigner: COSIGNER_DATABASE_URL: PostgreSQL journal is not "
-                       "available yet\n")
+        assert err.startswith("cosigner: journal postgresql://***@db.invalid/cosigner cannot "
+                              "be reached")
+        assert "hunter2" not in err
+        assert "u:" not in err
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cosigner.errors import ConfigError, JournalUnavailableError, SettingsError
+from cosigner.errors import JournalUnavailableError, SettingsError
 from cosigner.store import (
     MemoryJournal,
     SqliteJournal,
@@ -53,12 +53,14 @@ class TestJournalFromUrl:
 
     @pytest.mark.parametrize("url", ["postgresql://cosigner:s3cret@db:5432/cosigner",
                                      "postgres://cosigner:s3cret@db/cosigner"])
-    def test_postgresql_not_yet(self, url: str) -> None:
-        """PostgreSQL is refused for now, and the password is never repeated."""
-        with pytest.raises(ConfigError) as caught:
-            journal_from_url(url)
-        assert str(caught.value) == ("COSIGNER_DATABASE_URL: PostgreSQL journal is not "
-                                     "available yet")
+    def test_postgresql(self, url: str) -> None:
+        """Both schemes make a PostgreSQL journal whose repr never shows the userinfo."""
+        from cosigner.store.postgres import PostgresJournal
+        journal = journal_from_url(url, writer=True)
+        assert isinstance(journal, PostgresJournal)
+        assert journal.writer
+        assert "s3cret" not in repr(journal)
+        assert "cosigner:" not in repr(journal).split("//", 1)[1]
 
     def test_unknown_scheme_hides_the_password(self) -> None:
         """An unsupported URL's message never contains its password."""

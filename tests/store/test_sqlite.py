@@ -15,7 +15,7 @@ import pytest
 from cosigner.errors import JournalUnavailableError, StoreError
 from cosigner.store import NewOutcome, SqliteJournal
 from cosigner.store.chain import entry_hash
-from cosigner.store.sqlite import _SELECT_ALL_FROM, _stored
+from cosigner.store.sqlite import _SELECT_ALL_FROM, SCHEMA_VERSION, _stored
 from tests.store.conftest import FakeClock, decision
 
 
@@ -175,12 +175,14 @@ class TestRefusals:
     def test_newer_schema_is_refused(self, journal: SqliteJournal, db_path: Path) -> None:
         """A journal from a newer cosigner is refused, naming the file and both versions."""
         journal.close()
-        tamper(db_path, "UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        newer = SCHEMA_VERSION + 1
+        tamper(db_path, f"UPDATE meta SET value = '{newer}' "  # noqa: S608 - an int
+               "WHERE key = 'schema_version'")
         with pytest.raises(JournalUnavailableError) as caught:
             SqliteJournal(db_path, writer=True).open()
         assert str(caught.value) == (
-            f"journal {db_path} has schema version 3, newer than this cosigner supports (2); "
-            "upgrade cosigner")
+            f"journal {db_path} has schema version {newer}, newer than this cosigner supports "
+            f"({SCHEMA_VERSION}); upgrade cosigner")
 
     def test_garbage_file_is_refused(self, tmp_path: Path) -> None:
         """A file that is not a database is refused, even with create allowed."""
@@ -240,7 +242,8 @@ class TestRefusals:
     @pytest.mark.parametrize(("version", "problem"), [
         ("abc", "has no valid schema_version ('abc')"),
         ("0", "has no valid schema_version ('0')"),
-        ("1", "has schema version 1, older than 2; run `cosigner journal init` to migrate it"),
+        ("1", f"has schema version 1, older than {SCHEMA_VERSION}; run `cosigner journal init` "
+              "to migrate it"),
     ])
     def test_invalid_or_older_schema_is_refused(self, journal: SqliteJournal, db_path: Path,
                                                 version: str, problem: str) -> None:
