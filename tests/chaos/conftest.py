@@ -292,7 +292,7 @@ def world(tmp_path: Path, shard_factory: ShardFactory,
     # 30 minutes, which must not make the shard "not yet valid".
     now = datetime.now(UTC)
     shard = shard_factory("shard.pfx", password=SHARD_PASSWORD, mode=0o600,
-                          not_before=now - timedelta(days=2), not_after=now + timedelta(days=30))
+                          not_before=now - timedelta(days=2), not_after=now + timedelta(days=365))
     merchant = Merchant(MERCHANT_NO, API_KEY, API_SECRET,
                         certificate_pem=certificate_pem(shard.certificate))
     policy_dir = tmp_path / "policy"
