@@ -29,6 +29,9 @@ chaos: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	@if $(BIN)/radon cc -s -n C cosigner | grep -E '\((1[6-9]|[2-9][0-9]|[1-9][0-9]{2,})\)'; then \
+	  echo "lint: the functions above have a cyclomatic complexity above 15 (radon)"; exit 1; fi
 
 bench: $(STAMP)
 	$(BIN)/cosigner bench --items $(or $(ITEMS),10000)

@@ -1,9 +1,10 @@
 """structlog configuration: one JSON object per line (or console), secrets redacted.
 
-Processors are pure ``dict -> dict`` functions.  :func:`redact_secrets` drops the
-value of any key that names a secret and masks any registered secret value
-wherever it appears in a string, so a secret that slips into an exception
-message or an event field still never reaches the output.
+Processors are pure ``dict -> dict`` callables.  A :class:`SecretRedactor` (one per
+configuration, given the secrets) drops the value of any key that names a secret
+and masks any of its secret values wherever it appears in a string, so a secret
+that slips into an exception message or an event field still never reaches the
+output.
 """
 
 from __future__ import annotations
@@ -13,63 +14,89 @@ import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
+from urllib.parse import unquote, urlsplit
 
 import structlog
 
-from cosigner.redact import MASK, mask_secrets, mask_url, register_secret
-
-__all__ = ["REDACTED", "configure_logging", "get_logger", "redact_secrets", "register_secret"]
-
-REDACTED = MASK
+REDACTED = "**********"
 _SECRET_KEY = re.compile(
     r"(secret|password|passwd|pfx_pass|private|token|authorization|^sign$|^data$|"
     r"api_secret|database_url|dsn)", re.IGNORECASE)
 
+class SecretRedactor:
+    """structlog processor masking secret-named keys and the secret values it was given.
 
-def _mask(text: str) -> str:
-    # Registered secret values live in cosigner.redact, shared with what the journal
-    # stores; a URL's userinfo is masked wherever a URL is logged.
-    return mask_url(mask_secrets(text))
+    One instance per logging configuration, built with the process's secrets (API
+    secret, shard password, database URL ...), so nothing is kept in a module global.
+    The password inside a URL (``postgresql://user:pw@host/db``) is masked on its own
+    too: a driver's error message may quote it without the URL.  Values shorter than
+    4 characters are ignored (masking them would mangle ordinary text).
+    """
 
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        values: set[str] = set()
+        for v in secrets:
+            if not v:
+                continue
+            candidates = [v]
+            if "://" in v:
+                try:
+                    password = urlsplit(v).password
+                except ValueError:
+                    password = None
+                if password:
+                    candidates += [password, unquote(password)]
+            values.update(c for c in candidates if len(c) >= 4)
+        # Longest first, so that a secret containing another is masked whole.
+        self._secrets = tuple(sorted(values, key=len, reverse=True))
 
-def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
-        return _mask(value)
-    if isinstance(value, dict):
-        return {k: (REDACTED if _SECRET_KEY.search(str(k)) else _scrub(v))
-                for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub(v) for v in value]
-    if isinstance(value, BaseException):
-        return _mask(f"{type(value).__name__}: {value}")
-    return value
+    def __repr__(self) -> str:
+        return f"SecretRedactor({len(self._secrets)} secrets)"
 
+    def mask(self, text: str) -> str:
+        """*text* with every secret value replaced by :data:`REDACTED`."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
 
-def redact_secrets(_logger: Any, _name: str, event: MutableMapping[str, Any]
-                   ) -> MutableMapping[str, Any]:
-    """structlog processor: mask secret-named keys and registered secret values."""
-    for key in list(event):
-        if _SECRET_KEY.search(key):
-            event[key] = REDACTED
-        else:
-            event[key] = _scrub(event[key])
-    return event
+    def _scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, dict):
+            return {k: (REDACTED if _SECRET_KEY.search(str(k)) else self._scrub(v))
+                    for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub(v) for v in value]
+        if isinstance(value, BaseException):
+            return self.mask(f"{type(value).__name__}: {value}")
+        return value
 
+    def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]
+                 ) -> MutableMapping[str, Any]:
+        """The processor: mask secret-named keys and secret values anywhere."""
+        for key in list(event):
+            if _SECRET_KEY.search(key):
+                event[key] = REDACTED
+            else:
+                event[key] = self._scrub(event[key])
+        return event
 
-def _mask_rendered(_logger: Any, _name: str, event: MutableMapping[str, Any]
-                   ) -> MutableMapping[str, Any]:
-    # exc_info is rendered into "exception" late; mask that text too.
-    exc = event.get("exception")
-    if isinstance(exc, str):
-        event["exception"] = _mask(exc)
-    return event
+    def mask_rendered(self, _logger: Any, _name: str, event: MutableMapping[str, Any]
+                      ) -> MutableMapping[str, Any]:
+        """Processor after ``format_exc_info``: mask the rendered exception text too."""
+        exc = event.get("exception")
+        if isinstance(exc, str):
+            event["exception"] = self.mask(exc)
+        return event
 
 
 def configure_logging(fmt: str = "json", level: str = "info", *,
                       stream: TextIO | None = None,
                       secrets: Iterable[str | None] = ()) -> None:
-    """Configure structlog once for the process (daemon, sandbox, commands)."""
-    register_secret(*secrets)
+    """Configure structlog once for the process (daemon, sandbox, commands), redacting
+    *secrets* with a :class:`SecretRedactor` built for this configuration."""
+    redactor = SecretRedactor(secrets)
     renderer: Any
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=False)
@@ -80,9 +107,9 @@ def configure_logging(fmt: str = "json", level: str = "info", *,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_secrets,
+            redactor,
             structlog.processors.format_exc_info,
-            _mask_rendered,
+            redactor.mask_rendered,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -34,6 +34,52 @@ def loads_exact(text: str | bytes) -> Any:
     return json.loads(text, parse_float=JsonNumber)
 
 
+class JsonObject(dict[str, Any]):
+    """A JSON object as :func:`loads_checked` reads it: ``duplicate_keys`` names every key
+    the text gave more than once (the dict holds the last value, as ``json`` does), and
+    ``pairs`` keeps every key and value in order when there were duplicates."""
+
+    duplicate_keys: tuple[str, ...] = ()
+    pairs: tuple[tuple[str, Any], ...] = ()
+
+
+def _object(pairs: list[tuple[str, Any]]) -> JsonObject:
+    obj = JsonObject(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        repeated: dict[str, None] = {}
+        for key, _ in pairs:
+            if key in seen:
+                repeated[key] = None
+            seen.add(key)
+        obj.duplicate_keys = tuple(repeated)
+        obj.pairs = tuple(pairs)
+    return obj
+
+
+def loads_checked(text: str | bytes) -> Any:
+    """:func:`loads_exact` whose objects are :class:`JsonObject` and remember duplicate keys.
+
+    A provider parsing first-wins would act on another item than one parsed
+    last-wins, so a duplicate key must be seen, never silently resolved.
+    """
+    return json.loads(text, parse_float=JsonNumber, object_pairs_hook=_object)
+
+
+def duplicate_keys(value: Any) -> tuple[str, ...]:
+    """The keys given twice anywhere inside *value* (objects parsed by :func:`loads_checked`)."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, dict):
+            found.extend(getattr(current, "duplicate_keys", ()))
+            stack.extend(current.values())
+        elif isinstance(current, list):
+            stack.extend(current)
+    return tuple(dict.fromkeys(found))
+
+
 def dumps_exact(obj: Any) -> str:
     """Compact JSON that writes :class:`JsonNumber` back as the number it was.
 
@@ -73,6 +119,37 @@ class Action(enum.StrEnum):
         return {Action.APPROVE: 1, Action.REJECT: 2}.get(self)
 
 
+class Mode(enum.StrEnum):
+    """How decisions are made: ``enforce`` posts them, ``shadow`` never posts anything."""
+
+    ENFORCE = "enforce"
+    SHADOW = "shadow"
+
+
+class RecordState(enum.StrEnum):
+    """The state of a journal decision record (DESIGN section 4)."""
+
+    DECIDED = "decided"   # recorded; its post has not completed (or it is a hold)
+    POSTED = "posted"     # the API accepted it (or said it was already processed)
+    FAILED = "failed"     # the API refused it; re-posted while the item is listed
+    GONE = "gone"         # outcome unknown, and the item has left the pending list
+    SHADOW = "shadow"     # decided in shadow mode: never posted
+
+
+class EventState(enum.StrEnum):
+    """What happened to an item in a cycle (the daemon's events: demo table, tests)."""
+
+    DECIDED = "decided"
+    POSTED = "posted"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    MUTATED = "mutated"
+    SKIPPED = "skipped"
+    SHADOW = "shadow"
+    PAUSED = "paused"
+    GONE = "gone"
+
+
 def amount_text(value: Any) -> str | None:
     """The exact text of an amount as the API sent it, or None when it is not text or number."""
     if isinstance(value, bool):
@@ -94,16 +171,12 @@ class PendingItem:
 
     raw: Mapping[str, Any]
     content_hash: str = field(init=False)
+    duplicate_keys: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "content_hash", item_content_hash(self.raw))
-
-    @classmethod
-    def from_fields(cls, id: int, fromAddress: str, toAddress: str, amount: str,
-                    chainId: str) -> PendingItem:
-        """Build an item the way the API would list it (tests, sandbox, demo)."""
-        return cls({"id": id, "fromAddress": fromAddress, "toAddress": toAddress,
-                    "amount": amount, "chainId": chainId})
+        dupes = duplicate_keys(self.raw)
+        object.__setattr__(self, "duplicate_keys", dupes)
+        object.__setattr__(self, "content_hash", item_content_hash(self.raw, dupes))
 
     @property
     def id(self) -> int | None:
@@ -148,10 +221,60 @@ class PendingItem:
         return f"item {self.raw.get('id')!r}"
 
 
-def item_content_hash(raw: Mapping[str, Any]) -> str:
-    """sha256 of the item's canonical content (sorted keys, exact amount text)."""
+def item_content_hash(raw: Mapping[str, Any], dupes: tuple[str, ...] = ()) -> str:
+    """sha256 of the item's canonical content (sorted keys, exact amount text).
+
+    An item with duplicate keys hashes every pair in order, so it never hashes
+    like the clean item its last values would make.
+    """
     # JsonNumber is a str: a number and a string with the same text hash alike,
     # which is right, since the signed ``value`` is that text either way.
-    canonical = json.dumps(dict(raw), sort_keys=True, separators=(",", ":"),
+    content: Any = dict(raw)
+    if dupes:
+        content = {"duplicate_keys": list(dupes), "pairs": _pairs_of(raw)}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"),
                            ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _pairs_of(value: Any) -> Any:
+    if isinstance(value, dict):
+        pairs = getattr(value, "pairs", ()) or tuple(value.items())
+        return [[k, _pairs_of(v)] for k, v in pairs]
+    if isinstance(value, list):
+        return [_pairs_of(v) for v in value]
+    return value
+
+
+#: Item ids the API can mean: positive and within a signed 64-bit integer.
+MAX_ITEM_ID = 2**63 - 1
+
+
+def valid_item_id(item_id: int | None) -> bool:
+    """True for an id the journal can record and the API can mean (1 .. 2**63-1)."""
+    return item_id is not None and 0 < item_id <= MAX_ITEM_ID
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPage:
+    """One page of ``/api/transaction/pending``."""
+
+    page_num: int
+    total: int
+    items: list[PendingItem]
+    malformed: int = 0  # list entries that were not JSON objects (nothing can be posted for them)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSnapshot:
+    """Every page read into one list, deduplicated by id and capped at ``max_pending``."""
+
+    items: list[PendingItem]
+    total: int
+    pages: int
+    truncated: bool = False
+    duplicates: int = 0
+    malformed: int = 0
+    ids: frozenset[int] = field(default_factory=frozenset)
+    #: ids listed more than once with different content (a mutation: every copy is held)
+    conflicts: frozenset[int] = field(default_factory=frozenset)

@@ -11,7 +11,9 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from cosigner.logs import REDACTED, configure_logging, get_logger, redact_secrets, register_secret
+from cosigner.logs import REDACTED, SecretRedactor, configure_logging, get_logger
+
+redact_secrets = SecretRedactor()  # no secret values: only secret-named keys
 
 
 @pytest.fixture
@@ -52,8 +54,8 @@ class TestRedactSecrets:
 
     def test_registered_values_are_masked_anywhere(self) -> None:
         """A registered secret is masked inside any string, including the event name."""
-        register_secret("reg-S3cret-0001")
-        event = redact_secrets(None, "info", {
+        redact = SecretRedactor(["reg-S3cret-0001"])
+        event = redact(None, "info", {
             "event": "failed with reg-S3cret-0001", "note": ["x reg-S3cret-0001 y"],
             "error": ValueError("bad reg-S3cret-0001")})
         text = json.dumps(event)
@@ -62,22 +64,29 @@ class TestRedactSecrets:
 
     def test_short_values_are_not_registered(self) -> None:
         """Values under 4 characters are ignored, so "en" or "1" never get masked."""
-        register_secret("abc", None, "")
-        assert redact_secrets(None, "info", {"event": "abc"})["event"] == "abc"
+        redact = SecretRedactor(["abc", None, ""])
+        assert redact(None, "info", {"event": "abc"})["event"] == "abc"
 
     def test_url_password_is_registered_on_its_own(self) -> None:
         """The password inside a database URL is masked even when quoted without the URL."""
-        register_secret("postgresql://cosigner:url-S3cret%21pw@db/journal")
-        event = redact_secrets(None, "info", {
+        redact = SecretRedactor(["postgresql://cosigner:url-S3cret%21pw@db/journal"])
+        event = redact(None, "info", {
             "event": "auth failed for url-S3cret!pw", "raw": "url-S3cret%21pw",
             "whole": "postgresql://cosigner:url-S3cret%21pw@db/journal"})
         assert "S3cret" not in json.dumps(event)
 
     def test_overlapping_secrets_mask_the_longest(self) -> None:
         """A secret containing another is masked as one piece."""
-        register_secret("ovl-S3cret", "ovl-S3cret-and-more")
-        event = redact_secrets(None, "info", {"event": "x ovl-S3cret-and-more y"})
+        redact = SecretRedactor(["ovl-S3cret", "ovl-S3cret-and-more"])
+        event = redact(None, "info", {"event": "x ovl-S3cret-and-more y"})
         assert event["event"] == f"x {REDACTED} y"
+
+    def test_each_configuration_has_its_own_secrets(self) -> None:
+        """Secrets are the instance's, not a module global: another redactor does not
+        know them, and the repr never shows them."""
+        SecretRedactor(["inst-S3cret-0001"])
+        assert redact_secrets(None, "info", {"e": "inst-S3cret-0001"})["e"] == "inst-S3cret-0001"
+        assert "inst-S3cret" not in repr(SecretRedactor(["inst-S3cret-0001"]))
 
     def test_other_values_pass_through(self) -> None:
         """Numbers, None and booleans are untouched."""

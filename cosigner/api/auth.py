@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import string
 import time
@@ -34,6 +35,11 @@ SIGN_SORTS: tuple[SignSort, ...] = ("casefold", "ascii")
 PUBLIC_HEADERS = ("Nonce", "TimeStamp", "MerchantNo", "SignType", "Lang", "ApiKey")
 
 _NONCE_ALPHABET = string.ascii_letters + string.digits
+_NONCE_SPACE = len(_NONCE_ALPHABET) ** 8
+_SIGNED_LOWER = frozenset(h.lower().encode("ascii") for h in (*PUBLIC_HEADERS, "Sign"))
+
+#: Request extension carrying the fields a JSON body was encoded from (see :func:`signed_body`).
+SIGN_FIELDS = "cosigner.sign_fields"
 
 
 def format_value(value: Any) -> str | None:
@@ -71,11 +77,12 @@ def _sort_key(sort: SignSort) -> Callable[[str], Any]:
     raise ValueError(f"COSIGNER_SIGN_SORT must be casefold or ascii, not {sort!r}")
 
 
-def canonical_string(params: Mapping[str, Any], sort: SignSort = "casefold") -> str:
-    """``k1=v1&k2=v2...`` over the non-empty parameters, ``Sign`` excluded, sorted."""
+def canonical_string(params: Mapping[str, Any], sort: SignSort = "casefold", *,
+                     skip: str | None = "Sign") -> str:
+    """``k1=v1&k2=v2...`` over the non-empty parameters, ``skip`` (``Sign``) excluded, sorted."""
     pairs = []
     for key in sorted(params, key=_sort_key(sort)):
-        if key == "Sign":
+        if key == skip:
             continue
         text = format_value(params[key])
         if text is not None:
@@ -83,9 +90,10 @@ def canonical_string(params: Mapping[str, Any], sort: SignSort = "casefold") -> 
     return "&".join(pairs)
 
 
-def compute_sign(params: Mapping[str, Any], secret: str, sort: SignSort = "casefold") -> str:
+def compute_sign(params: Mapping[str, Any], secret: str, sort: SignSort = "casefold", *,
+                 skip: str | None = "Sign") -> str:
     """The 32-character lowercase md5 ``Sign`` of ``params`` under ``secret``."""
-    text = canonical_string(params, sort) + secret
+    text = canonical_string(params, sort, skip=skip) + secret
     # md5 is the provider's choice for request signing, not ours.
     return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
 
@@ -96,10 +104,10 @@ def signs_equal(a: str, b: str) -> bool:
 
 
 def verify_sign(params: Mapping[str, Any], sign: str, secret: str,
-                sort: SignSort = "casefold") -> bool:
+                sort: SignSort = "casefold", *, skip: str | None = "Sign") -> bool:
     """True when ``sign`` is the ``Sign`` of ``params`` (``Sign`` itself ignored)."""
     try:
-        expected = compute_sign(params, secret, sort)
+        expected = compute_sign(params, secret, sort, skip=skip)
     except (TypeError, ValueError, InvalidOperation):
         return False
     return signs_equal(expected, sign)
@@ -125,18 +133,25 @@ def verify_callback(body: bytes | str | Mapping[str, Any], secret: str,
     signature = data.get("signature")
     if not isinstance(signature, str) or not signature:
         return False
+    # Every field but ``signature`` is signed, a field named ``Sign`` included.
     fields = {k: v for k, v in data.items() if k != "signature"}
-    return verify_sign(fields, signature, secret, sort)
+    return verify_sign(fields, signature, secret, sort, skip=None)
 
 
 def sign_callback(fields: Mapping[str, Any], secret: str, sort: SignSort = "casefold") -> str:
     """The ``signature`` a provider puts on a callback carrying ``fields``."""
-    return compute_sign({k: v for k, v in fields.items() if k != "signature"}, secret, sort)
+    return compute_sign({k: v for k, v in fields.items() if k != "signature"}, secret, sort,
+                        skip=None)
 
 
 def new_nonce() -> str:
-    """8 random letters and digits (DESIGN section 1)."""
-    return "".join(secrets.choice(_NONCE_ALPHABET) for _ in range(8))
+    """8 random letters and digits (DESIGN section 1), uniform, from one ``secrets`` draw."""
+    n = secrets.randbelow(_NONCE_SPACE)
+    chars = []
+    for _ in range(8):
+        n, digit = divmod(n, 62)
+        chars.append(_NONCE_ALPHABET[digit])
+    return "".join(chars)
 
 
 def timestamp_ms() -> int:
@@ -147,8 +162,11 @@ def timestamp_ms() -> int:
 class SignAuth(httpx.Auth):
     """httpx auth flow adding the six public headers and the ``Sign`` to each request.
 
-    The JSON body must already be encoded on the request; it is parsed back
-    with exact numbers so the signature covers exactly the bytes that are sent.
+    The JSON body must already be encoded on the request.  When the request carries
+    the fields it was encoded from (:func:`signed_body`), the ``Sign`` is computed
+    from them; otherwise the body is parsed back with exact numbers.  Both give the
+    same ``Sign``: a field's text is the same before encoding and after decoding
+    (strings, integers, booleans, Decimals and exact number literals alike).
     """
 
     def __init__(self, merchant_no: str, api_key: str, secret: str, *, lang: str = "en",
@@ -177,19 +195,43 @@ class SignAuth(httpx.Auth):
             "ApiKey": self._api_key,
         }
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        body = request.content
-        fields = loads_exact(body) if body else {}
-        if not isinstance(fields, Mapping):
-            raise TypeError("1BitPay request bodies are JSON objects")
+    def signed_headers(self, fields: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
+        """The six public headers and the ``Sign`` for a body made of ``fields``."""
         headers = self.public_params()
         headers["Sign"] = compute_sign({**fields, **headers}, self._secret, self._sort)
-        request.headers.update(headers)
+        return [(k.encode("ascii"), v.encode("utf-8")) for k, v in headers.items()]
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        fields = request.extensions.get(SIGN_FIELDS)
+        if fields is None:
+            body = request.content
+            fields = loads_exact(body) if body else {}
+        if not isinstance(fields, Mapping):
+            raise TypeError("1BitPay request bodies are JSON objects")
+        # One new Headers instead of seven updates of the old one (each a scan).
+        kept = [(k, v) for k, v in request.headers.raw if k.lower() not in _SIGNED_LOWER]
+        request.headers = httpx.Headers(kept + self.signed_headers(fields))
         yield request
+
+
+_PLAIN_TYPES = frozenset((str, int, bool, type(None)))
 
 
 def encode_body(fields: Mapping[str, Any]) -> bytes:
     """The JSON request body for ``fields`` (Decimals as plain strings, exact numbers kept)."""
+    if all(type(v) in _PLAIN_TYPES for v in fields.values()):
+        # Only plain strings, integers, booleans and nulls (an approve): nothing to keep
+        # exact, so the stdlib encoder alone gives the same bytes, faster.
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return dumps_exact(fields).encode("utf-8")
+
+
+def signed_body(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``content`` and ``extensions`` for an httpx request whose body is ``fields``.
+
+    The body and the fields :class:`SignAuth` signs come from the same mapping, so the
+    ``Sign`` is computed without parsing back the body just built.
+    """
+    return {"content": encode_body(fields), "extensions": {SIGN_FIELDS: fields}}
 
 

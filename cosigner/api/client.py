@@ -16,31 +16,40 @@ Reads (``rate``, ``pending``) are retried with exponential backoff and jitter.
 Writes (``approve``, ``collect``, ``create_order``) are retried only when the
 request provably never reached the server; anything else is left to the
 daemon's journal, which re-posts the *recorded* decision on the next cycle.
+Both policies are built once, with the client.
+
+Each request is an ``httpx.Request`` carrying the headers :class:`SignAuth` signs (the
+same signing as its httpx auth flow), handed to an ``httpx`` transport: the one given
+(tests pass ``httpx.MockTransport``), else
+:class:`~cosigner.api.transport.LeanTransport` (keep-alive HTTP/1.1 at a fraction
+of httpcore's CPU per request), or, when the environment names a proxy, an
+``httpx.AsyncClient`` that honours it.  The client calls the transport directly:
+``AsyncClient.send`` (redirects, cookies, hooks, URL merging) cost three times the
+exchange itself, and none of it applies to a signed JSON API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
+import random
 import re
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
+from cosigner import __version__
 from cosigner.api.auth import SignAuth, SignSort, encode_body
 from cosigner.api.models import CreatedOrder, PendingPage, PendingSnapshot, Rate
 from cosigner.api.tls import certificate_failure, tls_context
+from cosigner.api.transport import LeanTransport
 from cosigner.errors import (
     AlreadyProcessedError,
     ApiCertificateError,
@@ -53,8 +62,8 @@ from cosigner.errors import (
     ApiTransportError,
     ConfigError,
 )
-from cosigner.models import JsonNumber, PendingItem, loads_exact
-from cosigner.redact import MASK, mask_text, mask_url
+from cosigner.models import JsonNumber, PendingItem, loads_checked
+from cosigner.redact import MASK, mask_text
 
 ENDPOINTS = {
     "rate": "/api/otc/rate",
@@ -107,6 +116,59 @@ def _retry_write(exc: BaseException) -> bool:
     return isinstance(exc, ApiConnectError)
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Up to ``attempts`` tries while ``retry_on`` says so, with random exponential backoff.
+
+    The wait before try ``n + 1`` is uniform in ``[0, min(cap, base * 2 ** (n - 1))]``
+    (full jitter).  Built once per client: a call pays nothing for it unless it fails.
+    """
+
+    attempts: int
+    retry_on: Callable[[BaseException], bool]
+    base: float
+    cap: float
+
+    def delay(self, attempt: int) -> float:
+        # Jitter spreads retries out; it needs no cryptographic randomness.
+        return random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))  # noqa: S311
+
+    async def run(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``, again after a retryable error, until it succeeds or tries run out."""
+        attempt = 1
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                if attempt >= self.attempts or not self.retry_on(exc):
+                    raise
+            await asyncio.sleep(self.delay(attempt))
+            attempt += 1
+
+
+class _ProxiedTransport(httpx.AsyncBaseTransport):
+    """A transport that sends through an ``httpx.AsyncClient`` honouring the proxy settings."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._client.send(request)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _env_proxy(base_url: str) -> bool:
+    """True when the environment names a proxy for ``base_url``'s scheme: httpx's own
+    transport then handles proxying (and ``NO_PROXY``) as it always did."""
+    names = {f"{httpx.URL(base_url).scheme}_proxy", "all_proxy"}
+    return any(value and name.lower() in names for name, value in os.environ.items())
+
+
 class ApiClient:
     """Async client for the five endpoints of the API doc.  Use as an async context manager."""
 
@@ -123,40 +185,37 @@ class ApiClient:
         self._secret = api_secret  # masked out of the provider's messages
         self._base_url = base_url
 
-        # One TLS context for every client (building one costs ~25 ms): the system trust
+        # One TLS context for the client (building one costs ~25 ms): the system trust
         # store unless the caller passes one (COSIGNER_CA_BUNDLE).
         tls = tls or tls_context()
-
-        def make(one_connection: bool) -> httpx.AsyncClient:
-            return httpx.AsyncClient(
-                verify=tls,
-                base_url=base_url, transport=transport, timeout=timeout, auth=self._auth,
-                headers={"Content-Type": "application/json", "Accept": "application/json"},
-                follow_redirects=False,
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)
-                if one_connection else httpx.Limits())
-
-        # One client per connection, each used by one request at a time: httpcore scans
-        # every pooled connection on each request, which costs more CPU than the request
-        # itself when a backlog of thousands is posted.  A given transport is shared.
         count = max(1, max_connections)
         if transport is None:
-            self._clients = [make(True) for _ in range(count)]
-        else:
-            self._clients = [make(False)]
-        self._idle: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
-        for i in range(count):
-            self._idle.put_nowait(self._clients[i % len(self._clients)])
+            if _env_proxy(base_url):
+                transport = _ProxiedTransport(httpx.AsyncClient(
+                    verify=tls, follow_redirects=False, limits=httpx.Limits(
+                        max_connections=count, max_keepalive_connections=count)))
+            else:
+                transport = LeanTransport(ssl_context=tls, max_connections=count)
+        self._transport = transport
+        base = httpx.URL(base_url)
+        if not base.raw_path.endswith(b"/"):
+            base = base.copy_with(raw_path=base.raw_path + b"/")
+        self._urls = {name: base.join(path.lstrip("/")) for name, path in ENDPOINTS.items()}
+        self._headers = [(b"Host", base.netloc), (b"Accept", b"application/json"),
+                         (b"Content-Type", b"application/json"),
+                         (b"User-Agent", f"cosigner/{__version__}".encode())]
+        self._timeout = httpx.Timeout(timeout).as_dict()
         self.page_size = page_size
         self.max_pending = max_pending
-        self._retries = max(1, retries)
         self._already = already_processed_codes
         self._observer = observer
-        self._backoff = backoff
         self._clock = clock
+        attempts = max(1, retries)
+        self._read_policy = RetryPolicy(attempts, _retry_read, *backoff)
+        self._write_policy = RetryPolicy(attempts, _retry_write, *backoff)
 
     def __repr__(self) -> str:
-        return f"ApiClient(base_url={mask_url(self._base_url)!r})"
+        return f"ApiClient(base_url={self._base_url!r})"
 
     async def __aenter__(self) -> ApiClient:
         return self
@@ -166,22 +225,16 @@ class ApiClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for client in self._clients:
-            await client.aclose()
+        await self._transport.aclose()
 
     # -- transport and envelope ------------------------------------------------------
 
     async def _exchange(self, endpoint: str, fields: Mapping[str, Any]) -> Any:
         """One signed POST; returns the envelope's ``data`` or raises an ApiError."""
-        path = ENDPOINTS[endpoint]
         started = self._clock()
         try:
             try:
-                client = await self._idle.get()
-                try:
-                    response = await client.post(path, content=encode_body(fields))
-                finally:
-                    self._idle.put_nowait(client)
+                response = await self._send(self._urls[endpoint], fields)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 if (tls_problem := certificate_failure(exc)) is not None:
                     raise ApiCertificateError(endpoint, tls_problem) from exc
@@ -199,50 +252,56 @@ class ApiClient:
         self._observe(endpoint, started, None)
         return data
 
+    async def _send(self, url: httpx.URL, fields: Mapping[str, Any]) -> httpx.Response:
+        """One signed POST of ``fields`` through the transport; the answer read in full."""
+        body = encode_body(fields)
+        # The auth flow's own signing, with the headers given to the request at once
+        # (rebuilding httpx Headers in the flow costs as much as the Sign itself).
+        request = httpx.Request(
+            "POST", url, content=body,
+            headers=[*self._headers, (b"Content-Length", str(len(body)).encode()),
+                     *self._auth.signed_headers(fields)],
+            extensions={"timeout": self._timeout})
+        response = await self._transport.handle_async_request(request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
     def _observe(self, endpoint: str, started: float, kind: str | None) -> None:
         if self._observer is not None:
             self._observer.observe(endpoint, self._clock() - started, kind)
 
     def _envelope(self, endpoint: str, response: httpx.Response) -> Any:
         try:
-            body = loads_exact(response.content) if response.content else None
+            body = loads_checked(response.content) if response.content else None
         except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             body = None
         if not 200 <= response.status_code < 300:
-            message = ""
-            if isinstance(body, dict):
-                if isinstance(body.get("message"), str):
-                    message = _provider_text(body["message"], self._secret)
-                code = body.get("code")
-                # Keep the envelope's code too (DESIGN section 1): 429 may carry 4290, 5xx 5000.
-                if isinstance(code, int) and not isinstance(code, bool):
-                    message = f"API code {code}" + (f": {message}" if message else "")
-            raise ApiHTTPError(endpoint, response.status_code, message)
+            raise ApiHTTPError(endpoint, response.status_code,
+                               _provider_text(_http_error_message(body), self._secret))
         if not isinstance(body, dict):
             raise ApiProtocolError(endpoint, "answer is not a JSON object")
         if "code" not in body:
             raise ApiProtocolError(endpoint, "answer has no 'code' field")
+        repeated = _envelope_duplicates(body)
+        if repeated:
+            # A provider reading first-wins would see another answer than this one.
+            raise ApiProtocolError(endpoint, f"answer repeats the key(s) {', '.join(repeated)}")
         code = body["code"]
+        if _is_int(code) and code == 200:
+            return body.get("data")
         raw_message = body.get("message")
         message = (_provider_text(raw_message, self._secret) if isinstance(raw_message, str)
                    else "")
-        if isinstance(code, bool) or code != 200 or not isinstance(code, int):
-            if isinstance(code, int) and not isinstance(code, bool) and code in self._already:
-                raise AlreadyProcessedError(endpoint, code, message)
-            raise ApiResponseError(endpoint, code, message)
-        return body.get("data")
+        if _is_int(code) and code in self._already:
+            raise AlreadyProcessedError(endpoint, code, message)
+        raise ApiResponseError(endpoint, code, message)
 
     async def _call(self, endpoint: str, fields: Mapping[str, Any], *, read: bool) -> Any:
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._retries),
-            wait=wait_random_exponential(multiplier=self._backoff[0], max=self._backoff[1]),
-            retry=retry_if_exception(_retry_read if read else _retry_write),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                return await self._exchange(endpoint, fields)
-        raise AssertionError("unreachable")  # pragma: no cover
+        policy = self._read_policy if read else self._write_policy
+        return await policy.run(lambda: self._exchange(endpoint, fields))
 
     # -- endpoints -------------------------------------------------------------------
 
@@ -290,6 +349,7 @@ class ApiClient:
             raise ApiProtocolError("pending", "total is not a non-negative integer")
         if not isinstance(entries, list):
             raise ApiProtocolError("pending", "list is not a list")
+        # An item repeating a key is kept: the decision holds it as malformed (duplicate_key).
         items = [PendingItem(e) for e in entries if isinstance(e, dict)]
         return PendingPage(page_num, total, items, malformed=len(entries) - len(items))
 
@@ -304,7 +364,8 @@ class ApiClient:
         max_pages = math.ceil(self.max_pending / size) + 1
         pages_needed = min(math.ceil(total / size), max_pages) if total else 1
         items: list[PendingItem] = []
-        seen: set[int] = set()
+        seen: dict[int, str] = {}
+        conflicts: set[int] = set()
         duplicates = malformed = 0
         truncated = False
         page, pages_read = first, 1
@@ -315,8 +376,10 @@ class ApiClient:
                 if item_id is not None:
                     if item_id in seen:
                         duplicates += 1
+                        if seen[item_id] != item.content_hash:
+                            conflicts.add(item_id)  # another content under the same id
                         continue
-                    seen.add(item_id)
+                    seen[item_id] = item.content_hash
                 if len(items) >= self.max_pending:
                     truncated = True
                     break
@@ -331,7 +394,7 @@ class ApiClient:
             truncated = True
         return PendingSnapshot(items=items, total=total, pages=pages_read, truncated=truncated,
                                duplicates=duplicates, malformed=malformed,
-                               ids=frozenset(seen))
+                               ids=frozenset(seen), conflicts=frozenset(conflicts))
 
     async def approve(self, fields: Mapping[str, Any], data: str) -> None:
         """Post one decision: the signed fields plus ``data``.  Never blindly retried."""
@@ -340,17 +403,6 @@ class ApiClient:
     async def collect(self, is_main: int, data: str) -> None:
         """Trigger fund collection for ``isMain`` with the signed ``{"isMain":..}``."""
         await self._call("collect", {"isMain": is_main, "data": data}, read=False)
-
-
-def _provider_text(message: str, secret: str) -> str:
-    """The provider's message as kept in errors, logs and the journal: masked, then cut.
-
-    A hostile or buggy provider may echo the signing string (which ends with the API
-    secret) or the signature; masking before cutting means no half secret survives.
-    """
-    if secret:
-        message = message.replace(secret, MASK)
-    return mask_text(message)[:200]
 
 
 _DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
@@ -369,3 +421,40 @@ def _decimal_field(endpoint: str, data: Mapping[str, Any], name: str) -> tuple[D
     except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
         raise ApiProtocolError(endpoint, f"{name} is not a decimal number") from None
     return number, text
+
+
+def _provider_text(message: str, secret: str) -> str:
+    """The provider's message as kept in errors, logs and the journal: masked, then cut.
+
+    A hostile or buggy provider may echo the signing string (which ends with the API
+    secret) or the signature; masking before cutting means no half secret survives.
+    """
+    if secret:
+        message = message.replace(secret, MASK)
+    return mask_text(message)[:200]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _http_error_message(body: Any) -> str:
+    """The message of a non-2xx answer, with the envelope's code when it has one."""
+    if not isinstance(body, dict):
+        return ""
+    message = body["message"][:200] if isinstance(body.get("message"), str) else ""
+    code = body.get("code")
+    # Keep the envelope's code too (DESIGN section 1): 429 may carry 4290, 5xx 5000.
+    if _is_int(code):
+        message = f"API code {code}" + (f": {message}" if message else "")
+    return message
+
+
+def _envelope_duplicates(body: dict[str, Any]) -> tuple[str, ...]:
+    """Keys repeated in the envelope or its ``data`` (outside the pending items, which the
+    decision holds one by one)."""
+    found = list(getattr(body, "duplicate_keys", ()))
+    data = body.get("data")
+    if isinstance(data, dict):
+        found += getattr(data, "duplicate_keys", ())
+    return tuple(dict.fromkeys(found))

@@ -1,11 +1,16 @@
-"""Typed answers of the 1BitPay API.  Amounts are Decimal and keep the text sent."""
+"""Typed answers of the 1BitPay API.  Amounts are Decimal and keep the text sent.
+
+The pending list's types are domain types (:mod:`cosigner.models`), re-exported here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 
-from cosigner.models import PendingItem
+from cosigner.models import PendingPage, PendingSnapshot
+
+__all__ = ["CreatedOrder", "PendingPage", "PendingSnapshot", "Rate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,26 +32,3 @@ class CreatedOrder:
     url: str
     is_new: bool
     order_no: str
-
-
-@dataclass(frozen=True, slots=True)
-class PendingPage:
-    """One page of ``/api/transaction/pending``."""
-
-    page_num: int
-    total: int
-    items: list[PendingItem]
-    malformed: int = 0  # list entries that were not JSON objects (nothing can be posted for them)
-
-
-@dataclass(frozen=True, slots=True)
-class PendingSnapshot:
-    """Every page read into one list, deduplicated by id and capped at ``max_pending``."""
-
-    items: list[PendingItem]
-    total: int
-    pages: int
-    truncated: bool = False
-    duplicates: int = 0
-    malformed: int = 0
-    ids: frozenset[int] = field(default_factory=frozenset)

@@ -1,32 +1,36 @@
-"""The composition root: settings are read here, once, and passed down as plain values.
+"""The daemon's composition: plain values in (a :class:`DaemonSpec`), a wired Daemon out.
 
-Startup fails fast with one clear line per problem (exit 2): settings, policy,
+The settings are read by the command line (:mod:`cosigner.cli.daemon`), which
+turns them into a :class:`DaemonSpec`; the demo and the benchmark build one
+directly.  Startup fails fast with one clear line per problem (exit 2): policy,
 shard and journal are all checked before anything touches the network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from cosigner.abc import Clock, Journal, utc_now
+from cosigner.api.auth import SignSort
 from cosigner.api.client import ApiClient
 from cosigner.api.tls import tls_context
 from cosigner.errors import JournalUnavailableError, StoreError
 from cosigner.logs import configure_logging, get_logger
 from cosigner.policy import load_policy
 from cosigner.redact import mask_url, register_secret
-from cosigner.settings import Settings
 from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
+from cosigner.signing.shard import SignScheme
 from cosigner.store import Head, journal_from_url
 from cosigner.store.postgres import PostgresJournal
 
-from .callbacks import CallbackOptions, CallbackService, build_callbacks
+from .callbacks import CallbackOptions, CallbackService
 from .control import check_pause_location
 from .leadership import ElectedLeader, LeaderGatedSource, Leadership, SoleLeader
 from .metrics import Metrics
@@ -34,9 +38,52 @@ from .pipeline import DecisionEvent, Pipeline, PolicyState, ledger_from_journal
 from .service import Daemon, DaemonConfig
 
 
+@dataclass(frozen=True)
+class DaemonSpec:
+    """Everything the daemon is configured with, as plain values (DESIGN section 6).
+
+    Secrets are plain strings here: they never leave this process, and logging
+    registers them for redaction before anything is logged.
+    """
+
+    api_base_url: str
+    merchant_no: str
+    api_key: str
+    api_secret: str = field(repr=False)
+    pfx_path: Path
+    pfx_password: str = field(repr=False)
+    policy_path: Path
+    database_url: str = field(repr=False)
+    pause_file: Path
+    journal_witness: Path | None = None
+    ca_bundle: Path | None = None
+    leader_retry: float = 5.0
+    lang: str = "en"
+    sign_sort: SignSort = "casefold"
+    sign_scheme: SignScheme = "java-rsa"
+    request_timeout: float = 10.0
+    page_size: int = 50
+    max_pending: int = 10000
+    concurrency: int = 8
+    poll_interval: float = 120.0
+    collect_interval: float = 300.0
+    collect_is_main: Sequence[int] = (1, 0)
+    http_host: str = "127.0.0.1"
+    http_port: int = 9464
+    mode: str = "enforce"
+    log_format: str = "json"
+    log_level: str = "info"
+    #: Other secrets to redact from the logs (the callback forward secret).
+    extra_secrets: tuple[str, ...] = field(default=(), repr=False)
+    #: The order-callback service's factory, when ``CALLBACK_ADDR`` is set: built by the
+    #: command line (which reads its settings), called with (metrics, log, database url,
+    #: options, port).
+    callbacks: Callable[..., CallbackService] | None = None
+
+
 @dataclass
 class BuildOptions:
-    """What a caller (``run``, the demo, a test) may change beyond the settings."""
+    """What a caller (``run``, the demo, a test) may change beyond the spec."""
 
     once: bool = False
     shadow: bool = False
@@ -48,6 +95,7 @@ class BuildOptions:
     watch_interval: float = 2.0
     client_retries: int = 3
     log: Any = None
+    clock: Clock = utc_now  # what the pipeline, the service and the journal read time from
     callback_port: int | None = None
     callbacks: CallbackOptions | None = None
     #: False (tests only): skip the PostgreSQL election and its fencing, as if every
@@ -55,65 +103,46 @@ class BuildOptions:
     election: bool = True
 
 
-def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Daemon:
+def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemon:
     """Check everything, then wire client, shard, journal, policy and metrics into a Daemon."""
     opts = options or BuildOptions()
-    settings.require("api_base_url", "merchant_no", "api_key", "api_secret", "pfx_path",
-                     "policy_path", why="to run the daemon")
-    assert settings.api_secret is not None
-    assert settings.pfx_path is not None
-    assert settings.policy_path is not None
-    secret = settings.api_secret.get_secret_value()
-    password = settings.shard_password()
-    db_url = settings.database_url.get_secret_value()
+    secret, password, db_url = spec.api_secret, spec.pfx_password, spec.database_url
     # Masked wherever they might appear: log lines, and the provider's messages the
     # journal stores (cosigner.redact).
-    forward_secret = (settings.callback_forward_secret.get_secret_value()
-                      if settings.callback_forward_secret is not None else None)
-    register_secret(secret, password, db_url, forward_secret)
+    register_secret(secret, password, db_url, *spec.extra_secrets)
     if opts.configure_logs:
-        configure_logging(settings.log_format, settings.log_level,
-                          secrets=(secret, password, db_url, forward_secret))
-    log = opts.log or get_logger("cosigner.daemon")
+        configure_logging(spec.log_format, spec.log_level,
+                          secrets=(secret, password, db_url, *spec.extra_secrets))
+    # Bound once, after configuring: a lazy proxy re-binds on every call (per item).
+    log = opts.log or get_logger("cosigner.daemon").bind()
+    clock = opts.clock
 
-    tls = tls_context(settings.ca_bundle)
-    policy = load_policy(settings.policy_path)
-    shard = load_shard(settings.pfx_path, password, scheme=settings.sign_scheme)
+    tls = tls_context(spec.ca_bundle)
+    policy = load_policy(spec.policy_path)
+    shard = load_shard(spec.pfx_path, password, scheme=spec.sign_scheme)
     metrics = Metrics()
     metrics.set_policy(policy.name, policy.sha256)
     metrics.set_limit_scopes({limit.name: limit.per for limit in policy.limits})
     metrics.shard_cert_expiry.set(shard.info.not_after.timestamp())
-    if shard.info.not_after - datetime.now(UTC) < timedelta(days=EXPIRY_WARNING_DAYS):
+    if shard.info.not_after - clock() < timedelta(days=EXPIRY_WARNING_DAYS):
         log.warning("shard.expiring", not_after=shard.info.not_after.isoformat(),
                     subject=shard.info.subject)
-
-    def committed(head: Head) -> None:
-        # Every commit's head, for an external system to anchor (DESIGN section 4).
-        metrics.journal_head_sequence.set(head.seq)
-        log.info("journal.committed", seq=head.seq, hash=head.hash)
-
-    witness = str(settings.journal_witness) if settings.journal_witness else None
-    journal = journal_from_url(db_url, writer=True, witness=witness, durable=True,
-                               on_commit=committed, election=True)
-    journal.open()
-    pause_file = settings.pause_path()
+    journal = _open_journal(spec, policy_clock=clock, metrics=metrics, log=log)
+    pause_file = spec.pause_file
     services: list[CallbackService] = []
     # In HA only the leader forwards order events (leadership is known further down).
-    callback_options = opts.callbacks or CallbackOptions()
-    if callback_options.forward_gate is None:
-        callback_options = replace(callback_options, forward_gate=lambda: leadership.active())
+    callback_options = _callback_options(opts, lambda: leadership.active())
     try:
-        metrics.journal_head_sequence.set(journal.head().seq)
         # The kill switch must be visible to the daemon (exit 2, not a traceback per poll).
         if not check_pause_location(pause_file):
             log.warning("pause.not_writable", pause_file=str(pause_file),
                         hint="`cosigner pause` cannot create the file there as this user")
         # Every approval the limits count is hash-checked as it is read: an edited one
         # stops the start (exit 2), like a chain that does not verify.
-        ledger = ledger_from_journal(policy, journal, datetime.now(UTC))
-        if settings.callback_addr is not None and not opts.once:
-            services.append(build_callbacks(settings, metrics, log, db_url, callback_options,
-                                            port=opts.callback_port))
+        ledger = ledger_from_journal(policy, journal, clock())
+        if spec.callbacks is not None and not opts.once:
+            services.append(spec.callbacks(metrics, log, db_url, callback_options,
+                                           port=opts.callback_port))
     except StoreError as exc:
         journal.close()
         if isinstance(exc, JournalUnavailableError):
@@ -123,54 +152,95 @@ def build_daemon(settings: Settings, options: BuildOptions | None = None) -> Dae
         journal.close()
         raise
     client = ApiClient(
-        settings.api_base_url or "", settings.merchant_no or "", settings.api_key or "", secret,
-        lang=settings.lang, sort=settings.sign_sort, timeout=settings.request_timeout,
-        transport=opts.transport, page_size=settings.page_size,
-        max_pending=settings.max_pending, observer=metrics, retries=opts.client_retries,
-        max_connections=settings.concurrency + 2, tls=tls)
-    leadership: Leadership = SoleLeader()
-    source: Any = client
-    if isinstance(journal, PostgresJournal):
-        if opts.election:
-            leadership = ElectedLeader(journal, settings.leader_retry, metrics, log,
-                                       on_acquired=lambda: _rebuild_ledger(pipeline, journal))
-        else:
-            journal.fenced = False
-            log.warning("leader.election_skipped", reason="test hook: every replica leads")
-        source = LeaderGatedSource(client, leadership, journal)
-    if isinstance(leadership, SoleLeader):
-        metrics.leader.set(1)
-    mode = "shadow" if opts.shadow or settings.mode == "shadow" else "enforce"
-    metrics.configure(mode=mode, poll_interval=settings.poll_interval,
-                      collect_interval=settings.collect_interval,
-                      collect_is_main=settings.collect_is_main_values)
+        spec.api_base_url, spec.merchant_no, spec.api_key, secret,
+        lang=spec.lang, sort=spec.sign_sort, timeout=spec.request_timeout,
+        transport=opts.transport, page_size=spec.page_size,
+        max_pending=spec.max_pending, observer=metrics, retries=opts.client_retries,
+        max_connections=spec.concurrency + 2, tls=tls)
+    leadership, source = _leadership(spec, opts, journal, client, metrics, log,
+                                     rebuild=lambda: _rebuild_ledger(pipeline, journal))
+    mode = "shadow" if opts.shadow or spec.mode == "shadow" else "enforce"
+    metrics.configure(mode=mode, poll_interval=spec.poll_interval,
+                      collect_interval=spec.collect_interval,
+                      collect_is_main=tuple(spec.collect_is_main))
     metrics.follow_pause_file(pause_file)
-    signer = BatchSigner(shard, path=settings.pfx_path, password=password)
+    signer = BatchSigner(shard, path=spec.pfx_path, password=password)
     pipeline = Pipeline(
-        source, shard, journal, PolicyState(policy, ledger, Path(settings.policy_path)),
-        metrics, log, mode=mode, concurrency=settings.concurrency,
-        pause_file=pause_file, collect_is_main=settings.collect_is_main_values,
-        listeners=opts.listeners, signer=signer)
-    host, port = settings.http_host_port
+        source, shard, journal, PolicyState(policy, ledger, spec.policy_path),
+        metrics, log, mode=mode, concurrency=spec.concurrency,
+        pause_file=pause_file, collect_is_main=spec.collect_is_main,
+        listeners=opts.listeners, signer=signer, clock=clock)
     config = DaemonConfig(
-        poll_interval=settings.poll_interval, collect_interval=settings.collect_interval,
-        http_host=host, http_port=port if opts.http_port is None else opts.http_port,
-        policy_path=Path(settings.policy_path), watch_interval=opts.watch_interval,
+        poll_interval=spec.poll_interval, collect_interval=spec.collect_interval,
+        http_host=spec.http_host,
+        http_port=spec.http_port if opts.http_port is None else opts.http_port,
+        policy_path=spec.policy_path, watch_interval=opts.watch_interval,
         install_signals=opts.install_signals)
     log.info("daemon.configured", policy=policy.name, policy_sha256=policy.sha256,
              shard=shard.info.fingerprint_sha256, mode=mode, pause_file=str(pause_file),
-             api=mask_url(settings.api_base_url or ""), merchant=settings.merchant_no,
+             api=mask_url(spec.api_base_url), merchant=spec.merchant_no,
              journal=mask_url(db_url), role=leadership.role)
 
     async def close() -> None:
         await client.aclose()
         await signer.aclose()
 
-    return Daemon(pipeline, journal, metrics, log, config, on_close=close,
-                  leadership=leadership, services=services)
+    def lock_held() -> bool:
+        # The store's writer (or leader) lock; held when a store offers no probe.
+        probe = getattr(journal, "lock_held", None)
+        return bool(probe()) if callable(probe) else True
+
+    return Daemon(pipeline, journal, metrics, log, config, lock_held=lock_held,
+                  on_close=close, leadership=leadership, services=services)
 
 
-def _rebuild_ledger(pipeline: Pipeline, journal: PostgresJournal) -> None:
+def _callback_options(opts: BuildOptions, leads: Callable[[], bool]) -> CallbackOptions:
+    options = opts.callbacks or CallbackOptions()
+    if options.forward_gate is None:
+        options = replace(options, forward_gate=leads)
+    return options
+
+
+def _leadership(spec: DaemonSpec, opts: BuildOptions, journal: Journal, client: ApiClient,
+                metrics: Metrics, log: Any, *, rebuild: Callable[[], None]
+                ) -> tuple[Leadership, Any]:
+    """Who leads, and the provider API as the pipeline sees it: gated by the leadership with
+    PostgreSQL (several replicas), the client itself with SQLite (the only writer)."""
+    if not isinstance(journal, PostgresJournal):
+        metrics.leader.set(1)
+        return SoleLeader(), client
+    leadership: Leadership = SoleLeader()
+    if opts.election:
+        leadership = ElectedLeader(journal, spec.leader_retry, metrics, log, on_acquired=rebuild)
+    else:
+        journal.fenced = False
+        log.warning("leader.election_skipped", reason="test hook: every replica leads")
+        metrics.leader.set(1)
+    return leadership, LeaderGatedSource(client, leadership, journal)
+
+
+def _open_journal(spec: DaemonSpec, *, policy_clock: Clock, metrics: Metrics,
+                  log: Any) -> Journal:
+    """The journal as its writer, its head exported and logged at every commit."""
+
+    def committed(head: Head) -> None:
+        # Every commit's head, for an external system to anchor (DESIGN section 4).
+        metrics.journal_head_sequence.set(head.seq)
+        log.info("journal.committed", seq=head.seq, hash=head.hash)
+
+    witness = str(spec.journal_witness) if spec.journal_witness else None
+    journal = journal_from_url(spec.database_url, writer=True, witness=witness, durable=True,
+                               on_commit=committed, election=True, clock=policy_clock)
+    journal.open()
+    try:
+        metrics.journal_head_sequence.set(journal.head().seq)
+    except StoreError as exc:
+        journal.close()
+        raise JournalUnavailableError(str(exc)) from exc
+    return journal
+
+
+def _rebuild_ledger(pipeline: Pipeline, journal: Journal) -> None:
     """A new leader counts the limits from the journal: the former leader approved too."""
     pipeline.state.ledger = ledger_from_journal(pipeline.state.policy, journal,
-                                                datetime.now(UTC))
+                                                pipeline.clock())

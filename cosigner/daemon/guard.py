@@ -16,7 +16,8 @@ from decimal import Decimal, InvalidOperation
 
 from cosigner.models import Action
 from cosigner.policy import addresses
-from cosigner.policy.ledger import MONEY, Approval, Ledger
+from cosigner.policy.engine import limit_check
+from cosigner.policy.ledger import Approval, Ledger
 from cosigner.policy.model import CompiledPolicy, Limit
 from cosigner.store.base import ENFORCE, ApprovalRow, NewDecision
 
@@ -71,13 +72,11 @@ class PolicyLimitGuard:
         to_key = addresses.key(approval.to_address, fmt)
         from_key = addresses.key(approval.from_address, fmt)
         for limit in self.policy.limits:
-            if not limit.scope.admits(approval.chain_id, fmt, to_key, from_key):
+            if not limit.scope.holds(approval.chain_id, fmt, to_key, from_key):
                 continue
-            used_amount, used_count = ledger.usage(
-                limit.name, limit.bucket(approval.chain_id, to_key, from_key), now)
-            if ((limit.max_amount is not None
-                 and MONEY.add(used_amount, approval.amount) > limit.max_amount)
-                    or (limit.max_count is not None and used_count + 1 > limit.max_count)):
+            # The evaluation's own limit arithmetic (one definition).
+            if limit_check(limit, approval.chain_id, to_key, from_key, approval.amount,
+                           ledger, now).would_exceed:
                 return limit
         return None
 

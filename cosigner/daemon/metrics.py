@@ -113,8 +113,9 @@ class Metrics:
         self.collect_interval = Gauge("cosigner_collect_interval_seconds",
                                       "The configured COSIGNER_COLLECT_INTERVAL", registry=r)
         self.decided_unposted_items = Gauge(
-            "cosigner_decided_unposted_items", "Approve/reject decisions recorded but not "
-            "known to be posted (re-posted while listed; gone ones need a person)", registry=r)
+            "cosigner_decided_unposted_items", "Approve/reject decisions whose post is not "
+            "confirmed: still to post (decided, failed; re-posted while listed), or settled "
+            "as gone in the last day (the item left the list; a person checks)", registry=r)
         # process_* (CPU, memory, open fds, start time) and python_info.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

@@ -1,12 +1,15 @@
-"""The decision pipeline: snapshot → evaluate → journal → sign → post → record.
+"""The decision pipeline's I/O: snapshot -> decide -> journal -> sign -> post -> record.
 
-Invariants (DESIGN sections 2 and 4):
+Every decision about an item is :func:`cosigner.decide.decide`'s; this module
+only reads and writes around it (DESIGN sections 2 and 4):
 
-* every decision is journaled durably, in one transaction per chunk together with
-  the limit check, **before** any post it covers;
-* a ``posted`` record is never posted again; a ``decided`` (or ``failed``)
-  approve/reject is re-posted with the *recorded* decision, never re-evaluated;
-* the same id with different content is held and counted as a mutation;
+* every decision is journaled durably, in one transaction per chunk, **before**
+  any post it covers; the outcomes of posts are recorded promptly after them, in
+  small group commits (:class:`OutcomeWriter`), never before the post;
+* the pause file is checked before every post and every collection;
+* a recorded approve/reject whose item has left the pending list before its post
+  was confirmed is settled as ``gone`` (outcome unknown), logged and counted in
+  ``cosigner_decided_unposted_items``;
 * every exception, timeout or unexpected answer ends in hold for that item (or
   an unchanged ``decided`` record that the next cycle re-posts), a log event and
   a metric, and the cycle carries on with the next item.  No error path approves.
@@ -19,12 +22,14 @@ import contextlib
 import copy
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from cosigner.api.models import PendingSnapshot
+from cosigner.abc import Clock, PendingSource, utc_now
+from cosigner.decide import Outcome, Step, decide
 from cosigner.errors import (
     AlreadyProcessedError,
     ApiError,
@@ -33,8 +38,16 @@ from cosigner.errors import (
     JournalConflictError,
     SigningError,
 )
-from cosigner.models import Action, PendingItem
-from cosigner.policy import Approval, CompiledPolicy, Decision, Ledger, evaluate
+from cosigner.models import (
+    Action,
+    EventState,
+    Mode,
+    PendingItem,
+    PendingSnapshot,
+    RecordState,
+    valid_item_id,
+)
+from cosigner.policy import Approval, CompiledPolicy, Ledger
 from cosigner.signing import Shard, collect_sign_object
 from cosigner.signing.objects import approval_fields, approval_sign_object
 from cosigner.signing.pool import BatchSigner
@@ -46,14 +59,10 @@ from .metrics import Metrics
 Signed = tuple[DecisionRecord, "str | SigningError"]
 
 CHUNK = 500  # items decided, journaled (one commit) and signed together
-
-
-class PendingSource(Protocol):
-    """What the pipeline needs of the API client."""
-
-    async def pending(self) -> PendingSnapshot: ...
-    async def approve(self, fields: dict[str, Any], data: str) -> None: ...
-    async def collect(self, is_main: int, data: str) -> None: ...
+OUTCOME_BATCH = 64  # outcomes recorded in one commit at most ...
+OUTCOME_DELAY = 0.05  # ... or after this many seconds, whichever comes first
+#: How long a record settled as ``gone`` counts in ``cosigner_decided_unposted_items``.
+GONE_SHOWN_FOR = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +76,7 @@ class DecisionEvent:
     action: str
     rule: str
     reasons: tuple[str, ...]
-    state: str          # decided | posted | failed | unknown | mutated | skipped | shadow
+    state: EventState
     detail: str = ""
 
 
@@ -88,6 +97,8 @@ class PollResult:
     unknown: int = 0
     mutations: int = 0
     skipped: int = 0
+    paused: int = 0
+    gone: int = 0
     errors: list[str] = field(default_factory=list)
     duration: float = 0.0
 
@@ -106,12 +117,66 @@ def ledger_from_journal(policy: CompiledPolicy, journal: Journal, now: datetime)
     longest = max((lim.window for lim in policy.limits), default=timedelta(0))
     approvals: list[Approval] = []
     if longest > timedelta(0):
-        from decimal import Decimal
         for row in journal.approvals_since(now - longest):
             approvals.append(Approval(chain_id=row.chain_id, from_address=row.from_address,
                                       to_address=row.to_address,
                                       amount=Decimal(row.amount_text), at=row.created_at))
     return Ledger(policy, approvals)
+
+
+class OutcomeWriter:
+    """Records post outcomes promptly: a group commit every :data:`OUTCOME_BATCH` outcomes
+    or :data:`OUTCOME_DELAY` seconds, whichever comes first (never one fsync per item)."""
+
+    def __init__(self, journal: Journal, log: Any, *, batch: int = OUTCOME_BATCH,
+                 delay: float = OUTCOME_DELAY) -> None:
+        self.journal = journal
+        self.log = log
+        self.batch = batch
+        self.delay = delay
+        self.errors: list[str] = []
+        self._pending: list[NewOutcome] = []
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def add(self, outcome: NewOutcome) -> None:
+        """Queue an outcome (after its post); commit when the batch is full."""
+        self._pending.append(outcome)
+        if len(self._pending) >= self.batch:
+            await self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        task = asyncio.create_task(self.flush())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def flush(self) -> None:
+        """Commit every queued outcome (one transaction)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                await asyncio.to_thread(self.journal.record_outcomes, batch)
+            except Exception as exc:
+                # The posts happened; the next cycle re-posts them and reconciles the
+                # "already processed" answers.
+                self.errors.append(f"journal: {exc}")
+                self.log.error("journal.outcome_write_failed", error=str(exc),
+                               outcomes=len(batch))
+
+    async def close(self) -> None:
+        """Commit what is queued and wait for timer-started commits."""
+        await self.flush()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class Pipeline:
@@ -121,10 +186,11 @@ class Pipeline:
                  state: PolicyState, metrics: Metrics, log: Any, *, mode: str = "enforce",
                  concurrency: int = 8, pause_file: Path | None = None,
                  collect_is_main: Sequence[int] = (1, 0),
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 clock: Clock = utc_now,
                  listeners: Iterable[Callable[[DecisionEvent], None]] = (),
                  after_journal: Callable[[list[DecisionRecord]], None] | None = None,
-                 signer: BatchSigner | None = None) -> None:
+                 signer: BatchSigner | None = None,
+                 paused: Callable[[], bool] | None = None) -> None:
         self.client = client
         self.shard = shard
         self.signer = signer or BatchSigner(shard)
@@ -132,16 +198,24 @@ class Pipeline:
         self.state = state
         self.metrics = metrics
         self.log = log
-        self.mode = mode
+        self.mode = Mode(mode)
         self.concurrency = concurrency
         self.pause_file = pause_file
+        self._paused_hook = paused
         self.collect_is_main = tuple(collect_is_main)
         self.clock = clock
         self.listeners = list(listeners)
         self.after_journal = after_journal  # test hook: a "crash" between journal and post
         self.stopping = asyncio.Event()
         self._mutations_seen: set[tuple[int, str]] = set()
+        # id -> seq of enforce approve/reject records whose post is not confirmed
+        # (decided or failed); None until read from the journal at the first poll.
+        self._unposted: dict[int, int] | None = None
+        # item id -> when its record was settled as gone (the gauge shows a day of them)
+        self._gone: dict[int, datetime] = {}
         self.last_poll_ok: float | None = None
+        self.journal_ok = True   # the last journal write succeeded (readiness)
+        self.signing_ok = True   # the last signing round worked (readiness)
         self.in_flight = 0
 
     # -- helpers ---------------------------------------------------------------------
@@ -154,16 +228,22 @@ class Pipeline:
                 self.log.exception("listener.failed")
 
     def paused(self) -> bool:
+        """The kill switch: the pause file exists (or the injected pause check says so)."""
+        if self._paused_hook is not None and self._paused_hook():
+            return True
         return self.pause_file is not None and self.pause_file.exists()
 
     @property
     def modes(self) -> tuple[str, ...]:
-        return ("shadow", "enforce") if self.mode == "shadow" else ("enforce",)
+        return ("shadow", "enforce") if self.mode is Mode.SHADOW else ("enforce",)
 
     def _chain_label(self, chain: str | None) -> str:
         if chain is not None and chain in self.state.policy.chains:
             return chain
         return "unknown"
+
+    def _now_ts(self) -> float:
+        return self.clock().timestamp()
 
     # -- the poll cycle --------------------------------------------------------------
 
@@ -184,7 +264,7 @@ class Pipeline:
         result.duration = time.perf_counter() - started
         self.metrics.poll_duration.observe(result.duration)
         if result.ok:
-            self.last_poll_ok = time.time()
+            self.last_poll_ok = self._now_ts()
             self.metrics.last_poll_success.set(self.last_poll_ok)
         with contextlib.suppress(Exception):
             self.metrics.set_limit_ratios(self.state.ledger.ratios(self.clock()))
@@ -193,7 +273,8 @@ class Pipeline:
                       posted=result.posted, reposted=result.reposted,
                       reconciled=result.reconciled, failed=result.failed,
                       unknown=result.unknown, mutations=result.mutations,
-                      skipped=result.skipped, seconds=round(result.duration, 3))
+                      skipped=result.skipped, paused=result.paused, gone=result.gone,
+                      seconds=round(result.duration, 3))
         return result
 
     async def _poll(self, result: PollResult) -> None:
@@ -206,102 +287,197 @@ class Pipeline:
         if snapshot.malformed:
             self.metrics.invalid_items.labels("not_an_object").inc(snapshot.malformed)
             self.log.warning("poll.malformed_entries", count=snapshot.malformed)
+        conflicting = _conflicting_ids(snapshot)
+        await self._settle_gone(snapshot, result)
+        writer = OutcomeWriter(self.journal, self.log)
         queue: asyncio.Queue[list[Signed] | None] = asyncio.Queue(maxsize=1)
-        poster = asyncio.create_task(self._post_chunks(queue, result))
+        poster = asyncio.create_task(self._post_chunks(queue, writer, result))
+        seen: set[int] = set()
         try:
             for start in range(0, len(items), CHUNK):
                 if self.stopping.is_set():
                     break
-                records = await self._decide_chunk(items[start:start + CHUNK], result)
+                records = await self._decide_chunk(items[start:start + CHUNK], conflicting,
+                                                   seen, result)
                 await queue.put(await self._sign(records))
         finally:
             await queue.put(None)
             await poster
+            await writer.close()
+            if writer.errors:
+                self.journal_ok = False
+                result.ok = False
+                result.errors.extend(writer.errors)
+            self._set_unposted_gauge()
 
-    async def _decide_chunk(self, chunk: list[PendingItem], result: PollResult,
-                            *, retry: bool = True) -> list[DecisionRecord]:
-        """Evaluate the chunk's new items and journal them; return what is to be posted.
+    # -- settling records whose item has left the list -------------------------------
+
+    async def _load_unposted(self) -> dict[int, int]:
+        if self._unposted is None:
+            def scan() -> tuple[dict[int, int], dict[int, datetime]]:
+                unposted: dict[int, int] = {}
+                gone: dict[int, datetime] = {}
+                for record in self.journal.records():
+                    if record.mode != Mode.ENFORCE or record.action is Action.HOLD:
+                        continue
+                    if record.state in (RecordState.DECIDED, RecordState.FAILED):
+                        unposted[record.item_id] = record.seq
+                    elif record.state == RecordState.GONE and record.outcome_at is not None:
+                        gone[record.item_id] = record.outcome_at
+                return unposted, gone
+            unposted, self._gone = await asyncio.to_thread(scan)
+            self._unposted = unposted
+            return unposted
+        return self._unposted
+
+    async def _settle_gone(self, snapshot: PendingSnapshot, result: PollResult) -> None:
+        """Settle as ``gone`` each unposted approve/reject whose item is no longer listed."""
+        if snapshot.truncated:
+            return  # an item beyond the cap is still listed
+        unposted = await self._load_unposted()
+        listed = {i.id for i in snapshot.items} | set(snapshot.ids)
+        left = [(item_id, seq) for item_id, seq in unposted.items() if item_id not in listed]
+        if not left:
+            return
+        outcomes = [NewOutcome(seq, item_id, RecordState.GONE, None,
+                               "the item left the pending list; outcome unknown")
+                    for item_id, seq in left]
+        try:
+            await asyncio.to_thread(self.journal.record_outcomes, outcomes)
+        except Exception as exc:
+            self.journal_ok = False
+            result.ok = False
+            result.errors.append(f"journal: {exc}")
+            self.log.error("journal.outcome_write_failed", error=str(exc), outcomes=len(left))
+            return
+        for item_id, seq in left:
+            del unposted[item_id]
+            self._gone[item_id] = self.clock()
+            result.gone += 1
+            self.log.critical("item.gone", item_id=item_id, seq=seq,
+                              hint="decided but its post was never confirmed, and the item "
+                                   "left the pending list: check it in the 1BitPay app")
+            self._emit(DecisionEvent(item_id, "", "", "", "", "", (), EventState.GONE,
+                                     "left the pending list; outcome unknown"))
+
+    def _set_unposted_gauge(self) -> None:
+        if self._unposted is not None:
+            recent = self.clock() - GONE_SHOWN_FOR
+            self._gone = {i: at for i, at in self._gone.items() if at >= recent}
+            self.metrics.decided_unposted_items.set(len(self._unposted) + len(self._gone))
+
+    # -- deciding --------------------------------------------------------------------
+
+    async def _decide_chunk(self, chunk: list[PendingItem], conflicting: frozenset[int],
+                            seen: set[int], result: PollResult, *, retry: bool = True
+                            ) -> list[DecisionRecord]:
+        """Decide the chunk's items and journal the new decisions; return what to post.
 
         The journal re-checks idempotency and limits inside its write transaction; when it
         refuses (another writer got there first, or the ledger cache was wrong), the ledger
         is rebuilt from the journal and the chunk decided once more, from scratch.
         """
-        before = copy.deepcopy(result)
-        ids = [i.id for i in chunk if i.id is not None]
-        views: dict[int, ItemView] = await asyncio.to_thread(self.journal.lookup, ids, self.modes)
-        policy = self.state.policy
-        ledger = self.state.ledger
+        before, seen_before = copy.deepcopy(result), set(seen)
+        ids = [i for i in (item.id for item in chunk) if i is not None and valid_item_id(i)]
+        views = await asyncio.to_thread(self.journal.lookup, ids, self.modes)
+        policy, ledger = self.state.policy, self.state.ledger
         now = self.clock()
         paused = self.paused()
-        new: list[tuple[NewDecision, Decision, PendingItem]] = []
+        new: list[tuple[NewDecision, Outcome]] = []
         to_post: list[DecisionRecord] = []
-        seen_in_chunk: set[int] = set()
-        for item in chunk:
-            item_id = item.id
-            if item_id is None:
-                self.metrics.invalid_items.labels("missing_field").inc()
-                self.log.warning("item.unidentifiable", reason="missing or non-integer id")
-                result.held += 1
-                continue
-            if item_id in seen_in_chunk:
-                continue
-            seen_in_chunk.add(item_id)
-            view = views.get(item_id)
-            latest = view.latest if view is not None else None
-            if view is not None:
-                if view.first_content_hash != item.content_hash:
-                    self._mutation(item, view, result)
-                    continue
-                if latest is not None and latest.action is not Action.HOLD:
-                    if latest.state == "posted" or latest.state == "shadow":
-                        result.skipped += 1
-                        continue
-                    if paused:
-                        # The kill switch stops every post, recorded decisions too: they
-                        # stay decided and are posted once the pause file is gone.
-                        result.held += 1
-                        continue
-                    to_post.append(latest)  # decided/failed: re-post the recorded decision
-                    result.reposted += 1
-                    continue
-            decision = self._evaluate(policy, ledger, item, now, paused)
-            if latest is not None and decision.action is Action.HOLD and \
-                    tuple(latest.reasons) == tuple(decision.reasons):
-                result.held += 1  # unchanged hold: nothing new to record
-                continue
-            new.append((self._new_decision(item, decision, policy), decision, item))
+        for item in _once_each(chunk, conflicting, seen):
+            view = views.get(item.id) if item.id is not None else None
+            outcome = decide(item, view, policy, ledger, now, paused=paused, mode=self.mode,
+                             conflicting=item.id in conflicting)
+            record = self._act(item, outcome, result, view)
+            if record is not None:
+                to_post.append(record)
+            elif outcome.step is Step.NEW:
+                if outcome.approval is not None:
+                    ledger.add(outcome.approval)  # the next items of the chunk count it
+                new.append((self._new_decision(item, outcome, policy), outcome))
         if new:
             try:
-                records = await asyncio.to_thread(self.journal.record_decisions,
-                                                  [n for n, _, _ in new],
-                                                  PolicyLimitGuard(policy))
+                to_post += await self._record_new(new, policy, now, result)
             except JournalConflictError as exc:
                 self.log.error("journal.conflict", error=str(exc), items=len(new),
                                refused=len(exc.conflicts), retry=retry)
                 await self._rebuild_ledger(policy, now)
                 if retry:
                     result.__dict__.update(before.__dict__)
-                    return await self._decide_chunk(chunk, result, retry=False)
+                    seen.clear()
+                    seen.update(seen_before)
+                    return await self._decide_chunk(chunk, conflicting, seen, result,
+                                                    retry=False)
                 result.ok = False
                 result.errors.append(f"journal: {exc}")
                 result.held += len(new)
-                return to_post
-            except Exception as exc:
-                # Nothing of this chunk was recorded, so nothing of it may be posted, and
-                # the ledger must forget the approvals it was told about.
-                result.ok = False
-                result.errors.append(f"journal: {exc}")
-                self.log.error("journal.write_failed", error=str(exc), items=len(new))
-                await self._rebuild_ledger(policy, now)
-                result.held += len(new)
-                return to_post
-            for record, (_, decision, _item) in zip(records, new, strict=True):
-                self._count(record, decision, result)
-                if record.action is not Action.HOLD and self.mode == "enforce":
-                    to_post.append(record)
-            if self.after_journal is not None:
-                self.after_journal(records)
         return to_post
+
+    async def _record_new(self, new: list[tuple[NewDecision, Outcome]], policy: CompiledPolicy,
+                          now: datetime, result: PollResult) -> list[DecisionRecord]:
+        """Journal new decisions, count them; the records to post."""
+        records = await self._record(new, policy, now, result)
+        to_post = []
+        for record, (_, outcome) in zip(records, new, strict=True):
+            self._count(record, outcome, result)
+            if outcome.post:
+                to_post.append(record)
+                if self._unposted is not None:
+                    self._unposted[record.item_id] = record.seq
+        if records and self.after_journal is not None:
+            self.after_journal(records)
+        return to_post
+
+    def _act(self, item: PendingItem, outcome: Outcome, result: PollResult,
+             view: ItemView | None) -> DecisionRecord | None:
+        """Count and report an outcome that records nothing new; the record to re-post."""
+        step = outcome.step
+        if step is Step.UNRECORDABLE:
+            result.held += 1
+            self.metrics.invalid_items.labels(outcome.invalid_reason or "missing_field").inc()
+            self.log.warning("item.unidentifiable", reason=outcome.reasons[0],
+                             item_id=item.raw.get("id") if isinstance(item.raw, dict) else None)
+        elif step is Step.MUTATION:
+            self._mutation(item, outcome, result, view)
+        elif step is Step.SKIP:
+            result.skipped += 1
+        elif step is Step.PAUSED:
+            result.held += 1
+            result.paused += 1
+        elif step is Step.UNCHANGED:
+            result.held += 1
+        elif step is Step.REPOST:
+            result.reposted += 1
+            record = outcome.recorded
+            assert isinstance(record, DecisionRecord)
+            if self._unposted is not None:
+                if record.state == RecordState.GONE:  # listed again: back to awaiting a post
+                    self._gone.pop(record.item_id, None)
+                self._unposted[record.item_id] = record.seq
+            return record
+        return None
+
+    async def _record(self, new: list[tuple[NewDecision, Outcome]], policy: CompiledPolicy,
+                      now: datetime, result: PollResult) -> list[DecisionRecord]:
+        """Journal the chunk's new decisions in one transaction; nothing on failure."""
+        try:
+            records = await asyncio.to_thread(self.journal.record_decisions,
+                                              [n for n, _ in new], PolicyLimitGuard(policy))
+        except JournalConflictError:
+            raise  # refused by the authority, not broken: the caller decides again
+        except Exception as exc:
+            self.journal_ok = False
+            # Nothing of this chunk was recorded, so nothing of it may be posted, and
+            # the ledger must forget the approvals it was told about.
+            result.ok = False
+            result.errors.append(f"journal: {exc}")
+            self.log.error("journal.write_failed", error=str(exc), items=len(new))
+            await self._rebuild_ledger(policy, now)
+            result.held += len(new)
+            return []
+        self.journal_ok = True
+        return records
 
     async def _rebuild_ledger(self, policy: CompiledPolicy, now: datetime) -> None:
         """The ledger from the journal again, after a write that recorded nothing."""
@@ -313,38 +489,17 @@ class Pipeline:
             # the limits: stricter, never looser.
             self.log.exception("ledger.rebuild_failed")
 
-    def _evaluate(self, policy: CompiledPolicy, ledger: Ledger, item: PendingItem,
-                  now: datetime, paused: bool) -> Decision:
-        try:
-            decision = evaluate(policy, item, ledger, now)
-        except Exception as exc:  # evaluate is pure and total; this is belt and braces
-            self.log.exception("item.evaluate_failed", item_id=item.id)
-            return Decision(action=Action.HOLD, rule="<error>",
-                            reasons=(f"error:{type(exc).__name__}",), limit_effects=(),
-                            invalid_reason=None)
-        if decision.action is not Action.HOLD and paused:
-            return replace(decision, action=Action.HOLD, reasons=(*decision.reasons, "paused"))
-        if decision.action is not Action.HOLD and None in (
-                item.from_address, item.to_address, item.amount_text, item.chain_id):
-            # A decision must sign the item's own fields; without them only hold is safe.
-            return replace(decision, action=Action.HOLD, reasons=(*decision.reasons,
-                                                                  "unsignable"))
-        if decision.action is Action.APPROVE:
-            ledger.add(Approval.from_item(item, now))
-        return decision
-
-    def _new_decision(self, item: PendingItem, decision: Decision,
+    def _new_decision(self, item: PendingItem, outcome: Outcome,
                       policy: CompiledPolicy) -> NewDecision:
         assert item.id is not None
         return NewDecision(
             item_id=item.id, content_hash=item.content_hash,
             chain_id=item.chain_id, from_address=item.from_address,
             to_address=item.to_address, amount_text=item.amount_text,
-            action=decision.action, rule=decision.rule, reasons=tuple(decision.reasons),
-            policy_name=policy.name, policy_sha256=policy.sha256,
-            mode="shadow" if self.mode == "shadow" else "enforce")
+            action=outcome.action, rule=outcome.rule, reasons=outcome.reasons,
+            policy_name=policy.name, policy_sha256=policy.sha256, mode=self.mode)
 
-    def _count(self, record: DecisionRecord, decision: Decision, result: PollResult) -> None:
+    def _count(self, record: DecisionRecord, outcome: Outcome, result: PollResult) -> None:
         result.decided += 1
         if record.action is Action.APPROVE:
             result.approved += 1
@@ -354,33 +509,38 @@ class Pipeline:
             result.held += 1
         self.metrics.decisions.labels(record.action.value, record.rule,
                                       self._chain_label(record.chain_id)).inc()
-        if decision.invalid_reason:
-            self.metrics.invalid_items.labels(decision.invalid_reason).inc()
+        if outcome.invalid_reason:
+            self.metrics.invalid_items.labels(outcome.invalid_reason).inc()
         self.log.info("item.decided", item_id=record.item_id, action=record.action.value,
                       rule=record.rule, reasons=list(record.reasons), chain=record.chain_id,
-                      mode=record.mode)
-        state = "shadow" if record.mode == "shadow" else "decided"
+                      mode=record.mode.value)
+        state = EventState.SHADOW if record.mode is Mode.SHADOW else EventState.DECIDED
         self._emit(self._event(record, state))
 
-    def _event(self, record: DecisionRecord, state: str, detail: str = "") -> DecisionEvent:
+    def _event(self, record: DecisionRecord, state: EventState, detail: str = ""
+               ) -> DecisionEvent:
         return DecisionEvent(record.item_id, record.chain_id or "", record.amount_text or "",
                              record.to_address or "", record.action.value, record.rule,
                              tuple(record.reasons), state, detail)
 
-    def _mutation(self, item: PendingItem, view: ItemView, result: PollResult) -> None:
+    def _mutation(self, item: PendingItem, outcome: Outcome, result: PollResult,
+                  view: ItemView | None) -> None:
         result.mutations += 1
         result.held += 1
-        key = (view.item_id, item.content_hash)
+        assert item.id is not None
+        key = (item.id, item.content_hash)
         if key in self._mutations_seen:
             return
         self._mutations_seen.add(key)
         self.metrics.item_mutations.inc()
-        self.log.critical("item.mutated", item_id=view.item_id,
-                          recorded_hash=view.first_content_hash, seen_hash=item.content_hash,
-                          recorded_action=view.latest.action.value if view.latest else None)
-        self._emit(DecisionEvent(view.item_id, item.chain_id or "", item.amount_text or "",
-                                 item.to_address or "", Action.HOLD.value, "<mutated>",
-                                 ("mutation",), "mutated",
+        latest = view.latest if view is not None else None
+        self.log.critical("item.mutated", item_id=item.id, seen_hash=item.content_hash,
+                          recorded_hash=view.first_content_hash if view is not None else None,
+                          recorded_action=latest.action.value if latest else None,
+                          why=outcome.trace[-2] if len(outcome.trace) > 1 else "")
+        self._emit(DecisionEvent(item.id, item.chain_id or "", item.amount_text or "",
+                                 item.to_address or "", Action.HOLD.value, outcome.rule,
+                                 outcome.reasons, EventState.MUTATED,
                                  "content changed under the same id"))
 
     # -- posting ---------------------------------------------------------------------
@@ -396,46 +556,47 @@ class Pipeline:
                 record.amount_text or "", record.chain_id or "", status))
         try:
             datas = await self.signer.sign_many(payloads)
+            self.signing_ok = True
         except Exception as exc:  # every item of the chunk stays decided
+            self.signing_ok = False
             self.log.exception("sign.failed", items=len(records))
             datas = [SigningError(f"signing failed: {type(exc).__name__}")] * len(records)
         return list(zip(records, datas, strict=True))
 
     async def _post_chunks(self, queue: asyncio.Queue[list[Signed] | None],
-                           result: PollResult) -> None:
+                           writer: OutcomeWriter, result: PollResult) -> None:
         while (records := await queue.get()) is not None:
             if records:
-                outcomes = await self._post_all(records, result)
-                if outcomes:
-                    try:
-                        await asyncio.to_thread(self.journal.record_outcomes, outcomes)
-                    except Exception as exc:
-                        # The posts happened; the next cycle re-posts them and reconciles
-                        # the "already processed" answers.
-                        result.ok = False
-                        result.errors.append(f"journal: {exc}")
-                        self.log.error("journal.outcome_write_failed", error=str(exc),
-                                       outcomes=len(outcomes))
+                await self._post_all(records, writer, result)
 
-    async def _post_all(self, records: list[Signed], result: PollResult
-                        ) -> list[NewOutcome]:
+    async def _post_all(self, records: list[Signed], writer: OutcomeWriter,
+                        result: PollResult) -> None:
         semaphore = asyncio.Semaphore(self.concurrency)
-        outcomes: list[NewOutcome] = []
 
         async def one(signed: Signed) -> None:
             async with semaphore:
                 if self.stopping.is_set():
                     return  # post nothing new once asked to stop
+                if self.paused():
+                    # The kill switch stops every post from the moment the file exists;
+                    # the record stays decided and is posted once the pause ends.
+                    result.paused += 1
+                    self._emit(self._event(signed[0], EventState.PAUSED))
+                    return
                 self.in_flight += 1
                 try:
                     outcome = await self._post_one(*signed, result)
                 finally:
                     self.in_flight -= 1
                 if outcome is not None:
-                    outcomes.append(outcome)
+                    self._settled(outcome)
+                    await writer.add(outcome)
 
         await asyncio.gather(*(one(r) for r in records))
-        return outcomes
+
+    def _settled(self, outcome: NewOutcome) -> None:
+        if self._unposted is not None and outcome.state == RecordState.POSTED:
+            self._unposted.pop(outcome.item_id, None)
 
     async def _post_one(self, record: DecisionRecord, data: str | SigningError,
                         result: PollResult) -> NewOutcome | None:
@@ -453,16 +614,16 @@ class Pipeline:
             self.metrics.posts.labels("approve", "already_processed").inc()
             self.log.warning("item.reconciled", item_id=record.item_id, code=exc.code,
                              message=exc.api_message, action=record.action.value)
-            self._emit(self._event(record, "posted", "already processed"))
-            return NewOutcome(record.seq, record.item_id, "posted", _int(exc.code),
+            self._emit(self._event(record, EventState.POSTED, "already processed"))
+            return NewOutcome(record.seq, record.item_id, RecordState.POSTED, _int(exc.code),
                               exc.api_message or "already processed")
         except ApiResponseError as exc:
             result.failed += 1
             self.metrics.posts.labels("approve", "rejected_by_api").inc()
             self.log.error("item.post_refused", item_id=record.item_id, code=exc.code,
                            message=exc.api_message, action=record.action.value)
-            self._emit(self._event(record, "failed", f"API code {exc.code}"))
-            return NewOutcome(record.seq, record.item_id, "failed", _int(exc.code),
+            self._emit(self._event(record, EventState.FAILED, f"API code {exc.code}"))
+            return NewOutcome(record.seq, record.item_id, RecordState.FAILED, _int(exc.code),
                               exc.api_message)
         except ApiError as exc:
             # Timeout or broken exchange: it may have landed.  The record stays
@@ -470,40 +631,41 @@ class Pipeline:
             result.unknown += 1
             self.metrics.posts.labels("approve", "unknown").inc()
             self.log.error("item.post_unknown", item_id=record.item_id, error=str(exc))
-            self._emit(self._event(record, "unknown", type(exc).__name__))
+            self._emit(self._event(record, EventState.UNKNOWN, type(exc).__name__))
             return None
         except Exception as exc:
             result.failed += 1
             result.ok = False
             self.metrics.posts.labels("approve", "error").inc()
             self.log.exception("item.post_error", item_id=record.item_id)
-            self._emit(self._event(record, "failed", type(exc).__name__))
-            return NewOutcome(record.seq, record.item_id, "failed", None,
+            self._emit(self._event(record, EventState.FAILED, type(exc).__name__))
+            return NewOutcome(record.seq, record.item_id, RecordState.FAILED, None,
                               f"{type(exc).__name__}: {exc}"[:200])
         result.posted += 1
         self.metrics.posts.labels("approve", "ok").inc()
         self.log.info("item.posted", item_id=record.item_id, action=record.action.value,
                       rule=record.rule)
-        self._emit(self._event(record, "posted"))
-        return NewOutcome(record.seq, record.item_id, "posted", 200, "Success")
+        self._emit(self._event(record, EventState.POSTED))
+        return NewOutcome(record.seq, record.item_id, RecordState.POSTED, 200, "Success")
 
     # -- collection ------------------------------------------------------------------
 
     async def collect(self) -> bool:
         """One collection round, for each configured ``isMain``; True when all succeeded."""
-        if self.mode == "shadow":
+        if self.mode is Mode.SHADOW:
             self.log.info("collect.skipped", reason="shadow mode posts nothing")
-            return True
-        if self.paused():
-            self.log.info("collect.skipped", reason="paused: the kill switch posts nothing")
             return True
         ok = True
         for is_main in self.collect_is_main:
             if self.stopping.is_set():
                 return False
+            if self.paused():  # checked before every collection, as before every post
+                self.log.info("collect.skipped", reason="paused: the kill switch posts nothing",
+                              is_main=is_main)
+                return True
             label = str(is_main)
             try:
-                data = self.shard.sign(collect_sign_object(is_main))
+                data = self.signer.sign_one(collect_sign_object(is_main))
                 await self.client.collect(is_main, data)
             except Exception as exc:
                 ok = False
@@ -516,9 +678,36 @@ class Pipeline:
             self.metrics.posts.labels("collect", "ok").inc()
             self.log.info("collect.done", is_main=is_main)
         if ok:
-            self.metrics.last_collect_success.set(time.time())
+            self.metrics.last_collect_success.set(self._now_ts())
         return ok
 
 
 def _int(code: object) -> int | None:
     return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+def _once_each(chunk: list[PendingItem], conflicting: frozenset[int],
+               seen: set[int]) -> Iterable[PendingItem]:
+    """The chunk's items, an id listed again with the same content only once (a conflicting
+    id's every copy is decided: each is held)."""
+    for item in chunk:
+        item_id = item.id
+        if item_id is not None:
+            if item_id in seen and item_id not in conflicting:
+                continue
+            seen.add(item_id)
+        yield item
+
+
+def _conflicting_ids(snapshot: PendingSnapshot) -> frozenset[int]:
+    """Ids the snapshot lists more than once with different content (each copy is held)."""
+    first: dict[int, str] = {}
+    conflicts = set(snapshot.conflicts)
+    for item in snapshot.items:
+        item_id = item.id
+        if item_id is None:
+            continue
+        known = first.setdefault(item_id, item.content_hash)
+        if known != item.content_hash:
+            conflicts.add(item_id)
+    return frozenset(conflicts)

@@ -21,7 +21,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -74,7 +74,8 @@ class Daemon:
     """Composes a :class:`Pipeline` with a scheduler, the HTTP endpoints and reloads."""
 
     def __init__(self, pipeline: Pipeline, journal: Journal, metrics: Metrics, log: Any,
-                 config: DaemonConfig, *, shard_ok: bool = True,
+                 config: DaemonConfig, *,
+                 lock_held: Callable[[], bool] | None = None,
                  on_close: Callable[[], Awaitable[None]] | None = None,
                  leadership: Leadership | None = None,
                  services: Sequence[Service] = ()) -> None:
@@ -85,7 +86,10 @@ class Daemon:
         self.metrics = metrics
         self.log = log
         self.config = config
-        self.shard_ok = shard_ok
+        # The journal's writer (or leader) lock; until the store offers it, always held.
+        self._lock_held = lock_held or (lambda: bool(getattr(journal, "lock_held",
+                                                             lambda: True)()))
+        self.policy_error: str | None = None  # the last reload's failure, until one succeeds
         self._on_close = on_close
         self.leadership: Leadership = leadership or SoleLeader()
         self._scheduler: AsyncIOScheduler | None = None
@@ -101,18 +105,34 @@ class Daemon:
     # -- readiness -------------------------------------------------------------------
 
     def readiness(self) -> dict[str, bool]:
-        """The /readyz checks: a leader needs a recent poll, a standby a reachable database."""
-        checks = {"policy_loaded": self.pipeline.state.policy is not None,
-                  "shard_loaded": self.shard_ok, "journal_open": self._journal_open}
-        if self.leadership.role == LEADER:
-            last = self.pipeline.last_poll_ok
-            fresh = last is not None and time.time() - last <= 2 * self.config.poll_interval
-            # A leader in its takeover grace has not polled yet: it is ready meanwhile.
-            checks["recent_poll"] = fresh or (not self.leadership.active() and
-                                              self.leadership.healthy())
-            checks["leader"] = True
-        else:
+        """The checks of ``/readyz``; each one can fail (and a test makes each fail):
+
+        * ``policy_in_force``: the policy on disk is the one in force (no failed reload since);
+        * ``shard_usable``: the shard's certificate is valid now and signing has not failed;
+        * ``journal_writable``: the journal is open and its last write succeeded;
+        * a leader: ``lock_held`` (it still holds the journal's writer or leader lock) and
+          ``recent_poll`` (a poll succeeded within two poll intervals, or it is in its
+          takeover grace); a PostgreSQL standby: ``standby`` (its database is reachable).
+        """
+        pipeline = self.pipeline
+        now = pipeline.clock()
+        info = pipeline.shard.info
+        checks = {"policy_in_force": self.policy_error is None,
+                  "shard_usable": info.not_before <= now < info.not_after
+                  and pipeline.signing_ok,
+                  "journal_writable": self._journal_open and pipeline.journal_ok}
+        if self.leadership.role != LEADER:
             checks["standby"] = self.leadership.healthy()
+            return checks
+        try:
+            checks["lock_held"] = bool(self._lock_held())
+        except Exception:  # a lock probe that breaks means the lock is not known to be held
+            checks["lock_held"] = False
+        last = pipeline.last_poll_ok
+        fresh = last is not None and now.timestamp() - last <= 2 * self.config.poll_interval
+        # A leader in its takeover grace has not polled yet: it is ready meanwhile.
+        checks["recent_poll"] = fresh or (not self.leadership.active()
+                                          and self.leadership.healthy())
         return checks
 
     def role(self) -> str:
@@ -159,7 +179,7 @@ class Daemon:
         if await self.leadership.step() and self._scheduler is not None:
             job = self._scheduler.get_job("poll")
             if job is not None:
-                job.modify(next_run_time=datetime.now(UTC))
+                job.modify(next_run_time=self.pipeline.clock())
 
     async def await_leadership(self) -> None:
         """For ``--once`` and the bench: try the election once, and wait out a new
@@ -193,19 +213,21 @@ class Daemon:
         async with self._lock:
             candidate = await asyncio.to_thread(try_load_policy, path)
             if isinstance(candidate, PolicyError):
+                self.policy_error = candidate.problems[0] if candidate.problems else "error"
                 self.metrics.policy_reloads.labels("error").inc()
                 self.log.error("policy.reload_failed", trigger=trigger, path=str(path),
                                problems=candidate.problems[:20],
                                kept=self.pipeline.state.policy.name)
                 self._watch_stamp = self._stamp()
                 return False
+            self.policy_error = None
             old = self.pipeline.state.policy
             if candidate.sha256 == old.sha256:
                 self._watch_stamp = self._stamp()
                 self.metrics.policy_reloads.labels("unchanged").inc()
                 self.log.info("policy.unchanged", trigger=trigger, sha256=old.sha256)
                 return True
-            now = datetime.now(UTC)
+            now = self.pipeline.clock()
             ledger = await asyncio.to_thread(ledger_from_journal, candidate, self.journal, now)
             self.pipeline.state = PolicyState(candidate, ledger, Path(path))
             self._watch_stamp = self._stamp()
@@ -274,7 +296,7 @@ class Daemon:
         scheduler = self._scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_listener(self._job_event,
                                EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED | EVENT_JOB_ERROR)
-        now = datetime.now(UTC)
+        now = self.pipeline.clock()
         common: dict[str, Any] = {"max_instances": 1, "coalesce": True,
                                   "misfire_grace_time": None}
         scheduler.add_job(self.poll_job, IntervalTrigger(

@@ -148,26 +148,45 @@ def checksum_checker() -> Callable[[str], bool]:
     return check
 
 
-def is_evm(address: str) -> bool:
-    """True for a well-formed evm address (EIP-55 checksum checked when in mixed case)."""
-    if EVM_SHAPE.fullmatch(address) is None:
-        return False
-    hex_part = address[2:]
-    if hex_part.islower() or hex_part.isupper() or hex_part.isdigit():
-        return True
-    return _checksum_ok(hex_part)
+def evm_validator(checksum_ok: Callable[[str], bool]) -> Callable[[str], bool]:
+    """The definition of a well-formed evm address (EIP-55 checksum checked when in mixed
+    case), with the checksum test given: cached for evaluation (:func:`is_evm`), a
+    :func:`checksum_checker` for a big list file."""
+    shape = EVM_SHAPE.fullmatch
+
+    def valid(address: str) -> bool:
+        if shape(address) is None:
+            return False
+        hex_part = address[2:]
+        if hex_part.islower() or hex_part.isupper() or hex_part.isdigit():
+            return True
+        return checksum_ok(hex_part)
+
+    return valid
 
 
-def is_tron(address: str) -> bool:
-    """True for a base58check tron address with version byte 0x41."""
-    if TRON_SHAPE.fullmatch(address) is None:
-        return False
-    return _tron_checksum_ok(address)
+#: True for a well-formed evm address (EIP-55 checksum checked when in mixed case).
+is_evm: Final = evm_validator(_checksum_ok)
+
+
+def tron_validator(checksum_ok: Callable[[str], bool]) -> Callable[[str], bool]:
+    """The definition of a tron address (base58check, version byte 0x41), with the checksum
+    test given: cached for evaluation (:func:`is_tron`), uncached for a list file."""
+    shape = TRON_SHAPE.fullmatch
+
+    def valid(address: str) -> bool:
+        return shape(address) is not None and checksum_ok(address)
+
+    return valid
 
 
 @lru_cache(maxsize=65536)  # as for evm: recurring wallets skip the base58 arithmetic
 def _tron_checksum_ok(address: str) -> bool:
     return tron_checksum_ok(address)
+
+
+#: True for a base58check tron address with version byte 0x41.
+is_tron: Final = tron_validator(_tron_checksum_ok)
 
 
 _B58_ALPHABET: Final = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
 from cosigner.models import Action, PendingItem, amount_text
 from cosigner.policy import addresses
@@ -27,9 +27,9 @@ INVALID_RULE: Final = "<invalid>"
 INVALID_REASONS: Final = frozenset({
     "missing_field", "bad_type", "unknown_chain", "amount_syntax", "amount_not_finite",
     "amount_not_positive", "amount_precision", "amount_out_of_range", "address_chars",
-    "address_format",
+    "address_format", "duplicate_key", "bad_id",
 })
-REQUIRED_FIELDS: Final = ("id", "chainId", "fromAddress", "toAddress", "amount")
+REQUIRED_FIELDS: Final = ("id", "chainId", "fromAddress", "toAddress", "amount")  # in order
 MAX_AMOUNT_TEXT: Final = 80
 MAX_INTEGER_DIGITS: Final = 40
 
@@ -107,9 +107,11 @@ def _address_facts(text: str, fmt: addresses.Format) -> tuple[str | None, str]:
 _Values = tuple[Chain, str, str, Decimal, str, str]  # the fields of ItemFacts, in order
 
 
-def _item_values(policy: CompiledPolicy, item: PendingItem) -> _Values | str:
-    """The fields of :class:`ItemFacts` of a well-formed item, or the invalid reason code."""
-    raw = item.raw
+_Fields = tuple[int, str, str, str, str]  # id, chainId, fromAddress, toAddress, amount text
+
+
+def _fields(raw: Mapping[str, Any]) -> _Fields | str:
+    """The required fields with their JSON types checked, or the invalid reason code."""
     if type(raw) is dict:  # what the API client gives: one lookup per field
         try:
             ident, chain_id, source, dest, amount = (raw["id"], raw["chainId"],
@@ -117,18 +119,25 @@ def _item_values(policy: CompiledPolicy, item: PendingItem) -> _Values | str:
                                                      raw["amount"])
         except KeyError:
             return "missing_field"
+    elif not isinstance(raw, Mapping):
+        return "bad_type"
+    elif any(name not in raw for name in REQUIRED_FIELDS):
+        return "missing_field"
     else:
-        if not isinstance(raw, Mapping):
-            return "bad_type"
-        for name in REQUIRED_FIELDS:
-            if name not in raw:
-                return "missing_field"
-        ident, chain_id, source, dest, amount = (raw["id"], raw["chainId"], raw["fromAddress"],
-                                                 raw["toAddress"], raw["amount"])
+        ident, chain_id, source, dest, amount = (raw[n] for n in REQUIRED_FIELDS)
     text = amount if type(amount) is str else amount_text(amount)
     if (not isinstance(ident, int) or isinstance(ident, bool) or not isinstance(chain_id, str)
             or not isinstance(source, str) or not isinstance(dest, str) or text is None):
         return "bad_type"
+    return ident, chain_id, source, dest, text
+
+
+def _item_values(policy: CompiledPolicy, item: PendingItem) -> _Values | str:
+    """The fields of :class:`ItemFacts` of a well-formed item, or the invalid reason code."""
+    fields = _fields(item.raw)
+    if isinstance(fields, str):
+        return fields
+    _, chain_id, source, dest, text = fields
     chain = policy.chains.get(chain_id)
     if chain is None:
         return "unknown_chain"
@@ -197,14 +206,41 @@ def _first_match(policy: CompiledPolicy, chain: Chain, to_key: str, from_key: st
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class RuleCheck:
+    """One rule tried in policy order: None, or the first of its conditions that failed."""
+
+    rule: Rule
+    why_not: str | None
+
+
+def explain_rules(policy: CompiledPolicy, item: PendingItem,
+                  now: datetime) -> list[RuleCheck] | str:
+    """Each rule in order up to the first that matches, with why the others did not; the
+    invalid reason code for a malformed item.  Used for ``policy explain``'s trace; the
+    property tests hold it to the indexed :func:`first_match`."""
+    facts = item_facts(policy, item)
+    if isinstance(facts, str):
+        return facts
+    out = []
+    for rule in policy.rules:
+        why = rule.why_not(facts, now)
+        out.append(RuleCheck(rule, why))
+        if why is None:
+            break
+    return out
+
+
 def limit_effect(limit: Limit, facts: ItemFacts, ledger: Ledger, now: datetime) -> LimitEffect:
     """Usage of *limit* in the bucket of *facts*, and whether approving it would break it."""
-    return _limit_effect(limit, facts.chain.chain_id, facts.to_key, facts.from_key,
+    return limit_check(limit, facts.chain.chain_id, facts.to_key, facts.from_key,
                          facts.amount, ledger, now)
 
 
-def _limit_effect(limit: Limit, chain_id: str, to_key: str, from_key: str, amount: Decimal,
-                  ledger: Ledger, now: datetime) -> LimitEffect:
+def limit_check(limit: Limit, chain_id: str, to_key: str, from_key: str, amount: Decimal,
+                ledger: Ledger, now: datetime) -> LimitEffect:
+    """The one definition of a limit's arithmetic: usage in the bucket of the approval, and
+    whether adding *amount* (one more approval) would break ``max_amount`` or ``max_count``."""
     bucket = limit.bucket(chain_id, to_key, from_key)
     used_amount, used_count = ledger.usage(limit.name, bucket, now)
     exceed = ((limit.max_amount is not None
@@ -258,9 +294,9 @@ def evaluate(policy: CompiledPolicy, item: PendingItem, ledger: Ledger,
     if rule.action is not Action.APPROVE:
         return approved
     chain_id, fmt = chain.chain_id, chain.address
-    effects = tuple([_limit_effect(limit, chain_id, to_key, from_key, amount, ledger, now)
+    effects = tuple([limit_check(limit, chain_id, to_key, from_key, amount, ledger, now)
                      for limit in policy.index[chain_id].limits
-                     if limit.scope.admits(chain_id, fmt, to_key, from_key)])
+                     if limit.scope.holds(chain_id, fmt, to_key, from_key)])
     broken = tuple([f"limit:{e.limit}" for e in effects if e.would_exceed])
     if broken:
         return Decision(policy.on_limit, rule.name, broken, effects)

@@ -18,7 +18,7 @@ from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 from cosigner.models import PendingItem
 from cosigner.policy import addresses
 from cosigner.policy.addresses import Format
-from cosigner.policy.model import Chain, CompiledPolicy, ItemFacts, Limit
+from cosigner.policy.model import CompiledPolicy, Limit
 
 # Amounts that pass validation have at most 76 significant digits; 120 leaves
 # room for summing billions of them.  Any rounding would be a bug: trap it.
@@ -56,12 +56,9 @@ class _Series:
         self.times: list[datetime] = []
         self.cum: list[Decimal] = []
 
-    def add(self, at: datetime, amount: Decimal) -> None:
-        if not self.times or at >= self.times[-1]:
-            self.times.append(at)
-            self.cum.append(MONEY.add(self.cum[-1] if self.cum else ZERO, amount))
-            return
-        # out of order (history given unsorted): shift the sums after it
+    def insert(self, at: datetime, amount: Decimal) -> None:
+        """Count an approval older than the newest one (the in-order case is inline in
+        :meth:`Ledger.add`): shift the sums after it."""
         pos = bisect_right(self.times, at)
         self.times.insert(pos, at)
         before = self.cum[pos - 1] if pos else ZERO
@@ -86,25 +83,16 @@ class _Series:
         self.cum = [MONEY.subtract(c, dropped) for c in self.cum[cut:]]
 
 
-def facts_of(policy: CompiledPolicy, chain_id: str, source: str, dest: str,
-             amount: Decimal) -> ItemFacts:
-    """Comparison facts of an approval; a chain the policy no longer knows compares exactly."""
-    chain = policy.chains.get(chain_id) or Chain(chain_id, "?", "other", 0)
-    return ItemFacts(chain, addresses.key(dest, chain.address),
-                     addresses.key(source, chain.address), amount, dest, source)
-
-
 class _Plan:
     """How one limit counts approvals: its scope test, its bucket key and its series."""
 
-    __slots__ = ("by_bucket", "check_scope", "limit", "per", "scope", "window2")
+    __slots__ = ("by_bucket", "check_scope", "limit", "scope", "window2")
 
     def __init__(self, limit: Limit, by_bucket: dict[str, _Series]) -> None:
         self.limit = limit
         self.scope = limit.scope
         # the chain part of the scope is settled by the per-chain plans
         self.check_scope = limit.scope.to is not None or limit.scope.from_ is not None
-        self.per = limit.per
         self.window2 = 2 * limit.window
         self.by_bucket = by_bucket
 
@@ -120,7 +108,7 @@ class Ledger:
         plans = {lim.name: _Plan(lim, self._series[lim.name]) for lim in policy.limits}
         # Per known chain: its address format and the plans of only the limits
         # whose chain scope admits it (the policy's index).  An approval on a
-        # chain the policy no longer knows compares exactly (as facts_of), and
+        # chain the policy no longer knows compares exactly, and
         # only limits without a chain scope can count it.
         self._by_chain: dict[str, tuple[Format, tuple[_Plan, ...]]] = {
             chain_id: (policy.chains[chain_id].address,
@@ -137,22 +125,19 @@ class Ledger:
         fmt, plans = self._by_chain.get(chain_id, self._unknown_chain)
         if not plans:
             return
-        to_key, from_key = approval.to_address, approval.from_address
-        if fmt == "evm":  # addresses.key, inline
-            to_key, from_key = to_key.lower(), from_key.lower()
+        to_key = addresses.key(approval.to_address, fmt)
+        from_key = addresses.key(approval.from_address, fmt)
         at, amount = approval.at, approval.amount
         for plan in plans:
-            if plan.check_scope and not plan.scope.admits(chain_id, fmt, to_key, from_key):
+            if plan.check_scope and not plan.scope.holds(chain_id, fmt, to_key, from_key):
                 continue
-            per = plan.per
-            bucket = (chain_id if per == "chain" else
-                      f"{chain_id}/{to_key}" if per == "to" else f"{chain_id}/{from_key}")
+            bucket = plan.limit.bucket(chain_id, to_key, from_key)
             series = plan.by_bucket.get(bucket)
             if series is None:
                 series = plan.by_bucket[bucket] = _Series()
             times = series.times
             if times and at < times[-1]:
-                series.add(at, amount)
+                series.insert(at, amount)
             else:  # in order, the usual case: _Series.add without the call
                 cum = series.cum
                 times.append(at)

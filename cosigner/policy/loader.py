@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta, tzinfo
 from pathlib import Path
@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from cosigner.durations import EXAMPLES as DURATION_EXAMPLES
+from cosigner.durations import parse_duration
 from cosigner.errors import PolicyError
 from cosigner.models import Action
 from cosigner.policy import addresses
@@ -52,9 +54,7 @@ _EXPAND_AT_MOST = 64  # a larger list in a rule's to: in is probed as a set, not
 
 _LIST_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 _RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_WINDOW = re.compile(r"([1-9][0-9]{0,6})([smhd])")
 _HOURS = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]|24):([0-5][0-9])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _EXPLICIT_ACTIONS = (Action.HOLD.value, Action.REJECT.value)
 # libyaml's composer gives the same nodes (tags, styles, marks) about ten times faster.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -221,35 +221,34 @@ class _Loader:
         self._has_other = any(c.address == "other" for c in self.chains.values())
 
     def _classify(self, reader: Reader, node: yaml.Node | int, text: str,
-                  into: dict[Format, set[str]], *, echo: bool = True) -> None:
-        """Check one list or literal address and add its comparison keys to *into*.
-
-        With ``echo`` False (list files) an error never quotes the entry.
-        """
-        shown = repr(text) if echo else "on this line"
-        if not addresses.has_clean_chars(text):
-            reader.error(node, f"address {shown} contains whitespace, control, zero-width or "
+                  into: dict[Format, set[str]], *,
+                  is_evm: Callable[[str], bool] = addresses.is_evm,
+                  is_tron: Callable[[str], bool] = addresses.is_tron) -> None:
+        """Check one list or literal address and add its comparison keys to *into*."""
+        # A valid evm or tron address is clean ASCII by its shape: the common case is
+        # settled by the validity checks alone; the rest finds out what is wrong.
+        if is_evm(text):
+            self._add(into, "evm", text)
+        elif is_tron(text):
+            self._add(into, "tron", text)
+        elif not addresses.has_clean_chars(text):
+            reader.error(node, f"address {text!r} contains whitespace, control, zero-width or "
                                f"non-ASCII characters")
         elif addresses.looks_evm(text):
-            if addresses.is_evm(text):
-                into["evm"].add(addresses.key(text, "evm"))
-                if self._has_other:
-                    into["other"].add(text)
-            else:
-                reader.error(node, f"address {shown} is not a valid evm address (0x and 40 hex "
-                                   f"digits; mixed case must be a valid EIP-55 checksum)")
+            reader.error(node, f"address {text!r} is not a valid evm address (0x and 40 hex "
+                               f"digits; mixed case must be a valid EIP-55 checksum)")
         elif addresses.looks_tron(text):
-            if addresses.is_tron(text):
-                into["tron"].add(text)
-                if self._has_other:
-                    into["other"].add(text)
-            else:
-                reader.error(node, f"address {shown} fails its tron base58check checksum")
+            reader.error(node, f"address {text!r} fails its tron base58check checksum")
         elif self._has_other:
             into["other"].add(text)
         else:
-            reader.error(node, f"address {shown} is neither evm nor tron, and no chain uses the "
+            reader.error(node, f"address {text!r} is neither evm nor tron, and no chain uses the "
                                f"other address format")
+
+    def _add(self, into: dict[Format, set[str]], fmt: Format, text: str) -> None:
+        into[fmt].add(addresses.key(text, fmt))
+        if self._has_other:
+            into["other"].add(text)
 
     def _lists(self, node: yaml.Node) -> None:
         r = self.r
@@ -273,68 +272,22 @@ class _Loader:
         relative = self.r.string(node, "list file")
         if relative is None:
             return
-        path = self._confined(node, relative)
-        if path is None:
-            return
+        path = self.path.parent / relative
         if not path.is_file():
             self.r.error(node, f"list file {relative!r} not found (looked at {path})")
             return
         text = self._read(path, relative, str(path))
         if text is None:
             return
-        # Entries of a list file are never quoted back in an error: a file that is not
-        # a list (a key, a password file) must not leak through the policy's errors.
         reader = Reader(str(path), self.problems)
-        # The common entries (evm and tron addresses) take a fast path with the
-        # same checks as _classify: the shape regexes only admit clean ASCII,
-        # single-case evm needs no checksum, mixed case is verified without
-        # cache (a big list would only flush the evaluation cache).
-        evm_keys, tron_keys, other_keys = keys["evm"], keys["tron"], keys["other"]
-        has_other = self._has_other
-        evm_shape, tron_shape = addresses.EVM_SHAPE.fullmatch, addresses.TRON_SHAPE.fullmatch
-        checksum_ok = addresses.checksum_checker()
-        tron_ok = addresses.tron_checksum_ok
+        # The same checks as a literal address, with checksum tests that skip the cache
+        # (a big list would only flush the evaluation cache).
+        is_evm = addresses.evm_validator(addresses.checksum_checker())
+        is_tron = addresses.tron_validator(addresses.tron_checksum_ok)
         for number, raw in enumerate(text.splitlines(), start=1):
             entry = raw.split("#", 1)[0].strip()
-            if not entry:
-                continue
-            if evm_shape(entry) is not None:
-                hex_part = entry[2:]
-                if (hex_part.islower() or hex_part.isupper() or hex_part.isdigit()
-                        or checksum_ok(hex_part)):
-                    evm_keys.add(entry.lower())
-                    if has_other:
-                        other_keys.add(entry)
-                    continue
-            elif tron_shape(entry) is not None and tron_ok(entry):
-                tron_keys.add(entry)
-                if has_other:
-                    other_keys.add(entry)
-                continue
-            # anything else, and every refusal
-            self._classify(reader, number, entry, keys, echo=False)
-
-    def _confined(self, node: yaml.Node, relative: str) -> Path | None:
-        """The list file's path, if it lies inside the policy's directory tree.
-
-        Symlinks are resolved first, both for the directory and for the file, so a
-        Kubernetes ConfigMap (``..data`` -> a timestamped directory, both inside the
-        mount) loads, while an absolute path, ``..`` or a link out of the tree does not.
-        """
-        root = self.path.parent.resolve()
-        candidate = Path(relative)
-        if candidate.is_absolute() or ".." in candidate.parts:
-            self.r.error(node, f"list file {relative!r} must be a relative path inside the "
-                               f"policy's directory ({root})")
-            return None
-        path = self.path.parent / candidate
-        try:
-            path.resolve().relative_to(root)
-        except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop
-            self.r.error(node, f"list file {relative!r} leads outside the policy's "
-                               f"directory ({root})")
-            return None
-        return path
+            if entry:
+                self._classify(reader, number, entry, keys, is_evm=is_evm, is_tron=is_tron)
 
     # -- conditions --------------------------------------------------------
 
@@ -402,42 +355,46 @@ class _Loader:
         return AmountRange(low, high)
 
     def _time(self, node: yaml.Node, what: str) -> TimeWindow | None:
-        r = self.r
-        spec = r.mapping(node, f"time of {what}", ("days", "hours", "tz"))
+        spec = self.r.mapping(node, f"time of {what}", ("days", "hours", "tz"))
         if spec is None:
             return None
         if "days" not in spec and "hours" not in spec:
-            r.error(node, f"time of {what} needs days and/or hours")
-        days: frozenset[int] | None = None
-        if "days" in spec:
-            found = set()
-            for item, day in r.strings(spec["days"][1], f"days of {what}", single_ok=False):
-                if day in DAY_NAMES:
-                    found.add(DAY_NAMES.index(day))
-                else:
-                    r.error(item, f"day {day!r} of {what} must be one of {', '.join(DAY_NAMES)}")
-            days = frozenset(found)
-        start = end = None
-        if "hours" in spec:
-            hours = r.string(spec["hours"][1], f"hours of {what}")
-            match = _HOURS.fullmatch(hours) if hours is not None else None
-            if hours is not None and match is None:
-                r.error(spec["hours"][1], f"hours of {what} must look like \"08:00-20:00\", "
-                                          f"not {hours!r}")
-            elif match is not None:
-                h1, m1, h2, m2 = (int(g) for g in match.groups())
-                start, end = h1 * 60 + m1, h2 * 60 + m2
-                if end > 24 * 60 or start == end:
-                    r.error(spec["hours"][1], f"hours of {what}: {hours!r} is not a range")
-        tz_name = "UTC"
-        tz: tzinfo = UTC
-        if "tz" in spec:
-            tz_name = r.string(spec["tz"][1], f"tz of {what}") or "UTC"
-            try:
-                tz = ZoneInfo(tz_name)
-            except (ZoneInfoNotFoundError, ValueError):
-                r.error(spec["tz"][1], f"unknown time zone {tz_name!r} in {what}")
+            self.r.error(node, f"time of {what} needs days and/or hours")
+        days = self.r.each(spec, "days", self._days, what)
+        start, end = self.r.each(spec, "hours", self._hours, what) or (None, None)
+        tz_name, tz = self.r.each(spec, "tz", self._tz, what) or ("UTC", UTC)
         return TimeWindow(days, start, end, tz, tz_name)
+
+    def _days(self, node: yaml.Node, what: str) -> frozenset[int]:
+        found = set()
+        for item, day in self.r.strings(node, f"days of {what}", single_ok=False):
+            if day in DAY_NAMES:
+                found.add(DAY_NAMES.index(day))
+            else:
+                self.r.error(item, f"day {day!r} of {what} must be one of {', '.join(DAY_NAMES)}")
+        return frozenset(found)
+
+    def _hours(self, node: yaml.Node, what: str) -> tuple[int, int] | None:
+        hours = self.r.string(node, f"hours of {what}")
+        match = _HOURS.fullmatch(hours) if hours is not None else None
+        if match is None:
+            if hours is not None:
+                self.r.error(node, f"hours of {what} must look like \"08:00-20:00\", "
+                                   f"not {hours!r}")
+            return None
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        start, end = h1 * 60 + m1, h2 * 60 + m2
+        if end > 24 * 60 or start == end:
+            self.r.error(node, f"hours of {what}: {hours!r} is not a range")
+        return start, end
+
+    def _tz(self, node: yaml.Node, what: str) -> tuple[str, tzinfo]:
+        tz_name = self.r.string(node, f"tz of {what}") or "UTC"
+        try:
+            return tz_name, ZoneInfo(tz_name)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.r.error(node, f"unknown time zone {tz_name!r} in {what}")
+            return tz_name, UTC
 
     # -- rules and limits --------------------------------------------------
 
@@ -501,13 +458,12 @@ class _Loader:
 
     def _window(self, node: yaml.Node, what: str) -> timedelta | None:
         text = self.r.string(node, f"window of {what}")
-        match = _WINDOW.fullmatch(text) if text is not None else None
-        if match is None:
+        window = parse_duration(text) if text is not None else None
+        if not window:  # None, or a zero window
             if text is not None:
-                self.r.error(node, f"window of {what} must look like 30m, 24h or 7d, "
+                self.r.error(node, f"window of {what} must look like {DURATION_EXAMPLES}, "
                                    f"not {text!r}")
             return None
-        window = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
         if window > MAX_WINDOW:
             self.r.error(node, f"window of {what} is longer than 366d")
             return None
@@ -540,36 +496,44 @@ def _index(chains: dict[str, Chain], rules: list[Rule],
     copied key by key into ``by_to`` (100,000 keys per chain would cost more to
     build than the whole policy): evaluation probes its set instead.
     """
-    index = {}
-    for chain_id, chain in chains.items():
-        fmt = chain.address
-        generic: list[int] = []
-        by_to: dict[str, list[int]] = {}
-        listed: dict[int, tuple[frozenset[str], list[int]]] = {}  # by id() of the key set
-        for rule in rules:
-            if rule.scope.chains is not None and chain_id not in rule.scope.chains:
-                continue
-            to = rule.scope.to
-            if to is None or to.in_ is None:
-                generic.append(rule.index)
-                continue
-            for member in to.in_.members:
-                keys = member.by_format[fmt]
-                if len(keys) > _EXPAND_AT_MOST:
-                    _append_once(listed.setdefault(id(keys), (keys, []))[1], rule.index)
-                    continue
-                for key in keys:
-                    _append_once(by_to.setdefault(key, []), rule.index)
-        in_scope = tuple(lim for lim in limits
-                         if lim.scope.chains is None or chain_id in lim.scope.chains)
-        picked = set(generic).union(*by_to.values(), *(v for _, v in listed.values()))
-        checks = tuple(residual_check(rule, fmt) if rule.index in picked else never_matches
-                       for rule in rules)
-        index[chain_id] = ChainIndex(tuple(generic), {k: tuple(v) for k, v in by_to.items()},
-                                     in_scope,
-                                     tuple((keys, tuple(v)) for keys, v in listed.values()),
-                                     checks)
-    return index
+    return {chain_id: _chain_index(chain_id, chain.address, rules, limits)
+            for chain_id, chain in chains.items()}
+
+
+def _chain_index(chain_id: str, fmt: Format, rules: list[Rule],
+                 limits: list[Limit]) -> ChainIndex:
+    """The :class:`ChainIndex` of one chain (see :func:`_index`)."""
+    generic: list[int] = []
+    by_to: dict[str, list[int]] = {}
+    listed: dict[int, tuple[frozenset[str], list[int]]] = {}  # by id() of the key set
+    for rule in rules:
+        if rule.scope.chains is not None and chain_id not in rule.scope.chains:
+            continue
+        to = rule.scope.to
+        if to is None or to.in_ is None:
+            generic.append(rule.index)
+        else:
+            _index_destinations(rule.index, to.in_, fmt, by_to, listed)
+    in_scope = tuple(lim for lim in limits
+                     if lim.scope.chains is None or chain_id in lim.scope.chains)
+    picked = set(generic).union(*by_to.values(), *(v for _, v in listed.values()))
+    checks = tuple(residual_check(rule, fmt) if rule.index in picked else never_matches
+                   for rule in rules)
+    return ChainIndex(tuple(generic), {k: tuple(v) for k, v in by_to.items()}, in_scope,
+                      tuple((keys, tuple(v)) for keys, v in listed.values()), checks)
+
+
+def _index_destinations(rule_index: int, in_: AddressSet, fmt: Format,
+                        by_to: dict[str, list[int]],
+                        listed: dict[int, tuple[frozenset[str], list[int]]]) -> None:
+    """Offer the rule for each destination of its ``to: in`` (small sets key by key)."""
+    for member in in_.members:
+        keys = member.by_format[fmt]
+        if len(keys) > _EXPAND_AT_MOST:
+            _append_once(listed.setdefault(id(keys), (keys, []))[1], rule_index)
+            continue
+        for key in keys:
+            _append_once(by_to.setdefault(key, []), rule_index)
 
 
 def _append_once(indexes: list[int], rule_index: int) -> None:

@@ -1,8 +1,9 @@
 """The compiled policy: immutable, indexed, built once by the loader.
 
-Nothing here does I/O.  Conditions know how to test themselves against an
-:class:`ItemFacts` (a validated item reduced to comparison keys) and say why
-they did not match, which is what ``policy explain`` prints.
+Nothing here does I/O.  Each condition is defined once, by its ``holds``; its
+``why_not`` (what ``policy explain`` prints) calls that ``holds`` and only words
+the failure, and the evaluation's fast path (:func:`residual_check`, the
+loader's index) is composed from the same ``holds`` methods.
 """
 
 from __future__ import annotations
@@ -69,19 +70,22 @@ class AddressCond:
     in_: AddressSet | None
     not_in: AddressSet | None
 
-    def matches(self, fmt: Format, key: str) -> bool:
-        """True when the address satisfies the condition (``mismatch`` is None)."""
-        if self.in_ is not None and not self.in_.contains(fmt, key):
-            return False
-        return self.not_in is None or not self.not_in.contains(fmt, key)
+    def holds(self, fmt: Format, key: str) -> bool:
+        """The condition (its one definition): in ``in`` and not in ``not_in``."""
+        return ((self.in_ is None or self.in_.contains(fmt, key))
+                and (self.not_in is None or not self.not_in.contains(fmt, key)))
 
-    def mismatch(self, field_name: str, fmt: Format, key: str) -> str | None:
-        """None when the address satisfies the condition, else why not."""
-        if self.in_ is not None and not self.in_.contains(fmt, key):
-            return f"{field_name} not in {self.in_.text}"
-        if self.not_in is not None and self.not_in.contains(fmt, key):
-            return f"{field_name} in {self.not_in.text}"
-        return None
+    def without_in(self) -> AddressCond | None:
+        """What is left to test once an index guaranteed the ``in`` part (None: nothing)."""
+        return AddressCond(None, self.not_in) if self.not_in is not None else None
+
+    def why_not(self, field_name: str, fmt: Format, key: str) -> str | None:
+        """None when the address satisfies the condition, else the condition that fails."""
+        if self.holds(fmt, key):
+            return None
+        parts = ([f"in {self.in_.text}"] if self.in_ is not None else []) + (
+            [f"not in {self.not_in.text}"] if self.not_in is not None else [])
+        return f"{field_name} is not {' and '.join(parts)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,18 +95,18 @@ class AmountRange:
     min: Decimal | None
     max: Decimal | None
 
-    def matches(self, amount: Decimal) -> bool:
-        """True when *amount* is within the bounds (``mismatch`` is None)."""
+    def holds(self, amount: Decimal) -> bool:
+        """The condition (its one definition): ``min <= amount <= max``."""
         return ((self.min is None or amount >= self.min)
                 and (self.max is None or amount <= self.max))
 
-    def mismatch(self, amount: Decimal) -> str | None:
-        """None when *amount* is within the bounds, else why not."""
-        if self.min is not None and amount < self.min:
-            return f"amount {amount} < min {self.min}"
-        if self.max is not None and amount > self.max:
-            return f"amount {amount} > max {self.max}"
-        return None
+    def why_not(self, amount: Decimal) -> str | None:
+        """None when *amount* is within the bounds, else the bounds it is outside of."""
+        if self.holds(amount):
+            return None
+        bounds = ([f">= min {self.min}"] if self.min is not None else []) + (
+            [f"<= max {self.max}"] if self.max is not None else [])
+        return f"amount {amount} is not {' and '.join(bounds)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,21 +127,24 @@ class TimeWindow:
             return self.start <= minute < self.end
         return minute >= self.start or minute < self.end  # wraps past midnight
 
-    def matches(self, now: datetime) -> bool:
-        """True when *now* falls inside the window (``mismatch`` is None)."""
+    def holds(self, now: datetime) -> bool:
+        """The condition (its one definition): *now* on an allowed day, inside the hours."""
         local = now.astimezone(self.tz)
-        if self.days is not None and local.weekday() not in self.days:
-            return False
-        return self.contains_minutes(local.hour * 60 + local.minute)
+        return ((self.days is None or local.weekday() in self.days)
+                and self.contains_minutes(local.hour * 60 + local.minute))
 
-    def mismatch(self, now: datetime) -> str | None:
-        """None when *now* falls inside the window, else why not."""
+    def why_not(self, now: datetime) -> str | None:
+        """None when *now* falls inside the window, else where *now* is and the window."""
+        if self.holds(now):
+            return None
         local = now.astimezone(self.tz)
-        if self.days is not None and local.weekday() not in self.days:
-            return f"{DAY_NAMES[local.weekday()]} not in allowed days ({self.tz_name})"
-        if not self.contains_minutes(local.hour * 60 + local.minute):
-            return f"{local:%H:%M} outside hours ({self.tz_name})"
-        return None
+        days = (f"days {', '.join(DAY_NAMES[d] for d in sorted(self.days))}"
+                if self.days is not None else "any day")
+        hours = ("" if self.start is None or self.end is None else
+                 f", {self.start // 60:02}:{self.start % 60:02}-"
+                 f"{self.end // 60:02}:{self.end % 60:02}")
+        return (f"{DAY_NAMES[local.weekday()]} {local:%H:%M} is outside {days}{hours} "
+                f"({self.tz_name})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,30 +171,22 @@ class Scope:
     to: AddressCond | None
     from_: AddressCond | None
 
-    def matches(self, facts: ItemFacts) -> bool:
-        """True when *facts* are in scope (``mismatch`` is None)."""
-        return self.admits(facts.chain.chain_id, facts.chain.address, facts.to_key,
-                           facts.from_key)
+    def holds(self, chain_id: str, fmt: Format, to_key: str, from_key: str) -> bool:
+        """The scope (its one definition): every condition given holds."""
+        return ((self.chains is None or chain_id in self.chains)
+                and (self.to is None or self.to.holds(fmt, to_key))
+                and (self.from_ is None or self.from_.holds(fmt, from_key)))
 
-    def admits(self, chain_id: str, fmt: Format, to_key: str, from_key: str) -> bool:
-        """``matches`` on the facts' values (evaluation builds no ItemFacts)."""
-        if self.chains is not None and chain_id not in self.chains:
-            return False
-        if self.to is not None and not self.to.matches(fmt, to_key):
-            return False
-        return self.from_ is None or self.from_.matches(fmt, from_key)
-
-    def mismatch(self, facts: ItemFacts) -> str | None:
-        """None when *facts* are in scope, else why not."""
+    def why_not(self, facts: ItemFacts) -> str | None:
+        """None when *facts* are in scope, else the first condition that fails."""
+        if self.holds(facts.chain.chain_id, facts.fmt, facts.to_key, facts.from_key):
+            return None
         if self.chains is not None and facts.chain.chain_id not in self.chains:
-            return f"chain {facts.chain.chain_id} not in {sorted(self.chains)}"
-        if self.to is not None:
-            why = self.to.mismatch("to", facts.fmt, facts.to_key)
-            if why is not None:
-                return why
-        if self.from_ is not None:
-            return self.from_.mismatch("from", facts.fmt, facts.from_key)
-        return None
+            return f"chain {facts.chain.chain_id} is not in {sorted(self.chains)}"
+        if self.to is not None and not self.to.holds(facts.fmt, facts.to_key):
+            return self.to.why_not("to", facts.fmt, facts.to_key)
+        assert self.from_ is not None
+        return self.from_.why_not("from", facts.fmt, facts.from_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,25 +201,21 @@ class Rule:
     amount: AmountRange | None
     time: TimeWindow | None
 
-    def matches(self, facts: ItemFacts, now: datetime) -> bool:
-        """True when the rule matches (``mismatch`` is None), without explaining why not."""
-        return self.admits(facts.chain.chain_id, facts.chain.address, facts.to_key,
-                           facts.from_key, facts.amount, now)
+    def holds(self, facts: ItemFacts, now: datetime) -> bool:
+        """The rule matches (its one definition): scope, amount and time all hold."""
+        return (self.scope.holds(facts.chain.chain_id, facts.fmt, facts.to_key, facts.from_key)
+                and (self.amount is None or self.amount.holds(facts.amount))
+                and (self.time is None or self.time.holds(now)))
 
-    def admits(self, chain_id: str, fmt: Format, to_key: str, from_key: str, amount: Decimal,
-               now: datetime) -> bool:
-        """``matches`` on the facts' values (evaluation builds no ItemFacts)."""
-        return (self.scope.admits(chain_id, fmt, to_key, from_key)
-                and (self.amount is None or self.amount.matches(amount))
-                and (self.time is None or self.time.matches(now)))
-
-    def mismatch(self, facts: ItemFacts, now: datetime) -> str | None:
-        """None when the rule matches, else the first condition that failed."""
-        why = self.scope.mismatch(facts)
+    def why_not(self, facts: ItemFacts, now: datetime) -> str | None:
+        """None when the rule matches, else the first of its conditions that fails."""
+        if self.holds(facts, now):
+            return None
+        why = self.scope.why_not(facts)
         if why is None and self.amount is not None:
-            why = self.amount.mismatch(facts.amount)
+            why = self.amount.why_not(facts.amount)
         if why is None and self.time is not None:
-            why = self.time.mismatch(now)
+            why = self.time.why_not(now)
         return why
 
 
@@ -270,26 +265,43 @@ Check = Callable[[str, str, Decimal, datetime], bool]  # (to_key, from_key, amou
 
 
 def residual_check(rule: Rule, fmt: Format) -> Check:
-    """``rule.admits`` for a candidate that a chain's index picked, on that chain's format.
+    """:meth:`Rule.holds` for a candidate that a chain's index picked, on that chain's format.
 
     The index only offers a rule for a chain in its chain scope, and a rule
     with ``to: {in: ...}`` only for a destination in that ``in``; what is left
-    is ``to.not_in``, ``from``, the amount and the time, tested here without
-    the method calls (and with the chain's format bound).
+    (``to.not_in``, ``from``, the amount, the time) is tested by the conditions'
+    own ``holds``, bound here once.
     """
-    to_out = rule.scope.to.not_in if rule.scope.to is not None else None
+    parts: list[Check] = []
+    amount = rule.amount
+    if amount is not None:
+        parts.append(lambda to_key, from_key, value, now: amount.holds(value))
+    rest = rule.scope.to.without_in() if rule.scope.to is not None else None
+    if rest is not None:
+        parts.append(lambda to_key, from_key, value, now: rest.holds(fmt, to_key))
     from_ = rule.scope.from_
-    low = rule.amount.min if rule.amount is not None else None
-    high = rule.amount.max if rule.amount is not None else None
+    if from_ is not None:
+        parts.append(lambda to_key, from_key, value, now: from_.holds(fmt, from_key))
     window = rule.time
-
-    def check(to_key: str, from_key: str, amount: Decimal, now: datetime) -> bool:
-        return ((high is None or amount <= high) and (low is None or amount >= low)
-                and (to_out is None or not to_out.contains(fmt, to_key))
-                and (from_ is None or from_.matches(fmt, from_key))
-                and (window is None or window.matches(now)))
-
+    if window is not None:
+        parts.append(lambda to_key, from_key, value, now: window.holds(now))
+    if not parts:
+        return always_matches
+    check = parts[-1]
+    for part in reversed(parts[:-1]):  # cheapest first: amount, addresses, then time
+        check = _both(part, check)
     return check
+
+
+def _both(first: Check, second: Check) -> Check:
+    def check(to_key: str, from_key: str, amount: Decimal, now: datetime) -> bool:
+        return first(to_key, from_key, amount, now) and second(to_key, from_key, amount, now)
+    return check
+
+
+def always_matches(to_key: str, from_key: str, amount: Decimal, now: datetime) -> bool:
+    """The check of a rule the index picked with nothing left to test."""
+    return True
 
 
 def never_matches(to_key: str, from_key: str, amount: Decimal, now: datetime) -> bool:

@@ -81,42 +81,59 @@ def _representative(cond: AddressCond) -> tuple[Format, str] | None:
     return None
 
 
+class _Seen:
+    """The rules seen so far, indexed to narrow the candidates that may hide a later rule."""
+
+    def __init__(self) -> None:
+        self.generic: dict[object, list[Rule]] = defaultdict(list)  # no to.in, by chain
+        self.by_list: dict[str, tuple[AddressList, list[Rule]]] = {}  # to.in names a list
+        self.by_literal: dict[tuple[Format, str], list[Rule]] = defaultdict(list)
+
+    def candidates(self, rule: Rule, rep: tuple[Format, str] | None) -> list[Rule]:
+        """Earlier rules that may cover *rule* (whose ``to: in`` has representative *rep*)."""
+        chain = next(iter(rule.scope.chains), None) if rule.scope.chains else None
+        found = list(self.generic[_ALL]) + (list(self.generic[chain])
+                                            if chain is not None else [])
+        if rep is not None:
+            found += self.by_literal.get(rep, ())
+            for named, users in self.by_list.values():
+                if rep in named:
+                    found += users
+        return sorted({id(c): c for c in found}.values(), key=lambda c: c.index)
+
+    def add(self, rule: Rule) -> None:
+        """Index *rule* for the ones after it."""
+        to = rule.scope.to
+        if to is None or to.in_ is None:
+            for c in rule.scope.chains or (_ALL,):
+                self.generic[c].append(rule)
+            return
+        for member in to.in_.members:
+            if member.name != "<literal>":
+                self.by_list.setdefault(member.name, (member, []))[1].append(rule)
+                continue
+            for fmt in FORMATS:
+                for key in member.by_format[fmt]:
+                    self.by_literal[(fmt, key)].append(rule)
+
+
 def find_shadowed(rules: list[Rule]) -> Iterator[tuple[Rule, Rule]]:
     """Yield ``(earlier, later)`` for each rule hidden behind an earlier broader one.
 
     A rule whose ``to: in`` entries are all excluded by its own ``not_in`` can
     never match either; it is yielded as ``(rule, rule)``.
     """
-    generic: dict[object, list[Rule]] = defaultdict(list)  # no to.in, by chain (or _ALL)
-    by_list: dict[str, tuple[AddressList, list[Rule]]] = {}  # to.in names a list
-    by_literal: dict[tuple[Format, str], list[Rule]] = defaultdict(list)
+    seen = _Seen()
     for rule in rules:
         to = rule.scope.to
-        chain = next(iter(rule.scope.chains), None) if rule.scope.chains else None
-        candidates = list(generic[_ALL]) + (list(generic[chain]) if chain is not None else [])
         rep = None
         if to is not None and to.in_ is not None:
             rep = _representative(to)
             if rep is None:
                 yield rule, rule
                 continue
-            candidates += by_literal.get(rep, ())
-            for named, users in by_list.values():
-                if rep in named:
-                    candidates += users
-        for earlier in sorted({id(c): c for c in candidates}.values(), key=lambda c: c.index):
+        for earlier in seen.candidates(rule, rep):
             if covers(earlier, rule):
                 yield earlier, rule
                 break
-        # index this rule for the ones after it
-        if to is None or to.in_ is None:
-            for c in rule.scope.chains or (_ALL,):
-                generic[c].append(rule)
-            continue
-        for member in to.in_.members:
-            if member.name != "<literal>":
-                by_list.setdefault(member.name, (member, []))[1].append(rule)
-                continue
-            for fmt in FORMATS:
-                for key in member.by_format[fmt]:
-                    by_literal[(fmt, key)].append(rule)
+        seen.add(rule)

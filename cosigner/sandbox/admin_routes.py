@@ -131,26 +131,36 @@ async def put_certificate(sandbox: Sandbox, request: Request) -> Any:
 
 # -- items and records ------------------------------------------------------------------
 
+def _generated(body: dict[str, Any]) -> list[Any]:
+    """The items a ``{"generate": N, "chains": [...], "seed": S}`` body asks for."""
+    count = body["generate"]
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 100_000:
+        raise AdminError(400, "generate must be a count from 0 to 100000")
+    chains = body.get("chains", list(DEFAULT_CHAINS))
+    if not isinstance(chains, list) or not all(isinstance(c, str) for c in chains):
+        raise AdminError(400, "chains must be a list of chain ids")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise AdminError(400, "seed must be an integer")
+    return list(generate_items(count, seed=seed, chains=chains))
+
+
+def _raw_items(body: Any) -> Any:
+    """The items of an add-items body: a list, ``{"items": [...]}``, a generate request, or
+    one item."""
+    if isinstance(body, list):
+        return body
+    if isinstance(body, dict) and "generate" in body:
+        return _generated(body)
+    if isinstance(body, dict) and "items" in body:
+        return body["items"]
+    return [body]
+
+
 async def add_items(sandbox: Sandbox, request: Request) -> Any:
     body = await _json(request)
     merchant_value = body.get("merchantNo") if isinstance(body, dict) else None
-    if isinstance(body, list):
-        raws = body
-    elif isinstance(body, dict) and "generate" in body:
-        count = body["generate"]
-        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 100_000:
-            raise AdminError(400, "generate must be a count from 0 to 100000")
-        chains = body.get("chains", list(DEFAULT_CHAINS))
-        if not isinstance(chains, list) or not all(isinstance(c, str) for c in chains):
-            raise AdminError(400, "chains must be a list of chain ids")
-        seed = body.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise AdminError(400, "seed must be an integer")
-        raws = generate_items(count, seed=seed, chains=chains)
-    elif isinstance(body, dict) and "items" in body:
-        raws = body["items"]
-    else:
-        raws = [body]
+    raws = _raw_items(body)
     if not isinstance(raws, list) or not all(isinstance(r, dict) for r in raws):
         raise AdminError(400, "items are JSON objects")
     merchant_no = _merchant_no(sandbox, merchant_value)

@@ -105,11 +105,7 @@ class FaultConfig:
         for name in ("latency_ms", "latency_jitter_ms", "hang_max_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        rates = [self.rate(kind) for kind in FAULT_KINDS]
-        if any(not 0 <= r <= 1 for r in rates):
-            raise ValueError("every fault rate must be between 0 and 1")
-        if sum(rates) > 1 + 1e-9:
-            raise ValueError("the fault rates add up to more than 1")
+        self._check_rates()
         if not self.error_statuses or any(not 500 <= s <= 599 for s in self.error_statuses):
             raise ValueError("error_statuses must be 5xx statuses")
         for name, allowed in _CHOICES.items():
@@ -120,6 +116,13 @@ class FaultConfig:
         if self.endpoints is not None:
             object.__setattr__(self, "endpoints",
                                tuple(ENDPOINTS.get(e, e) for e in self.endpoints))
+
+    def _check_rates(self) -> None:
+        rates = [self.rate(kind) for kind in FAULT_KINDS]
+        if any(not 0 <= r <= 1 for r in rates):
+            raise ValueError("every fault rate must be between 0 and 1")
+        if sum(rates) > 1 + 1e-9:
+            raise ValueError("the fault rates add up to more than 1")
 
     def rate(self, kind: FaultKind) -> float:
         """The share of requests answered with ``kind``."""

@@ -8,10 +8,20 @@ implementation for both keeps the two from drifting apart: paging, the atomic
 
 Every method is thread-safe (one lock around one connection), so a test may
 read the state while a :class:`~cosigner.sandbox.server.SandboxServer` serves
-it from another thread.  Times are milliseconds passed in by the caller; the
-state never reads a clock.  Item JSON is stored with
-:func:`~cosigner.models.dumps_exact`, so an amount given as the number
-literal ``4.10`` is listed back as ``4.10``, never as a float.
+it from another thread.
+
+Cost per request stays flat however many items and nonces there are: a nonce is
+checked with one upsert on its primary key (expired nonces are pruned through an
+index on ``seen_ms`` at most once per bucket of the window, not on every
+request), and the pending list is paged by keyset (``id > last id of the
+previous page``) with the pending total cached, both valid only while the
+pending set is unchanged (our own writes and SQLite's ``data_version``, which
+moves when another connection commits); otherwise it falls back to ``OFFSET``,
+so the answer is always the one ``OFFSET`` paging would give.
+
+Times are milliseconds passed in by the caller; the state never reads a clock.
+Item JSON is stored with :func:`~cosigner.models.dumps_exact`, so an amount
+given as the number literal ``4.10`` is listed back as ``4.10``, never as a float.
 """
 
 from __future__ import annotations
@@ -291,12 +301,16 @@ CREATE TABLE IF NOT EXISTS callbacks (
 CREATE TABLE IF NOT EXISTS nonces (
     api_key TEXT NOT NULL, nonce TEXT NOT NULL, seen_ms INTEGER NOT NULL,
     PRIMARY KEY (api_key, nonce));
+CREATE INDEX IF NOT EXISTS nonces_seen ON nonces (seen_ms);
 CREATE TABLE IF NOT EXISTS rates (
     crypto TEXT NOT NULL, legal TEXT NOT NULL, buy TEXT NOT NULL, sell TEXT NOT NULL,
     PRIMARY KEY (crypto, legal));
 """
 
 _RESET_TABLES = ("items", "approvals", "collections", "orders", "callbacks", "nonces")
+
+#: Expired nonces are deleted at most once per this fraction of the window.
+NONCE_PRUNE_BUCKETS = 8
 
 
 def _opt_bool(v: Any) -> bool | None:
@@ -315,6 +329,13 @@ class SqliteState:
         if self.path is not None:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # Bumped by every write that changes which items are pending (or their order).
+        self._pending_version = 0
+        # (version, data_version) -> cached pending totals and page cursors.
+        self._page_key: tuple[int, int] | None = None
+        self._totals: dict[str, int] = {}
+        self._cursors: dict[tuple[str, int, int], int] = {}  # (merchant, size, page) -> id
+        self._next_prune_ms: int | None = None
         try:
             self._setup()
         except BaseException:
@@ -422,6 +443,7 @@ class SqliteState:
                     raise DuplicateItemError(item_id) from None
                 added.append(Item(id=item_id, merchant_no=merchant_no, raw=item,
                                   status="pending", created_ms=now_ms))
+            self._pending_version += 1
         return added
 
     def item(self, item_id: int) -> Item | None:
@@ -441,16 +463,43 @@ class SqliteState:
 
     def pending_page(self, merchant_no: str, page_num: int,
                      page_size: int) -> tuple[int, list[Item]]:
-        """``(total pending, the items of page page_num)``, pages 1-based, by id."""
+        """``(total pending, the items of page page_num)``, pages 1-based, by id.
+
+        The answer is exactly ``OFFSET (page_num - 1) * page_size``; when the previous
+        page was read since the pending set last changed, it is found from that page's
+        last id instead (keyset), so reading page after page costs the same at page 1
+        and at page 1,000.
+        """
         with self._lock:
-            (total,) = self._db.execute(
-                "SELECT COUNT(*) FROM items WHERE merchant_no = ? AND status = 'pending'",
-                (merchant_no,)).fetchone()
-            rows = self._db.execute(
-                "SELECT * FROM items WHERE merchant_no = ? AND status = 'pending' "
-                "ORDER BY id LIMIT ? OFFSET ?",
-                (merchant_no, page_size, (page_num - 1) * page_size)).fetchall()
+            key = (self._pending_version, self._data_version())
+            if key != self._page_key:
+                self._page_key, self._totals, self._cursors = key, {}, {}
+            total = self._totals.get(merchant_no)
+            if total is None:
+                (total,) = self._db.execute(
+                    "SELECT COUNT(*) FROM items WHERE merchant_no = ? AND status = 'pending'",
+                    (merchant_no,)).fetchone()
+                self._totals[merchant_no] = total
+            after = self._cursors.get((merchant_no, page_size, page_num - 1))
+            if after is not None:
+                rows = self._db.execute(
+                    "SELECT * FROM items WHERE merchant_no = ? AND status = 'pending' "
+                    "AND id > ? ORDER BY id LIMIT ?",
+                    (merchant_no, after, page_size)).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT * FROM items WHERE merchant_no = ? AND status = 'pending' "
+                    "ORDER BY id LIMIT ? OFFSET ?",
+                    (merchant_no, page_size, max(0, (page_num - 1) * page_size))).fetchall()
+            last: int | None = rows[-1]["id"] if rows else after
+            if page_num >= 1 and last is not None:
+                self._cursors[(merchant_no, page_size, page_num)] = last
         return total, [self._item(r) for r in rows]
+
+    def _data_version(self) -> int:
+        # Moves when another connection (another process on the same file) commits.
+        (version,) = self._db.execute("PRAGMA data_version").fetchone()
+        return int(version)
 
     def change_item(self, item_id: int, changes: Mapping[str, Any]) -> Item | None:
         """Change a *pending* item's fields under the same id (a provider-side mutation).
@@ -472,6 +521,8 @@ class SqliteState:
         with self._tx() as db:
             cur = db.execute("UPDATE items SET status = ?, decided_ms = ? "
                              "WHERE id = ? AND status = 'pending'", (status, now_ms, item_id))
+            if cur.rowcount == 1:
+                self._pending_version += 1
             return cur.rowcount == 1
 
     # -- approvals and collections ----------------------------------------------------
@@ -589,11 +640,22 @@ class SqliteState:
     # -- nonces -----------------------------------------------------------------------
 
     def use_nonce(self, api_key: str, nonce: str, now_ms: int, window_ms: int) -> bool:
-        """Remember ``nonce``; False when it was already used within ``window_ms``."""
+        """Remember ``nonce``; False when it was already used within ``window_ms``.
+
+        One upsert on the primary key: a nonce last seen before the window is taken
+        again, whether or not it was pruned yet.  Expired nonces are deleted (through
+        the ``seen_ms`` index) once per bucket of the window, so the table holds about
+        one window of nonces and no request scans it.
+        """
+        cutoff = now_ms - window_ms
         with self._tx() as db:
-            db.execute("DELETE FROM nonces WHERE seen_ms < ?", (now_ms - window_ms,))
-            cur = db.execute("INSERT OR IGNORE INTO nonces VALUES (?, ?, ?)",
-                             (api_key, nonce, now_ms))
+            if self._next_prune_ms is None or now_ms >= self._next_prune_ms:
+                db.execute("DELETE FROM nonces WHERE seen_ms < ?", (cutoff,))
+                self._next_prune_ms = now_ms + max(1, window_ms // NONCE_PRUNE_BUCKETS)
+            cur = db.execute(
+                "INSERT INTO nonces VALUES (?, ?, ?) ON CONFLICT (api_key, nonce) "
+                "DO UPDATE SET seen_ms = excluded.seen_ms WHERE nonces.seen_ms < ?",
+                (api_key, nonce, now_ms, cutoff))
             return cur.rowcount == 1
 
     # -- lifecycle --------------------------------------------------------------------
@@ -603,6 +665,8 @@ class SqliteState:
         with self._tx() as db:
             for table in _RESET_TABLES:
                 db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+            self._pending_version += 1
+            self._next_prune_ms = None
             if merchants:
                 db.execute("DELETE FROM merchants")
 

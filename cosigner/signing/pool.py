@@ -107,6 +107,10 @@ class BatchSigner:
     def __repr__(self) -> str:
         return f"BatchSigner(shard={self.shard!r})"
 
+    def sign_one(self, payload: bytes) -> str:
+        """The ``data`` of one payload, signed inline (raises SigningError)."""
+        return self.shard.sign(payload)
+
     def sign_inline(self, payloads: Sequence[bytes]) -> list[str | SigningError]:
         out: list[str | SigningError] = []
         for payload in payloads:

@@ -161,16 +161,7 @@ def load_shard(path: str | os.PathLike[str], password: str, *, scheme: SignSchem
         raise ShardError(f"COSIGNER_SIGN_SCHEME must be one of {', '.join(SIGN_SCHEMES)}, "
                          f"not {scheme!r}")
     p = Path(path)
-    try:
-        if check_mode:
-            _check_mode(p)
-        blob = p.read_bytes()
-    except FileNotFoundError:
-        raise ShardError(f"{p}: shard file not found (COSIGNER_PFX_PATH)") from None
-    except IsADirectoryError:
-        raise ShardError(f"{p}: is a directory, not a PKCS#12 shard (COSIGNER_PFX_PATH)") from None
-    except PermissionError:
-        raise ShardError(f"{p}: shard file is not readable by this user") from None
+    blob = _read_shard(p, check_mode)
     try:
         key, cert, extra = pkcs12.load_key_and_certificates(blob, password.encode("utf-8"))
     except ValueError:
@@ -178,32 +169,9 @@ def load_shard(path: str | os.PathLike[str], password: str, *, scheme: SignSchem
         raise ShardError(
             f"{p}: wrong password or not a PKCS#12 file (the password comes from "
             f"{password_setting}, default '1bitpay' + COSIGNER_MERCHANT_NO)") from None
-    if key is None:
-        raise ShardError(f"{p}: the PKCS#12 file holds no private key")
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ShardError(f"{p}: the private key is {type(key).__name__.removeprefix('_')}, "
-                         f"not RSA")
-    if key.key_size < MIN_KEY_BITS:
-        raise ShardError(f"{p}: RSA key is {key.key_size} bits; at least {MIN_KEY_BITS} "
-                         f"are required")
-    if cert is None and extra:
-        # The loader pairs the key with the certificate holding its public key; a
-        # file whose certificates are all for other keys comes back this way.
-        raise ShardError(f"{p}: the private key does not match its certificate "
-                         f"(none of the {len(extra)} certificates in the file is for this key)")
-    if cert is None:
-        raise ShardError(f"{p}: the PKCS#12 file holds no certificate for its key")
-    cert_key = cert.public_key()
-    if (not isinstance(cert_key, rsa.RSAPublicKey)
-            or cert_key.public_numbers() != key.public_key().public_numbers()):
-        # Defence in depth: the loader already pairs key and certificate by public key.
-        raise ShardError(f"{p}: the private key does not match its certificate")  # pragma: no cover
-    moment = now or datetime.now(UTC)
-    if cert.not_valid_after_utc <= moment:
-        raise ShardError(f"{p}: certificate expired on {cert.not_valid_after_utc.isoformat()}")
-    if cert.not_valid_before_utc > moment:
-        raise ShardError(f"{p}: certificate is not valid before "
-                         f"{cert.not_valid_before_utc.isoformat()}")
+    rsa_key = _check_key(p, key)
+    cert = _check_certificate(p, rsa_key, cert, len(extra), now or datetime.now(UTC))
+    key = rsa_key
     info = ShardInfo(
         path=str(p),
         subject=cert.subject.rfc4514_string(),
@@ -215,6 +183,53 @@ def load_shard(path: str | os.PathLike[str], password: str, *, scheme: SignSchem
         scheme=scheme,
     )
     return Shard(key, cert, info, scheme)
+
+
+def _read_shard(p: Path, check_mode: bool) -> bytes:
+    try:
+        if check_mode:
+            _check_mode(p)
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise ShardError(f"{p}: shard file not found (COSIGNER_PFX_PATH)") from None
+    except IsADirectoryError:
+        raise ShardError(f"{p}: is a directory, not a PKCS#12 shard (COSIGNER_PFX_PATH)") from None
+    except PermissionError:
+        raise ShardError(f"{p}: shard file is not readable by this user") from None
+
+
+def _check_key(p: Path, key: object) -> rsa.RSAPrivateKey:
+    if key is None:
+        raise ShardError(f"{p}: the PKCS#12 file holds no private key")
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ShardError(f"{p}: the private key is {type(key).__name__.removeprefix('_')}, "
+                         f"not RSA")
+    if key.key_size < MIN_KEY_BITS:
+        raise ShardError(f"{p}: RSA key is {key.key_size} bits; at least {MIN_KEY_BITS} "
+                         f"are required")
+    return key
+
+
+def _check_certificate(p: Path, key: rsa.RSAPrivateKey, cert: x509.Certificate | None,
+                       others: int, moment: datetime) -> x509.Certificate:
+    if cert is None and others:
+        # The loader pairs the key with the certificate holding its public key; a
+        # file whose certificates are all for other keys comes back this way.
+        raise ShardError(f"{p}: the private key does not match its certificate "
+                         f"(none of the {others} certificates in the file is for this key)")
+    if cert is None:
+        raise ShardError(f"{p}: the PKCS#12 file holds no certificate for its key")
+    cert_key = cert.public_key()
+    if (not isinstance(cert_key, rsa.RSAPublicKey)
+            or cert_key.public_numbers() != key.public_key().public_numbers()):
+        # Defence in depth: the loader already pairs key and certificate by public key.
+        raise ShardError(f"{p}: the private key does not match its certificate")  # pragma: no cover
+    if cert.not_valid_after_utc <= moment:
+        raise ShardError(f"{p}: certificate expired on {cert.not_valid_after_utc.isoformat()}")
+    if cert.not_valid_before_utc > moment:
+        raise ShardError(f"{p}: certificate is not valid before "
+                         f"{cert.not_valid_before_utc.isoformat()}")
+    return cert
 
 
 def certificate_from_pfx(path: str | os.PathLike[str], password: str) -> x509.Certificate:

@@ -1,6 +1,6 @@
 """What ``cosigner audit`` shows: the decision table, JSONL/CSV exports, the verdict
 of the chain check.  Functions of records and a text stream; opening the journal
-and parsing arguments is :mod:`cosigner.store.cli`'s job.
+and parsing arguments is :mod:`cosigner.cli.audit`'s job.
 
 Journal fields come from 1BitPay's pending list, so they are untrusted text: the
 table escapes control and invisible characters (no terminal escape sequences
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from dataclasses import fields
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from cosigner.durations import parse_duration
 from cosigner.errors import ConfigError
-from cosigner.redact import mask_text
+from cosigner.journal import plain
 from cosigner.store.base import DecisionRecord, VerifyResult
 
 #: Export columns, in their stable order.
@@ -33,20 +34,18 @@ EXPORT_COLUMNS = (
 _TABLE = (("seq", 6), ("time", 20), ("item", 10), ("action", 7), ("rule", 20), ("state", 7),
           ("amount", 14), ("chain", 5))
 
-_DURATION = re.compile(r"(\d+)([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def parse_since(text: str, now: datetime) -> datetime:
     """``--since``: an ISO 8601 time (UTC when it has no offset) or a duration
-    before ``now`` such as ``90s``, ``30m``, ``24h``, ``7d``, ``2w``.
+    before ``now`` such as ``90s``, ``30m``, ``24h``, ``7d`` (:mod:`cosigner.durations`).
 
     Raises:
         ConfigError: ``text`` is neither.
     """
-    match = _DURATION.fullmatch(text.strip())
-    if match:
-        return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    duration = parse_duration(text.strip())
+    if duration is not None:
+        return now - duration
     try:
         at = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -81,22 +80,14 @@ def write_table(records: Iterable[DecisionRecord], out: TextIO) -> int:
 
 def export_row(record: DecisionRecord) -> dict[str, Any]:
     """A record as an export row (JSON types, columns in :data:`EXPORT_COLUMNS` order)."""
-    values: dict[str, Any] = {
-        "seq": record.seq, "created_at": record.created_at.isoformat(),
-        "item_id": record.item_id, "action": record.action.value, "rule": record.rule,
-        "reasons": list(record.reasons), "state": record.state,
-        "outcome_code": record.outcome_code,
-        # Masked when stored; masked again for rows written before that was so.
-        "outcome_message": (mask_text(record.outcome_message)
-                            if record.outcome_message is not None else None),
-        "outcome_at": record.outcome_at.isoformat() if record.outcome_at else None,
-        "mode": record.mode, "chain_id": record.chain_id,
-        "from_address": record.from_address, "to_address": record.to_address,
-        "amount_text": record.amount_text, "content_hash": record.content_hash,
-        "policy_name": record.policy_name, "policy_sha256": record.policy_sha256,
-        "prev_hash": record.prev_hash, "record_hash": record.record_hash,
-    }
+    values = {f.name: _json(getattr(record, f.name)) for f in fields(DecisionRecord)}
     return {column: values[column] for column in EXPORT_COLUMNS}
+
+
+def _json(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return plain(value)
 
 
 def write_jsonl(records: Iterable[DecisionRecord], out: TextIO) -> int:

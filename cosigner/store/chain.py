@@ -17,17 +17,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from cosigner.journal import DECISION_FIELDS, OUTCOME_FIELDS, plain
 from cosigner.store.base import GENESIS_HASH, NewDecision, NewOutcome, VerifyResult
 
 DECISION = "decision"
 OUTCOME = "outcome"
 
 #: The payload keys of each kind of entry, in the stores' column order.
-DECISION_KEYS = ("seq", "kind", "prev_hash", "item_id", "content_hash", "chain_id",
-                 "from_address", "to_address", "amount_text", "action", "rule", "reasons",
-                 "policy_name", "policy_sha256", "mode", "created_at")
-OUTCOME_KEYS = ("seq", "kind", "prev_hash", "decision_seq", "item_id", "state", "api_code",
-                "api_message", "created_at")
+DECISION_KEYS = ("seq", "kind", "prev_hash", *DECISION_FIELDS, "created_at")
+OUTCOME_KEYS = ("seq", "kind", "prev_hash", *OUTCOME_FIELDS, "created_at")
 KEYS = {DECISION: DECISION_KEYS, OUTCOME: OUTCOME_KEYS}
 
 
@@ -50,27 +48,17 @@ def parse_timestamp(text: str) -> datetime:
 def decision_payload(seq: int, prev_hash: str, decision: NewDecision,
                      created_at: str) -> dict[str, Any]:
     """The hashed fields of a decision entry."""
-    return {
-        "seq": seq, "kind": DECISION, "prev_hash": prev_hash,
-        "item_id": decision.item_id, "content_hash": decision.content_hash,
-        "chain_id": decision.chain_id, "from_address": decision.from_address,
-        "to_address": decision.to_address, "amount_text": decision.amount_text,
-        "action": decision.action.value, "rule": decision.rule,
-        "reasons": list(decision.reasons), "policy_name": decision.policy_name,
-        "policy_sha256": decision.policy_sha256, "mode": decision.mode,
-        "created_at": created_at,
-    }
+    return {"seq": seq, "kind": DECISION, "prev_hash": prev_hash,
+            **{name: plain(getattr(decision, name)) for name in DECISION_FIELDS},
+            "created_at": created_at}
 
 
 def outcome_payload(seq: int, prev_hash: str, outcome: NewOutcome,
                     created_at: str) -> dict[str, Any]:
     """The hashed fields of an outcome entry."""
-    return {
-        "seq": seq, "kind": OUTCOME, "prev_hash": prev_hash,
-        "decision_seq": outcome.decision_seq, "item_id": outcome.item_id,
-        "state": outcome.state, "api_code": outcome.api_code,
-        "api_message": outcome.api_message, "created_at": created_at,
-    }
+    return {"seq": seq, "kind": OUTCOME, "prev_hash": prev_hash,
+            **{name: plain(getattr(outcome, name)) for name in OUTCOME_FIELDS},
+            "created_at": created_at}
 
 
 def entry_hash(payload: Mapping[str, Any]) -> str:

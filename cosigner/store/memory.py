@@ -219,7 +219,7 @@ class MemoryJournal:
         """See :meth:`Journal.count_by_state`."""
         with self._lock:
             self._check_open()
-            counts = dict.fromkeys(STATES, 0)
+            counts: dict[str, int] = dict.fromkeys(STATES, 0)
             for entry in self._entries:
                 if entry.payload["kind"] == DECISION:
                     counts[self._state(entry.payload)] += 1

@@ -874,7 +874,7 @@ class PostgresJournal:
         rows = self._read(lambda c: c.execute(
             f"SELECT d.mode, o.state, count(*) FROM cosigner_entries AS d "  # noqa: S608
             f"{_LATEST_OUTCOME} WHERE d.kind = 'decision' GROUP BY 1, 2").fetchall())
-        counts = dict.fromkeys(STATES, 0)
+        counts: dict[str, int] = dict.fromkeys(STATES, 0)
         for mode, outcome_state, count in rows:
             counts[decision_state(mode, outcome_state)] += count
         return counts
@@ -899,16 +899,7 @@ class PostgresJournal:
         """Run ``fn(conn, head_seq, head_hash)`` in one transaction holding the head row
         lock, after proving this process is still the leader; then update the witness."""
         with self._lock:
-            if self._closed:
-                raise StoreError(f"journal {self.where} is not open")
-            if self.writer and self.fenced and not self._leading and \
-                    self._journal_id is not None:
-                raise LockLostError(f"journal {self.where}: this process is not the writer "
-                                    "(it lost or never held the leader lock); nothing was "
-                                    "recorded")
-            conn = self._connection()
-            if not self.writer:
-                raise StoreError(f"journal {self.where} is open read-only")
+            conn = self._writable_connection()
             try:
                 with conn.transaction():
                     seq, prev = self._lock_head(conn)
@@ -936,6 +927,19 @@ class PostgresJournal:
         if self._on_commit is not None:
             self._on_commit(head or self.head())
         return result
+
+    def _writable_connection(self) -> psycopg.Connection[Any]:
+        """The connection to write on, once this process is known to be the writer."""
+        if self._closed:
+            raise StoreError(f"journal {self.where} is not open")
+        if self.writer and self.fenced and not self._leading and self._journal_id is not None:
+            raise LockLostError(f"journal {self.where}: this process is not the writer "
+                                "(it lost or never held the leader lock); nothing was "
+                                "recorded")
+        conn = self._connection()
+        if not self.writer:
+            raise StoreError(f"journal {self.where} is open read-only")
+        return conn
 
     def _lock_head(self, conn: psycopg.Connection[Any]) -> tuple[int, str]:
         row = conn.execute("SELECT seq, hash, leader_epoch FROM cosigner_head WHERE id = 1 "

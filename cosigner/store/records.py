@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from cosigner.errors import StoreError
-from cosigner.models import Action
+from cosigner.journal import DECISION_FIELDS
+from cosigner.models import Action, Mode, RecordState
 from cosigner.store.base import (
     DECIDED,
     POSTED,
@@ -20,24 +21,21 @@ from cosigner.store.base import (
 from cosigner.store.chain import parse_timestamp
 
 
-def decision_state(mode: str, outcome_state: str | None) -> str:
+def decision_state(mode: str, outcome_state: str | None) -> RecordState:
     """A decision's state from its mode and its latest outcome's state."""
     if mode == SHADOW:
         return SHADOW_STATE
-    return outcome_state or DECIDED
+    return RecordState(outcome_state) if outcome_state else DECIDED
 
 
 def build_record(decision: Mapping[str, Any], record_hash: str,
                  outcome: Mapping[str, Any] | None) -> DecisionRecord:
     """A :class:`DecisionRecord` from a decision payload and its latest outcome payload."""
+    recorded = {name: decision[name] for name in DECISION_FIELDS}
+    recorded.update(action=Action(decision["action"]), reasons=tuple(decision["reasons"]),
+                    mode=Mode(decision["mode"]))
     return DecisionRecord(
-        seq=decision["seq"], item_id=decision["item_id"],
-        content_hash=decision["content_hash"], chain_id=decision["chain_id"],
-        from_address=decision["from_address"], to_address=decision["to_address"],
-        amount_text=decision["amount_text"], action=Action(decision["action"]),
-        rule=decision["rule"], reasons=tuple(decision["reasons"]),
-        policy_name=decision["policy_name"], policy_sha256=decision["policy_sha256"],
-        mode=decision["mode"], created_at=parse_timestamp(decision["created_at"]),
+        seq=decision["seq"], **recorded, created_at=parse_timestamp(decision["created_at"]),
         state=decision_state(decision["mode"], outcome["state"] if outcome else None),
         outcome_code=outcome["api_code"] if outcome else None,
         outcome_message=outcome["api_message"] if outcome else None,

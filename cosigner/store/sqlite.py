@@ -449,17 +449,7 @@ class SqliteJournal:
             raise self._unavailable(f"is unreadable ({exc})") from exc
         if str(mode).lower() != "wal":
             raise self._unavailable(f"cannot use WAL mode (journal_mode is {mode})")
-        version_text = meta.get("schema_version")
-        try:
-            version = int(version_text) if version_text is not None else None
-        except ValueError:
-            version = None
-        if version is None or version < 1:
-            raise self._unavailable(f"has no valid schema_version ({version_text!r})")
-        if version > SCHEMA_VERSION:
-            raise self._unavailable(
-                f"has schema version {version}, newer than this cosigner supports "
-                f"({SCHEMA_VERSION}); upgrade cosigner")
+        version = self._schema_version(meta.get("schema_version"))
         creation_id = str(meta.get("creation_id", ""))
         if marker_id is not None and creation_id != marker_id:
             raise self._unavailable(
@@ -472,6 +462,20 @@ class SqliteJournal:
                     "`cosigner journal init` to migrate it")
             self._migrate(conn, version, creation_id)
         return creation_id
+
+    def _schema_version(self, version_text: str | None) -> int:
+        """The journal's schema version, refused when missing or newer than this cosigner's."""
+        try:
+            version = int(version_text) if version_text is not None else None
+        except ValueError:
+            version = None
+        if version is None or version < 1:
+            raise self._unavailable(f"has no valid schema_version ({version_text!r})")
+        if version > SCHEMA_VERSION:
+            raise self._unavailable(
+                f"has schema version {version}, newer than this cosigner supports "
+                f"({SCHEMA_VERSION}); upgrade cosigner")
+        return version
 
     def _migrate(self, conn: sqlite3.Connection, version: int, creation_id: str) -> str:
         """Apply the migrations after ``version`` in one transaction."""
@@ -825,7 +829,7 @@ class SqliteJournal:
         with self._lock:
             conn = self._connection()
             rows = self._fetch(conn, _STATE_SQL)
-        counts = dict.fromkeys(STATES, 0)
+        counts: dict[str, int] = dict.fromkeys(STATES, 0)
         for mode, outcome_state, count in rows:
             counts[decision_state(mode, outcome_state)] += count
         return counts

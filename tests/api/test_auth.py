@@ -24,6 +24,7 @@ from cosigner.api.auth import (
     format_value,
     new_nonce,
     sign_callback,
+    signed_body,
     signs_equal,
     timestamp_ms,
     verify_callback,
@@ -236,7 +237,8 @@ class TestSignProperties:
             return
         value = params[key]
         index = data.draw(st.integers(0, len(value) - 1))
-        char = data.draw(st.characters().filter(lambda c: c != value[index]))
+        char = data.draw(st.characters(exclude_categories=("Cs",))  # text, not lone surrogates
+                         .filter(lambda c: c != value[index]))
         changed = {**params, key: value[:index] + char + value[index + 1:]}
         assert compute_sign(changed, secret, sort) != compute_sign(params, secret, sort)
 
@@ -311,6 +313,14 @@ class TestCallbacks:
         body[key] = body[key] + data.draw(st.characters())
         assert not verify_callback(dumps_exact(body), SECRET)
 
+    def test_a_field_named_sign_is_signed_too(self) -> None:
+        """A callback field called ``Sign`` is covered: changing it fails the check
+        (hypothesis found ``{"Sign": "0"}`` tampered undetected)."""
+        body = {"Sign": "0", "signature": sign_callback({"Sign": "0"}, SECRET)}
+        assert verify_callback(dumps_exact(body), SECRET)
+        body["Sign"] = "1"
+        assert not verify_callback(dumps_exact(body), SECRET)
+
     def test_number_literal_is_signed_as_sent(self) -> None:
         """``"dealAmount": 10.10`` is signed as 10.10, so a float parse would break it."""
         fields = {"orderNo": "O1", "dealAmount": JsonNumber("10.10"), "status": 2}
@@ -350,6 +360,32 @@ class TestSignAuth:
         fields = {**json.loads(request.content), **{h: request.headers[h] for h in PUBLIC_HEADERS}}
         assert fields["value"] == "4.10"
         assert request.headers["Sign"] == _reference_sign(fields, SECRET, "ascii")
+
+    @given(st.dictionaries(
+        st.text(string.ascii_letters, min_size=1, max_size=8),
+        st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=12),
+                  st.decimals(allow_nan=False, allow_infinity=False, places=4),
+                  st.decimals(allow_nan=False, allow_infinity=False, places=2).map(
+                      lambda d: JsonNumber(format(d, "f"))),
+                  st.lists(st.integers(), max_size=3)),
+        max_size=6))
+    def test_fields_sign_like_their_body(self, fields: dict[str, Any]) -> None:
+        """Signing the fields a body came from gives the Sign of the body parsed back."""
+        auth = SignAuth("M1", "key", SECRET, clock=lambda: 1566781991111, nonce=lambda: "abcd1234")
+        kwargs = signed_body(fields)
+        from_fields = next(auth.auth_flow(httpx.Request("POST", "https://x.invalid/", **kwargs)))
+        from_body = next(auth.auth_flow(httpx.Request("POST", "https://x.invalid/",
+                                                      content=kwargs["content"])))
+        assert from_fields.headers["Sign"] == from_body.headers["Sign"]
+
+    def test_fields_are_not_parsed_back(self) -> None:
+        """Issue 12: with the fields on the request, the body is not parsed again."""
+        auth = SignAuth("meraojiasdoa123", "asdhuasdaosd", SECRET, clock=lambda: 1566781991111,
+                        nonce=lambda: "dnasja1N")
+        fields = {"orderNo": "Or12898771811", "name": "John Li"}
+        request = httpx.Request("POST", "https://x.invalid/", content=b"not json",
+                                extensions={"cosigner.sign_fields": fields})
+        assert next(auth.auth_flow(request)).headers["Sign"] == DOC_SIGN
 
     def test_repr_hides_the_secret(self) -> None:
         """The auth object's repr never shows the secret."""

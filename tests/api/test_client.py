@@ -916,3 +916,53 @@ def test_public_parameter_names() -> None:
     from cosigner.api.auth import PUBLIC_HEADERS
 
     assert set(PUBLIC) == set(PUBLIC_HEADERS)
+
+
+class TestHostileSnapshots:
+    """Issue 10 defects 2-4 at the client: what the snapshot must not hide."""
+
+    async def test_same_id_with_other_content_is_a_conflict(
+            self, api_server: ScriptedServer, make_client: MakeClient) -> None:
+        """The same id listed again with other content is reported, not silently dropped."""
+        api_server.script(PENDING, pager([item(1), item(2), item(1, amount="999")]))
+        snapshot = await make_client().pending()
+        assert snapshot.conflicts == frozenset({1})
+        assert snapshot.duplicates == 1
+
+    async def test_same_id_with_the_same_content_is_no_conflict(
+            self, api_server: ScriptedServer, make_client: MakeClient) -> None:
+        """A plain repeat (paging shifted) is a duplicate, not a conflict."""
+        api_server.script(PENDING, pager([item(1), item(1)]))
+        snapshot = await make_client().pending()
+        assert (snapshot.conflicts, snapshot.duplicates) == (frozenset(), 1)
+
+    async def test_an_item_with_a_duplicate_key_is_kept_and_marked(
+            self, api_server: ScriptedServer, make_client: MakeClient) -> None:
+        """``toAddress`` twice: the item is listed with its duplicate key named (the
+        decision holds it), never resolved last-wins without a word."""
+        body = ('{"code":200,"message":"Success","data":{"total":1,"list":[{"id":1,'
+                '"fromAddress":"0xa","toAddress":"0xb","toAddress":"0xc","amount":"1",'
+                '"chainId":"56"}]}}')
+        api_server.script(PENDING, Answer(body))
+        snapshot = await make_client().pending()
+        (listed,) = snapshot.items
+        assert listed.duplicate_keys == ("toAddress",)
+
+    @pytest.mark.parametrize("body", [
+        '{"code":200,"code":4001,"message":"Success","data":{"total":0,"list":[]}}',
+        '{"code":200,"message":"Success","data":{"total":0,"total":1,"list":[]}}',
+    ], ids=["code-twice", "total-twice"])
+    async def test_a_duplicate_key_in_the_envelope_is_a_protocol_error(
+            self, api_server: ScriptedServer, make_client: MakeClient, body: str) -> None:
+        """A repeated envelope key is a protocol error naming the key."""
+        api_server.script(PENDING, *[Answer(body)] * 3)
+        with pytest.raises(ApiProtocolError, match="repeats the key"):
+            await make_client().pending()
+
+    async def test_huge_and_negative_ids_are_listed(
+            self, api_server: ScriptedServer, make_client: MakeClient) -> None:
+        """Ids of 2**63 and more, 0 and negative ones reach the decision (which holds them)
+        instead of failing the snapshot."""
+        api_server.script(PENDING, pager([item(2**63), item(2**70), item(0), item(-5), item(1)]))
+        snapshot = await make_client().pending()
+        assert [i.id for i in snapshot.items] == [2**63, 2**70, 0, -5, 1]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cosigner.daemon.bench import BenchResult, bench, run_bench
+from cosigner.tools.bench import BenchResult, bench, run_bench
 
 
 class TestEndToEndBench:
@@ -26,7 +26,17 @@ class TestEndToEndBench:
         assert result.approved + result.rejected + result.held == 600
         assert result.posted == result.approved + result.rejected
         assert result.verified_by_sandbox == result.received_by_sandbox == result.posted
+        # The ceiling ran on the same items and posted every one (issue 12).
+        assert result.ceiling_posted == 600
+        assert result.ratio is not None
+        assert result.ratio > 0
+        assert result.p50_ms is not None
+        assert result.p99_ms is not None
+        assert result.p50_ms <= result.p99_ms
+        assert result.peak_rss_mb > 0
+        assert result.journal_bytes_per_decision is not None
         benchmark.extra_info["items_per_second"] = result.items_per_second
+        benchmark.extra_info["ratio"] = result.ratio
 
     def test_command_prints_its_figures(self, cosigner_env: Any,
                                         capsys: pytest.CaptureFixture[str]) -> None:
@@ -36,3 +46,32 @@ class TestEndToEndBench:
         assert "50 pending items decided and posted in" in out
         assert "with a valid signature" in out
         assert "CPU during the cycle" in out
+        assert "daemon/ceiling ratio" in out
+
+    def test_json_has_the_issue_12_fields(self, cosigner_env: Any,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+        """``--json`` prints one object with the figures issue 12 names."""
+        import json
+        assert run_bench(items=30, as_json=True) == 0
+        figures = json.loads(capsys.readouterr().out)
+        for name in ("items", "items_per_second", "ceiling_items_per_second", "ratio",
+                     "p50_ms", "p99_ms", "peak_rss_mb", "journal_bytes_per_decision"):
+            assert figures[name] is not None, name
+        assert figures["items"] == 30
+
+
+class TestProgress:
+    def test_bar_shows_done_of_total(self) -> None:
+        """The bar draws items done of the total on one line, ending with a newline."""
+        import io
+
+        from cosigner.tools.bench import Progress
+        stream = io.StringIO()
+        bar = Progress(stream, width=10)
+        bar.start("daemon", 200)
+        bar.advance(50)
+        bar.draw(final=True)
+        text = stream.getvalue()
+        assert text.startswith("\rdaemon")
+        assert text.endswith("\n")
+        assert "[##........] 50/200" in text

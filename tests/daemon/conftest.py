@@ -23,6 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from cosigner.cli.daemon import daemon_spec
 from cosigner.daemon.build import BuildOptions, build_daemon
 from cosigner.daemon.service import Daemon
 from cosigner.sandbox import Merchant, SandboxAdmin, SandboxServer
@@ -133,7 +134,7 @@ class Rig:
         opts: dict[str, Any] = {"install_signals": False, "configure_logs": False,
                                 "watch_interval": 0.2}
         opts.update(options)
-        daemon = build_daemon(settings or self.settings, BuildOptions(**opts))
+        daemon = build_daemon(daemon_spec(settings or self.settings), BuildOptions(**opts))
         self.daemons.append(daemon)
         return daemon
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from cosigner.daemon.demo import run_demo
+from cosigner.tools.demo import run_demo
 from tests.daemon.conftest import COSIGNER, REPO
 
 SUMMARY = re.compile(

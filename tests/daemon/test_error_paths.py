@@ -90,9 +90,9 @@ class TestApiFaultsDuringPosts:
         accepted = Counter(d["id"] for d in await rig.received() if d["code"] == 200)
         assert accepted == dict.fromkeys(approvable | {i for i, s in statuses.items()
                                                        if s == "rejected"}, 1)
-        # A post whose answer was lost stays ``decided``: the API no longer lists the
-        # item, so there is nothing to re-post; every other one is now ``posted``.
-        assert {rig.latest()[i].state for i in approvable} <= {"posted", "decided"}
+        # A post whose answer was lost is settled as ``gone``: the API no longer lists
+        # the item, so there is nothing to re-post; every other one is now ``posted``.
+        assert {rig.latest()[i].state for i in approvable} <= {"posted", "gone"}
         if not faults.get("lostAnswerRate") and not faults.get("truncateRate"):
             assert {rig.latest()[i].state for i in approvable} == {"posted"}
 

@@ -86,9 +86,11 @@ rules:
 # Runs the daemon with the election skipped (BuildOptions(election=False)): a test hook.
 FORCED_RUNNER = """
 import asyncio, sys
+from cosigner.cli.daemon import daemon_spec
 from cosigner.daemon.build import BuildOptions, build_daemon
 from cosigner.settings import load_settings
-sys.exit(asyncio.run(build_daemon(load_settings(), BuildOptions(election=False)).run()))
+sys.exit(asyncio.run(build_daemon(daemon_spec(load_settings()),
+                                  BuildOptions(election=False)).run()))
 """
 
 
@@ -136,8 +138,11 @@ class Cluster:
     replicas: list[Replica] = field(default_factory=list)
 
     async def start(self, count: int, *, forced: bool = False) -> None:
+        # The pause file's default for a PostgreSQL journal is /var/lib/cosigner/PAUSE,
+        # whose directory a test machine need not have (the daemon refuses to start then).
         env = self.rig.env(DATABASE_URL=self.url, LEADER_RETRY=str(RETRY), POLL_INTERVAL="0.3",
-                           COLLECT_INTERVAL="1", CONCURRENCY="2")
+                           COLLECT_INTERVAL="1", CONCURRENCY="2",
+                           PAUSE_FILE=self.rig.tmp / "PAUSE")
         env["PYTHONPATH"] = str(REPO)
         for n in range(count):
             argv = [sys.executable, "-c", FORCED_RUNNER] if forced else [str(COSIGNER), "run"]
@@ -388,7 +393,8 @@ class TestRoles:
         standby leads."""
         with _scratch(pg_admin) as url:
             PostgresJournal(url).init()
-            settings = rig.with_settings(database_url=SecretStr(url), leader_retry=0.5)
+            settings = rig.with_settings(database_url=SecretStr(url),
+                                         pause_file=rig.tmp / "PAUSE", leader_retry=0.5)
             first, second = rig.build(settings), rig.build(settings)
             async with running(first):
                 await wait_for(lambda: first.leadership.active() and first.polls >= 1,
@@ -407,8 +413,8 @@ class TestRoles:
                     after = await get(second, "/readyz")
         assert (leader.status_code, leader.json()["role"]) == (200, "leader")
         assert (standby.status_code, standby.json()["role"]) == (200, "standby")
-        assert standby.json()["checks"] == {"policy_loaded": True, "shard_loaded": True,
-                                            "journal_open": True, "standby": True}
+        assert standby.json()["checks"] == {"policy_in_force": True, "shard_usable": True,
+                                            "journal_writable": True, "standby": True}
         assert [sample(m, "cosigner_leader") for m in metrics] == [1.0, 0.0]
         assert (after.status_code, after.json()["role"]) == (200, "leader")
 
@@ -420,7 +426,8 @@ class TestRoles:
         with _scratch(pg_admin) as url:
             PostgresJournal(url).init()
             user_url = url.replace("://postgres@", "://postgres:s3cret-pw@")
-            settings = rig.with_settings(database_url=SecretStr(user_url))
+            settings = rig.with_settings(database_url=SecretStr(user_url),
+                                         pause_file=rig.tmp / "PAUSE")
             with capture_logs() as logs:
                 daemon = rig.build(settings)
                 await daemon.close()
@@ -437,7 +444,8 @@ class TestRoles:
             holder = PostgresJournal(url, writer=True)
             holder.open()  # another process leads
             try:
-                settings = rig.with_settings(database_url=SecretStr(url), leader_retry=0.3)
+                settings = rig.with_settings(database_url=SecretStr(url),
+                                             pause_file=rig.tmp / "PAUSE", leader_retry=0.3)
                 daemon = rig.build(settings)
                 async with running(daemon):
                     await wait_for(lambda: daemon.leadership.healthy(), within=10,

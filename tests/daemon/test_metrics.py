@@ -179,8 +179,8 @@ class TestHealth:
         assert health.status_code == 200
         assert ready.status_code == 200
         assert ready.json() == {"ready": True, "role": "leader", "checks": {
-            "policy_loaded": True, "shard_loaded": True, "journal_open": True,
-            "recent_poll": True, "leader": True}}
+            "policy_in_force": True, "shard_usable": True, "journal_writable": True,
+            "lock_held": True, "recent_poll": True}}
 
     async def test_readyz_is_503_until_a_poll_succeeds(self, rig: Rig) -> None:
         """While the pending list fails, readyz is 503 (healthz 200); then it turns 200."""

@@ -83,7 +83,7 @@ class TestOnceInProcess:
 
         assert daemon.polls == 1
         assert daemon.collections == 1
-        assert daemon.readiness()["journal_open"] is False
+        assert daemon.readiness()["journal_writable"] is False
 
     async def test_a_sandbox_that_is_down_gives_one(self, rig: Rig) -> None:
         """Nothing listening at the API address fails the poll and the collection."""
@@ -265,7 +265,7 @@ class TestHttpAddressInUse:
             with pytest.raises(ConfigError, match=f"COSIGNER_HTTP_ADDR 127.0.0.1:{port}"):
                 await daemon.run()
 
-        assert daemon.readiness()["journal_open"] is False
+        assert daemon.readiness()["journal_writable"] is False
         assert daemon.http is None
 
 

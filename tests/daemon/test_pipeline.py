@@ -3,6 +3,7 @@ in-memory journal and an injected clock; no sockets."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,11 +30,19 @@ from cosigner.errors import (
 )
 from cosigner.logs import get_logger
 from cosigner.models import Action, PendingItem
-from cosigner.policy import load_policy
+from cosigner.policy import Ledger, load_policy
 from cosigner.signing import Shard, load_shard
-from cosigner.store import DecisionRecord, LimitGuard, MemoryJournal, NewDecision
+from cosigner.store import (
+    DecisionRecord,
+    LimitGuard,
+    MemoryJournal,
+    NewDecision,
+    NewOutcome,
+    SqliteJournal,
+    init_journal,
+)
 from tests.conftest import ThrowawayShard
-from tests.daemon.conftest import HOT, LIMIT, MAX_COUNT, SANCTIONED, address
+from tests.daemon.conftest import HOT, LIMIT, MAX_COUNT, POLICY, SANCTIONED, address
 
 T0 = datetime(2030, 1, 7, 12, 0, tzinfo=UTC)
 
@@ -94,6 +103,10 @@ class RecordingJournal(MemoryJournal):
         records = super().record_decisions(decisions, guard)
         self.timeline.append(("journal", [d.item_id for d in decisions]))
         return records
+
+    def record_outcomes(self, outcomes: Sequence[NewOutcome]) -> None:
+        super().record_outcomes(outcomes)
+        self.timeline.append(("outcomes", [(o.item_id, str(o.state)) for o in outcomes]))
 
 
 def raw(item_id: int, amount: str = "5", to: str | None = None) -> dict[str, Any]:
@@ -348,3 +361,173 @@ class TestCollect:
 
         assert await world.pipeline.collect() is True
         assert world.api.timeline == []
+
+
+class TestIssue10Defects:
+    """Regression tests of issue 10, defects 1-6 (each failed on the code before the fix)."""
+
+    async def test_shadow_mode_never_reposts_a_recorded_decision(
+            self, make_world: Callable[..., World], signer: Shard) -> None:
+        """Defect 1: an enforce approval whose post was lost is not re-posted by a shadow run;
+        the shadow run collects nothing either."""
+        world = make_world([raw(1)])
+        world.api.answers[1] = [ApiTimeoutError("approve", "timed out")]
+        await world.pipeline.poll()
+        assert (world.latest()[1].state, world.api.posts()) == ("decided", [1])
+
+        shadow = Pipeline(world.api, signer, world.journal, world.pipeline.state, Metrics(),
+                          get_logger("test"), clock=world.clock, mode="shadow")
+        result = await shadow.poll()
+        assert await shadow.collect() is True
+
+        assert world.api.posts() == [1]
+        assert ("collect", 1) not in world.api.timeline
+        assert (result.skipped, result.reposted) == (1, 0)
+        assert world.latest()[1].state == "decided"
+
+    async def test_same_id_twice_with_other_content_holds_every_copy(
+            self, make_world: Callable[..., World]) -> None:
+        """Defect 2: two contents under one id in one snapshot: nothing posted, nothing
+        recorded, the mutation counted once and logged critical."""
+        world = make_world([raw(1), raw(2), raw(1, amount="6")])
+
+        with capture_logs() as logs:
+            result = await world.pipeline.poll()
+
+        assert world.api.posts() == [2]
+        assert 1 not in world.latest()
+        assert result.mutations == 2
+        assert world.metric("cosigner_item_mutations_total") == 2
+        assert [e["item_id"] for e in logs if e["event"] == "item.mutated"] == [1, 1]
+        assert all(e["log_level"] == "critical" for e in logs if e["event"] == "item.mutated")
+
+    async def test_an_item_with_a_duplicate_key_is_held(
+            self, make_world: Callable[..., World]) -> None:
+        """Defect 3: an item repeating ``toAddress`` is held as duplicate_key, never posted."""
+        from cosigner.models import loads_checked  # new with the fix
+        text = json.dumps(raw(1)).replace('"amount"', f'"toAddress": "{address(0x33)}", "amount"')
+        world = make_world()
+        world.api.items = [loads_checked(text)]
+
+        await world.pipeline.poll()
+
+        assert world.api.posts() == []
+        record = world.latest()[1]
+        assert (record.action, record.reasons) == (Action.HOLD, ("invalid:duplicate_key",))
+        assert world.metric("cosigner_invalid_items_total", reason="duplicate_key") == 1
+
+    async def test_bad_ids_are_held_and_the_cycle_carries_on(
+            self, make_world: Callable[..., World], signer: Shard, tmp_path: Path) -> None:
+        """Defect 4: ids of 2**63 and more, 0 and negative are held as invalid (nothing
+        recorded or posted); the good item of the same cycle is still posted (SQLite journal:
+        2**63 used to raise OverflowError and stop every cycle)."""
+        world = make_world([raw(2**63), raw(2**64), raw(0), raw(-7), raw(5)])
+        init_journal(f"sqlite://{tmp_path / 'journal.db'}")
+        journal = SqliteJournal(tmp_path / "journal.db", writer=True, clock=world.clock)
+        journal.open()
+        try:
+            world.pipeline.journal = journal
+            result = await world.pipeline.poll()
+            recorded = [r.item_id for r in journal.records()]
+        finally:
+            journal.close()
+
+        assert result.ok
+        assert world.api.posts() == [5]
+        assert recorded == [5]
+        assert world.metric("cosigner_invalid_items_total", reason="bad_id") == 4
+
+    async def test_the_pause_stops_a_chunk_already_posting(
+            self, make_world: Callable[..., World], tmp_path: Path) -> None:
+        """Defect 5: the pause file touched after two posts stops every later post at once;
+        the rest stay decided and go out when the pause ends."""
+        pause = tmp_path / "pause"
+        world = make_world([raw(i, "1") for i in range(1, 4)], pause_file=pause,
+                           concurrency=1)
+        approve = world.api.approve
+
+        async def approve_then_pause(fields: dict[str, Any], data: str) -> None:
+            await approve(fields, data)
+            if len(world.api.posts()) == 2:
+                pause.touch()
+
+        world.api.approve = approve_then_pause  # type: ignore[method-assign]
+        result = await world.pipeline.poll()
+
+        assert world.api.posts() == [1, 2]
+        assert result.paused == 1
+        assert world.latest()[3].state == "decided"
+        pause.unlink()
+        await world.pipeline.poll()
+        assert world.api.posts() == [1, 2, 3]
+
+    async def test_the_pause_stops_collections(self, make_world: Callable[..., World],
+                                               tmp_path: Path) -> None:
+        """Defect 5: no collection is posted while paused."""
+        pause = tmp_path / "pause"
+        pause.touch()
+        world = make_world(pause_file=pause)
+
+        assert await world.pipeline.collect() is True
+        assert world.api.timeline == []
+
+    async def test_outcomes_are_recorded_promptly_and_after_their_post(
+            self, make_world: Callable[..., World], tmp_path: Path) -> None:
+        """Defect 6: outcomes are committed in small groups while a chunk posts (not once per
+        chunk), each after its own post."""
+        count = 300
+        world = make_world([raw(i, "1") for i in range(1, count + 1)])
+        _unlimited(world, tmp_path)
+        recorded_when: list[int] = []
+        approve = world.api.approve
+
+        async def approve_and_look(fields: dict[str, Any], data: str) -> None:
+            if fields["id"] == count:  # the last post: earlier outcomes are already durable
+                recorded_when.append(sum(1 for r in world.journal.records()
+                                         if r.state == "posted"))
+            await approve(fields, data)
+
+        world.api.approve = approve_and_look  # type: ignore[method-assign]
+        await world.pipeline.poll()
+
+        assert recorded_when
+        assert recorded_when[0] >= count - 2 * 64 - 8
+        posted_at: dict[int, int] = {}
+        for position, (kind, value) in enumerate(world.api.timeline):
+            if kind == "approve":
+                posted_at[value] = position
+            elif kind == "outcomes":
+                assert all(posted_at[item_id] < position for item_id, _ in value)
+        batches = [v for k, v in world.api.timeline if k == "outcomes"]
+        assert len(batches) >= count // 64
+        assert max(len(b) for b in batches) <= 2 * 64
+
+    async def test_a_decided_record_whose_item_left_the_list_is_settled_gone(
+            self, make_world: Callable[..., World]) -> None:
+        """Defect 6: a post with an unknown outcome whose item then leaves the pending list
+        becomes ``gone`` (logged critical, counted in decided_unposted_items), not
+        ``decided`` forever; it is never posted again."""
+        world = make_world([raw(1), raw(2)])
+        world.api.answers[1] = [ApiTimeoutError("approve", "timed out")]
+        await world.pipeline.poll()
+        assert world.metric("cosigner_decided_unposted_items") == 1
+
+        world.api.items = [raw(2)]
+        with capture_logs() as logs:
+            result = await world.pipeline.poll()
+
+        assert result.gone == 1
+        assert world.latest()[1].state == "gone"
+        assert [e["item_id"] for e in logs if e["event"] == "item.gone"] == [1]
+        assert world.metric("cosigner_decided_unposted_items") == 1
+        assert world.api.posts() == [1, 2]
+
+
+def _unlimited(world: World, tmp_path: Path) -> Ledger:
+    """The test policy without its limit (hundreds of approvals fit), put in force."""
+    text = POLICY[:POLICY.index("limits:")] + POLICY[POLICY.index("rules:"):]
+    path = tmp_path / "unlimited.yaml"
+    path.write_text(text, encoding="utf-8")
+    policy = load_policy(path)
+    world.pipeline.state = PolicyState(policy, Ledger(policy))
+    return world.pipeline.state.ledger

@@ -164,7 +164,7 @@ class TestGracefulStop:
         assert await asyncio.wait_for(task, 10) == 0
 
         assert time.monotonic() - started < 10
-        assert daemon.readiness()["journal_open"] is False
+        assert daemon.readiness()["journal_writable"] is False
         received = await rig.post_counts()
         latest = rig.latest()
         # The one post in flight completed and its answer was recorded; the posts not

@@ -46,7 +46,11 @@ def _address(i: int) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def big_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Write the generated policy: a sanctions list, 1,000 rules, three limits."""
-    root = tmp_path_factory.mktemp("bench")
+    return write_big_policy(tmp_path_factory.mktemp("bench"))
+
+
+def write_big_policy(root: Path) -> Path:
+    """The generated policy in ``root`` (also used by ``tests/bench/measure.py``)."""
     listed = [_evm(f"listed-{i}") if i % 4 else _tron(f"listed-{i}") for i in range(LISTED)]
     (root / "sanctioned.txt").write_text("# generated\n" + "\n".join(listed) + "\n",
                                          encoding="utf-8")

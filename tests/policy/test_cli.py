@@ -10,7 +10,7 @@ from typing import ClassVar
 import pytest
 
 from cosigner.cli import main
-from cosigner.policy.testing import run_test_file
+from cosigner.cli.policy_tests import run_test_file
 
 from .conftest import CUSTOMER, HEADER, HOT
 
@@ -65,6 +65,7 @@ cases:
         out = capsys.readouterr().out
         assert "FAIL" in out
         assert "expected action approve, rule treasury-sweeps" in out
+        assert "    rule treasury-sweeps (line 14): no match: to is not in [treasury]" in out
         assert out.strip().endswith("1 passed, 1 failed")
 
     @pytest.mark.parametrize(("body", "fragment"), [
@@ -115,8 +116,9 @@ class TestExplain:
                      json.dumps(self.ITEM), "--now", "2024-06-08T12:00:00+00:00"])
         out = capsys.readouterr().out
         assert code == 0
-        assert "rule small-payouts (line 63): no match: amount 2500 > max 1000" in out
-        assert "rule business-hours-payouts (line 67): no match: sat not in allowed days" in out
+        assert "rule small-payouts (line 63): no match: amount 2500 is not <= max 1000" in out
+        assert ("rule business-hours-payouts (line 67): no match: sat 14:00 is outside days "
+                "mon, tue, wed, thu, fri") in out
         assert "limit ethereum-daily: not in scope" in out
         assert "limit bsc-daily (bucket 56, window 1d): amount 0 + 2500 of 250000" in out
         assert out.strip().endswith("decision: hold (rule <default>; default)")

@@ -20,11 +20,11 @@ from Crypto.Hash import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cosigner.decide import decide
 from cosigner.models import Action, PendingItem
 from cosigner.policy import Approval, CompiledPolicy, Ledger, evaluate, load_policy
 from cosigner.policy import addresses as addr
 from cosigner.policy.engine import first_match, item_facts
-from cosigner.policy.explain import explain
 from cosigner.policy.loader import _EXPAND_AT_MOST
 
 from .conftest import HEADER, HOT, NOW, T_HOT, evm, item, tron
@@ -241,13 +241,15 @@ class TestIndexWithLargeLists:
         it = item(to=to, amount=amount, chain=chain, source=source)
         facts = item_facts(policy, it)
         assert not isinstance(facts, str)
-        scanned = next((r for r in policy.rules if r.mismatch(facts, NOW) is None), None)
+        scanned = next((r for r in policy.rules if r.why_not(facts, NOW) is None), None)
         assert first_match(policy, facts, NOW) is scanned
         for r in policy.rules:
-            assert r.matches(facts, NOW) == (r.mismatch(facts, NOW) is None)
+            assert r.holds(facts, NOW) == (r.why_not(facts, NOW) is None)
         decision = evaluate(policy, it, Ledger(policy), NOW)
         assert decision.rule == (scanned.name if scanned else "<default>")
-        assert explain(policy, it, Ledger(policy), NOW)[0] == decision
+        outcome = decide(it, None, policy, Ledger(policy), NOW, explain=True)
+        assert (outcome.action, outcome.rule, outcome.reasons) == (
+            decision.action, decision.rule, decision.reasons)
 
 
 class TestSharedDecisions:

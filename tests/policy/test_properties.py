@@ -92,7 +92,7 @@ class TestTotality:
             return
         facts = item_facts(TREASURY, PendingItem(raw))
         assert not isinstance(facts, str)
-        first = next(r for r in TREASURY.rules if r.mismatch(facts, now) is None)
+        first = next(r for r in TREASURY.rules if r.why_not(facts, now) is None)
         assert (first.name, first.action) == (d.rule, Action.APPROVE)
         assert not any(e.would_exceed for e in d.limit_effects)
 
@@ -112,7 +112,7 @@ class TestTotality:
         facts = item_facts(TREASURY, PendingItem(raw))
         if isinstance(facts, str):
             return
-        scanned = next((r for r in TREASURY.rules if r.mismatch(facts, now) is None), None)
+        scanned = next((r for r in TREASURY.rules if r.why_not(facts, now) is None), None)
         assert first_match(TREASURY, facts, now) is scanned
 
 

@@ -185,3 +185,72 @@ class TestPersistence:
         db.close()
         with pytest.raises(ValueError, match="schema 99"):
             SqliteState(path)
+
+
+class TestFlatCost:
+    """Issue 12: the cost of a request must not grow with the items or nonces stored."""
+
+    @staticmethod
+    def _trace(state: SandboxState) -> list[str]:
+        statements: list[str] = []
+        assert isinstance(state, SqliteState)
+        state._db.set_trace_callback(statements.append)
+        return statements
+
+    def test_nonces_are_not_scanned_on_every_request(self, state: SandboxState) -> None:
+        """Within one prune bucket, nonce checks delete nothing: no table scan per request."""
+        statements = self._trace(state)
+        for i in range(100):
+            assert state.use_nonce("K1", f"n{i}", 1_000 + i, 300_000) is True
+        deletes = [s for s in statements if s.lstrip().upper().startswith("DELETE")]
+        assert len(deletes) == 1
+
+    def test_expired_nonce_is_usable_before_it_is_pruned(self, state: SandboxState) -> None:
+        """A nonce outside the window is taken again even while it is still stored."""
+        assert state.use_nonce("K1", "n1", 1_000, 8_000) is True
+        # No prune is due yet (next one at 2,000), but under a 100 ms window n1 expired.
+        assert state.use_nonce("K1", "n1", 1_500, 100) is True
+        assert state.use_nonce("K1", "n1", 1_550, 100) is False
+
+    def test_expired_nonces_are_pruned(self, state: SandboxState) -> None:
+        """The table keeps about one window of nonces."""
+        for i in range(50):
+            state.use_nonce("K1", f"n{i}", i * 100, 1_000)
+        assert isinstance(state, SqliteState)
+        (count,) = state._db.execute("SELECT COUNT(*) FROM nonces").fetchone()
+        assert count <= 12
+
+    def test_keyset_pages_equal_offset_pages(self, state: SandboxState) -> None:
+        """Walking the pages gives exactly what OFFSET paging gives, via the keyset."""
+        state.add_items("M1", [{"id": i * 3} for i in range(1, 24)], 0)
+        statements = self._trace(state)
+        pending = state.items(status="pending")
+        for page in range(1, 7):
+            assert state.pending_page("M1", page, 5) == (23, pending[(page - 1) * 5:page * 5])
+        paged = [s for s in statements if "FROM items WHERE merchant_no" in s]
+        assert sum("COUNT(*)" in s for s in paged) == 1
+        assert sum("OFFSET" in s for s in paged) == 1  # page 1 only
+
+    def test_pages_follow_changes_of_the_pending_set(self, state: SandboxState) -> None:
+        """A decision, an added item or a reset between pages moves them like OFFSET would."""
+        state.add_items("M1", [{} for _ in range(10)], 0)
+        assert [i.id for i in state.pending_page("M1", 1, 3)[1]] == [1, 2, 3]
+        state.decide(2, "approved", 1)
+        assert state.pending_page("M1", 2, 3) == (9, [state.item(i) for i in (5, 6, 7)])
+        state.add_items("M1", [{"id": 0}], 0)
+        assert [i.id for i in state.pending_page("M1", 3, 3)[1]] == [7, 8, 9]
+        state.reset()
+        assert state.pending_page("M1", 4, 3) == (0, [])
+
+    def test_pages_follow_another_connections_writes(self, tmp_path: Path) -> None:
+        """A second state on the same file that decides an item invalidates the cursor."""
+        one, two = SqliteState(tmp_path / "s.db"), SqliteState(tmp_path / "s.db")
+        try:
+            one.put_merchant(M)
+            one.add_items("M1", [{} for _ in range(6)], 0)
+            assert [i.id for i in one.pending_page("M1", 1, 2)[1]] == [1, 2]
+            two.decide(1, "rejected", 1)
+            assert one.pending_page("M1", 2, 2) == (5, [one.item(4), one.item(5)])
+        finally:
+            one.close()
+            two.close()

@@ -75,7 +75,7 @@ class TestNewDecision:
 class TestNewOutcome:
     @pytest.mark.parametrize(("args", "problem"), [
         ((0, 1, "posted", 200, ""), "decision_seq 0 is out of range"),
-        ((1, 1, "decided", 200, ""), "outcome state must be posted or failed"),
+        ((1, 1, "decided", 200, ""), "outcome state must be posted, failed or gone"),
         ((1, 1, "posted", "200", ""), "api_code must be an int"),
         ((1, 1, "posted", None, None), "api_message must be a str"),
     ])

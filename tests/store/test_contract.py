@@ -303,6 +303,19 @@ class TestVerifyAndCounts:
         assert (result.ok, result.entries, result.first_bad_seq, result.problem) == (
             True, 7, None, None)
 
+    def test_gone_settles_a_decided_record(self, journal: Journal) -> None:
+        """A ``gone`` outcome settles a decided (or failed) record; it can still be posted
+        later if the item comes back, and it counts as ``gone``."""
+        records = journal.record_decisions([decision(1), decision(2)])
+        journal.record_outcomes([NewOutcome(records[0].seq, 1, "gone", None, "left the list"),
+                                 failed(records[1].seq, 2)])
+        journal.record_outcomes([NewOutcome(records[1].seq, 2, "gone", None, "left the list")])
+        states = {r.item_id: r.state for r in journal.records()}
+        assert states == {1: "gone", 2: "gone"}
+        assert journal.count_by_state()["gone"] == 2
+        journal.record_outcomes([posted(records[0].seq, 1)])
+        assert {r.item_id: r.state for r in journal.records()}[1] == "posted"
+
     def test_count_by_state(self, journal: Journal) -> None:
         """Decisions are counted per state, every state present."""
         assert journal.count_by_state() == dict.fromkeys(STATES, 0)
@@ -310,7 +323,7 @@ class TestVerifyAndCounts:
                                             decision(4, mode="shadow")])
         journal.record_outcomes([posted(records[0].seq, 1), failed(records[1].seq, 2)])
         assert journal.count_by_state() == {"decided": 1, "posted": 1, "failed": 1,
-                                            "shadow": 1}
+                                            "gone": 0, "shadow": 1}
 
 
 class TestLifecycle:

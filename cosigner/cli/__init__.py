@@ -1,4 +1,7 @@
-"""The ``cosigner`` command line.  Each area registers its own subcommands.
+"""The ``cosigner`` command line.  Each module of this package registers its subcommands.
+
+The command-line modules are the only readers of the settings: they turn them into
+plain values and pass those down (DESIGN section 9).
 
 Exit codes (DESIGN section 5): 0 success, 1 runtime failure, 2 bad usage or
 configuration, with one line naming the setting or file and what is wrong.
@@ -19,13 +22,13 @@ from cosigner.errors import ConfigError, CosignerError
 # Each module has ``register(subparsers)`` adding its commands; a command's
 # handler is stored as ``func`` and returns the exit code.
 _COMMAND_MODULES = (
-    "cosigner.daemon.cli",       # run, demo, bench
-    "cosigner.sandbox.cli",      # sandbox
-    "cosigner.policy.cli",       # policy check|test|explain
-    "cosigner.signing.cli",      # shard inspect|sign
-    "cosigner.store.cli",        # audit list|export|verify
-    "cosigner.api.cli",          # otc rate|create
-    "cosigner.callbacks.cli",    # orders list|show
+    "cosigner.cli.daemon",       # run, demo, bench, pause, resume, status
+    "cosigner.cli.sandbox",      # sandbox
+    "cosigner.cli.policy",       # policy check|test|explain
+    "cosigner.cli.shard",        # shard inspect|sign
+    "cosigner.cli.audit",        # journal init, audit list|export|verify
+    "cosigner.cli.otc",          # otc rate|create
+    "cosigner.cli.orders",       # orders list|show
 )
 
 

@@ -1,5 +1,7 @@
 """Policy test files (``*.test.yaml``, DESIGN section 3), like ``opa test``.
 
+Each case is decided by :func:`cosigner.decide.decide`, the daemon's own decision.
+
 ::
 
     policy: treasury.yaml                 # relative to the test file
@@ -16,17 +18,18 @@ a case whose decision differs from ``expect`` is a failed :class:`CaseResult`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from cosigner.decide import Outcome, decide
+from cosigner.durations import EXAMPLES as DURATION_EXAMPLES
+from cosigner.durations import parse_duration
 from cosigner.errors import PolicyError
 from cosigner.models import Action, JsonNumber, PendingItem
-from cosigner.policy.engine import Decision, evaluate
 from cosigner.policy.ledger import Approval, Ledger
 from cosigner.policy.loader import load_policy
 from cosigner.policy.model import CompiledPolicy
@@ -37,8 +40,6 @@ CASE_KEYS = ("name", "now", "history", "item", "expect")
 EXPECT_KEYS = ("action", "rule", "reason", "invalid")
 HISTORY_KEYS = ("chainId", "amount", "ago", "to", "from")
 TIMESTAMP = "tag:yaml.org,2002:timestamp"
-_AGO = re.compile(r"(0|[1-9][0-9]{0,6})([smhd])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,7 @@ class CaseResult:
     line: int
     passed: bool
     detail: str
+    trace: tuple[str, ...] = ()  # the decision's trace (every rule and limit tried)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,7 @@ class _Expect:
     reason: str | None
     invalid: str | None
 
-    def mismatch(self, d: Decision) -> str | None:
+    def mismatch(self, d: Outcome) -> str | None:
         wrong = []
         if d.action is not self.action:
             wrong.append(f"action {self.action.value}")
@@ -93,6 +95,9 @@ def _value(node: yaml.Node) -> Any:
     return node.value
 
 
+_Case = tuple[str, int, dict[str, Any], list[Approval], "_Expect", datetime]
+
+
 class _TestFile:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -124,14 +129,14 @@ class _TestFile:
             chain = r.string(spec["chainId"][1], "chainId of history entry")
             amount = r.decimal(spec["amount"][1], "amount of history entry", positive=True)
             ago_text = r.string(spec["ago"][1], "ago of history entry")
-            match = _AGO.fullmatch(ago_text) if ago_text is not None else None
-            if ago_text is not None and match is None:
-                r.error(spec["ago"][1], f"ago must look like 30m, 1h or 2d, not {ago_text!r}")
+            ago = parse_duration(ago_text) if ago_text is not None else None
+            if ago_text is not None and ago is None:
+                r.error(spec["ago"][1], f"ago must look like {DURATION_EXAMPLES}, "
+                                        f"not {ago_text!r}")
             to = r.each(spec, "to", r.string, "to of history entry")
             source = r.each(spec, "from", r.string, "from of history entry")
-            if chain is None or amount is None or match is None:
+            if chain is None or amount is None or ago is None:
                 continue
-            ago = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
             out.append(Approval(chain, str(source or item.get("fromAddress", "")),
                                 str(to or item.get("toAddress", "")), amount, now - ago))
         return out
@@ -147,8 +152,7 @@ class _TestFile:
         invalid = r.each(spec, "invalid", r.string, "expected invalid reason")
         return None if action is None else _Expect(Action(action), rule, reason, invalid)
 
-    def run(self, default_now: datetime) -> list[CaseResult]:
-        r = self.r
+    def _root(self) -> yaml.Node:
         try:
             text = self.path.read_text(encoding="utf-8")
             root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -159,7 +163,28 @@ class _TestFile:
             raise PolicyError([f"{self.path}:{at}: YAML syntax: {exc.problem}"]) from exc
         if root is None:
             raise PolicyError([f"{self.path}:1: the test file is empty"])
-        top = r.mapping(root, "the test file", FILE_KEYS, ("policy", "cases"))
+        return root
+
+    def _case(self, case: yaml.Node, file_now: datetime) -> _Case | None:
+        r = self.r
+        spec = r.mapping(case, "case", CASE_KEYS, ("name", "item", "expect"))
+        if spec is None or not {"name", "item", "expect"} <= spec.keys():
+            return None
+        name = r.string(spec["name"][1], "case name")
+        now = r.each(spec, "now", self._now) or file_now
+        item = _value(spec["item"][1])
+        if not isinstance(item, dict):
+            r.error(spec["item"][1], "item must be a mapping")
+            return None
+        history = r.each(spec, "history", lambda n, i=item, t=now: self._history(n, i, t))
+        expect = self._expect(spec["expect"][1])
+        if name is None or expect is None:
+            return None
+        return name, line(case), item, history or [], expect, now
+
+    def run(self, default_now: datetime) -> list[CaseResult]:
+        r = self.r
+        top = r.mapping(self._root(), "the test file", FILE_KEYS, ("policy", "cases"))
         if top is None or "policy" not in top or "cases" not in top:
             raise PolicyError(self.problems)
         policy_name = r.string(top["policy"][1], "policy")
@@ -167,30 +192,19 @@ class _TestFile:
         if policy_name is None:
             raise PolicyError(self.problems)
         policy = load_policy(self.path.parent / policy_name)
-        cases = []
-        for case in r.sequence(top["cases"][1], "cases"):
-            spec = r.mapping(case, "case", CASE_KEYS, ("name", "item", "expect"))
-            if spec is None or not {"name", "item", "expect"} <= spec.keys():
-                continue
-            name = r.string(spec["name"][1], "case name")
-            now = r.each(spec, "now", self._now) or file_now
-            item = _value(spec["item"][1])
-            if not isinstance(item, dict):
-                r.error(spec["item"][1], "item must be a mapping")
-                continue
-            history = r.each(spec, "history", lambda n, i=item, t=now: self._history(n, i, t))
-            expect = self._expect(spec["expect"][1])
-            if name is not None and expect is not None:
-                cases.append((name, line(case), item, history or [], expect, now))
+        cases = [c for c in (self._case(case, file_now)
+                             for case in r.sequence(top["cases"][1], "cases")) if c is not None]
         if self.problems:
             raise PolicyError(self.problems)
         return [self._run_case(policy, *c) for c in cases]
 
     def _run_case(self, policy: CompiledPolicy, name: str, at: int, item: dict[str, Any],
                   history: list[Approval], expect: _Expect, now: datetime) -> CaseResult:
-        decision = evaluate(policy, PendingItem(item), Ledger(policy, history), now)
-        why = expect.mismatch(decision)
-        return CaseResult(str(self.path), name, at, why is None, why or "")
+        # The daemon's own decision (cosigner.decide), for an id never seen before.
+        outcome = decide(PendingItem(item), None, policy, Ledger(policy, history), now,
+                         explain=True)
+        why = expect.mismatch(outcome)
+        return CaseResult(str(self.path), name, at, why is None, why or "", outcome.trace)
 
 
 def run_test_file(path: str | Path, now: datetime | None = None) -> list[CaseResult]:

@@ -1,4 +1,8 @@
-"""``cosigner policy check|test|explain`` (DESIGN section 5)."""
+"""``cosigner policy check|test|explain`` (DESIGN section 5).
+
+``explain`` and ``test`` run :func:`cosigner.decide.decide`, the daemon's own decision,
+and print its trace.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cosigner.cli.policy_tests import load_history, run_test_file
+from cosigner.decide import decide
 from cosigner.errors import PolicyError
-from cosigner.models import PendingItem, loads_exact
-from cosigner.policy.explain import explain
+from cosigner.models import Mode, PendingItem, loads_checked
 from cosigner.policy.ledger import Ledger
 from cosigner.policy.loader import load_policy
-from cosigner.policy.testing import load_history, run_test_file
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -40,6 +44,8 @@ def register(subparsers: Any) -> None:
                      help="YAML/JSON list of approvals as in test files: "
                           "{chainId, amount, ago, to?, from?}")
     exp.add_argument("--now", help="ISO 8601 time to decide at (default: now)")
+    exp.add_argument("--json", action="store_true",
+                     help="print one JSON object: action, rule, reasons, trace, limits, ...")
     exp.set_defaults(func=cmd_explain)
 
 
@@ -89,6 +95,9 @@ def cmd_test(args: argparse.Namespace) -> int:
             status = "PASS" if result.passed else "FAIL"
             print(f"{status} {result.file}:{result.line}: {result.name}"
                   + (f": {result.detail}" if result.detail else ""))
+            if not result.passed:  # the decision's own trace says why
+                for line in result.trace:
+                    print(f"    {line}")
             passed += result.passed
             failed += not result.passed
     print(f"{passed} passed, {failed} failed")
@@ -105,7 +114,7 @@ def _read_json(text: str, what: str) -> Any:
         except OSError as exc:
             raise PolicyError([f"{what}: not JSON and not a readable file: {text}"]) from exc
     try:
-        return loads_exact(source)
+        return loads_checked(source)
     except json.JSONDecodeError as exc:
         raise PolicyError([f"{what}:{exc.lineno}: invalid JSON: {exc.msg}"]) from exc
 
@@ -118,6 +127,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise PolicyError(["ITEM_JSON: the item must be a JSON object"])
     now = _now(args.now)
     approvals = load_history(args.history, raw, now) if args.history is not None else []
-    _, lines = explain(policy, PendingItem(raw), Ledger(policy, approvals), now)
-    print("\n".join(lines))
+    # The daemon's own decision, for an id the journal has never seen.
+    outcome = decide(PendingItem(raw), None, policy, Ledger(policy, approvals), now,
+                     mode=Mode.ENFORCE, explain=True)
+    if args.json:
+        print(json.dumps(outcome.as_json(), ensure_ascii=False))
+    else:
+        print("\n".join(outcome.trace))
     return EXIT_OK

@@ -21,18 +21,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from pydantic import SecretStr
-
+from cosigner.daemon.build import BuildOptions, DaemonSpec, build_daemon
+from cosigner.daemon.pipeline import DecisionEvent
 from cosigner.errors import ConfigError
 from cosigner.sandbox import Merchant, SandboxAdmin, SandboxServer
 from cosigner.sandbox.generate import eip55_address, tron_address
-from cosigner.settings import Settings
 from cosigner.signing.shard import certificate_pem
 from cosigner.signing.throwaway import make_throwaway_shard
 from cosigner.store import init_journal
-
-from .build import BuildOptions, build_daemon
-from .pipeline import DecisionEvent
 
 MERCHANT_NO = "M-DEMO-0001"
 API_KEY = "ak-demo"
@@ -142,17 +138,15 @@ async def _demo(duration: float | None, policy_path: Path, out: TextIO,
                 SandboxAdmin(server.url) as admin:
             journal_url = f"sqlite://{work / 'journal.db'}"
             init_journal(journal_url)  # run never creates a journal
-            settings = Settings(
+            spec = DaemonSpec(
                 api_base_url=server.url, merchant_no=MERCHANT_NO, api_key=API_KEY,
-                api_secret=SecretStr(secret), pfx_path=work / "shard.pfx",
-                pfx_password=SecretStr(password), policy_path=policy_path,
-                database_url=SecretStr(journal_url),
-                poll_interval=2.0, collect_interval=10.0, http_addr="127.0.0.1:0",
-                log_format="console", log_level="error", mode="enforce", pause_file=None,
-                sign_sort="casefold", sign_scheme="java-rsa", request_timeout=5.0)
+                api_secret=secret, pfx_path=work / "shard.pfx", pfx_password=password,
+                policy_path=policy_path, database_url=journal_url, pause_file=work / "pause",
+                poll_interval=2.0, collect_interval=10.0, http_host="127.0.0.1", http_port=0,
+                log_format="console", log_level="error", request_timeout=5.0)
             kinds: dict[int, str] = {}
             table = LiveTable(out, kinds)
-            daemon = build_daemon(settings, BuildOptions(listeners=[table], watch_interval=0))
+            daemon = build_daemon(spec, BuildOptions(listeners=[table], watch_interval=0))
             print(f"cosigner demo: sandbox {server.url}, policy {policy_path.name} "
                   f"({daemon.pipeline.state.policy.name}), throwaway shard "
                   f"{daemon.pipeline.shard.info.fingerprint_sha256[:23]}…", file=out)

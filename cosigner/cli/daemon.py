@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
 from typing import Any, TextIO
 
+from cosigner.daemon.build import BuildOptions, DaemonSpec, build_daemon
+from cosigner.daemon.callbacks import build_callbacks
+from cosigner.daemon.control import LiveView, PauseState, pause, probe, read_pause, resume
 from cosigner.errors import CosignerError
 from cosigner.settings import Settings, load_settings
 from cosigner.store import open_journal, redact_url
-
-from .build import BuildOptions, build_daemon
-from .control import LiveView, PauseState, pause, probe, read_pause, resume
 
 
 def register(subparsers: Any) -> None:
@@ -59,22 +60,53 @@ def register(subparsers: Any) -> None:
     status.set_defaults(func=_status)
 
 
+def daemon_spec(settings: Settings) -> DaemonSpec:
+    """The daemon's plain configuration from the settings (SettingsError naming what is
+    missing)."""
+    settings.require("api_base_url", "merchant_no", "api_key", "api_secret", "pfx_path",
+                     "policy_path", why="to run the daemon")
+    assert settings.api_secret is not None  # checked by require
+    assert settings.pfx_path is not None
+    assert settings.policy_path is not None
+    host, port = settings.http_host_port
+    return DaemonSpec(
+        api_base_url=settings.api_base_url or "", merchant_no=settings.merchant_no or "",
+        api_key=settings.api_key or "", api_secret=settings.api_secret.get_secret_value(),
+        pfx_path=settings.pfx_path, pfx_password=settings.shard_password(),
+        policy_path=settings.policy_path,
+        database_url=settings.database_url.get_secret_value(),
+        pause_file=settings.pause_path(), journal_witness=settings.journal_witness,
+        ca_bundle=settings.ca_bundle, leader_retry=settings.leader_retry, lang=settings.lang,
+        sign_sort=settings.sign_sort, sign_scheme=settings.sign_scheme,
+        request_timeout=settings.request_timeout, page_size=settings.page_size,
+        max_pending=settings.max_pending, concurrency=settings.concurrency,
+        poll_interval=settings.poll_interval, collect_interval=settings.collect_interval,
+        collect_is_main=settings.collect_is_main_values, http_host=host, http_port=port,
+        mode=settings.mode, log_format=settings.log_format, log_level=settings.log_level,
+        extra_secrets=tuple(
+            [settings.callback_forward_secret.get_secret_value()]
+            if settings.callback_forward_secret is not None else []),
+        callbacks=(functools.partial(build_callbacks, settings)
+                   if settings.callback_addr is not None else None))
+
+
 def _run(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    daemon = build_daemon(settings, BuildOptions(once=args.once, shadow=args.shadow))
+    daemon = build_daemon(daemon_spec(load_settings()),
+                          BuildOptions(once=args.once, shadow=args.shadow))
     if args.once:
         return asyncio.run(daemon.run_once())
     return asyncio.run(daemon.run())
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from cosigner.tools.demo import run_demo
     return run_demo(duration=args.duration, policy=args.policy)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
-    return run_bench(items=args.items, concurrency=args.concurrency, as_json=args.json,
+    from cosigner.tools.bench import run_bench
+    concurrency = args.concurrency or load_settings().concurrency
+    return run_bench(items=args.items, concurrency=concurrency, as_json=args.json,
                      database_url=args.database_url)
 
 
@@ -177,30 +209,36 @@ def _live_report(live: LiveView) -> dict[str, Any]:
 
 def status_lines(report: dict[str, Any]) -> list[str]:
     """``status_report`` as lines for a person."""
+    lines = [f"paused:  {_pause_line(report)}", f"mode:    {report['mode']} (settings)",
+             f"policy:  {report['policy_path'] or '(COSIGNER_POLICY_PATH not set)'}",
+             _journal_line(report["journal"])]
+    return lines + _daemon_lines(report["daemon"])
+
+
+def _pause_line(report: dict[str, Any]) -> str:
     pause_info = report["pause"]
-    if report["paused"]:
-        detail = ", ".join(f"{k} {pause_info[k]}" for k in ("paused_at", "by") if pause_info[k])
-        paused = (f"PAUSED ({pause_info['reason'] or 'no reason given'}"
-                  + (f"; {detail}" if detail else "") + f") - {pause_info['file']}")
-    else:
-        paused = f"no (kill switch: `cosigner pause` creates {pause_info['file']})"
-    lines = [f"paused:  {paused}", f"mode:    {report['mode']} (settings)",
-             f"policy:  {report['policy_path'] or '(COSIGNER_POLICY_PATH not set)'}"]
-    journal = report["journal"]
+    if not report["paused"]:
+        return f"no (kill switch: `cosigner pause` creates {pause_info['file']})"
+    detail = ", ".join(f"{k} {pause_info[k]}" for k in ("paused_at", "by") if pause_info[k])
+    return (f"PAUSED ({pause_info['reason'] or 'no reason given'}"
+            + (f"; {detail}" if detail else "") + f") - {pause_info['file']}")
+
+
+def _journal_line(journal: dict[str, Any]) -> str:
     if "error" in journal:
-        lines.append(f"journal: {journal['url']}: {journal['error']}")
-    else:
-        states = ", ".join(f"{k} {v}" for k, v in journal["by_state"].items()) or "empty"
-        lines.append(f"journal: {journal['url']}: {journal['records']} records ({states}), "
-                     f"head sequence {journal['head_sequence']}")
-    daemon = report["daemon"]
+        return f"journal: {journal['url']}: {journal['error']}"
+    states = ", ".join(f"{k} {v}" for k, v in journal["by_state"].items()) or "empty"
+    return (f"journal: {journal['url']}: {journal['records']} records ({states}), "
+            f"head sequence {journal['head_sequence']}")
+
+
+def _daemon_lines(daemon: dict[str, Any]) -> list[str]:
     if not daemon["reachable"]:
-        lines.append(f"daemon:  not reachable at {daemon['url']} ({daemon['error']})")
-        return lines
+        return [f"daemon:  not reachable at {daemon['url']} ({daemon['error']})"]
     policy = daemon["policy"] or {}
     ready = {True: "ready", False: "NOT READY", None: "readiness unknown"}[daemon["ready"]]
-    lines.append(f"daemon:  {daemon['url']}: {ready}, mode {daemon['mode']}, "
-                 f"{'PAUSED' if daemon['paused'] else 'not paused'}")
+    lines = [f"daemon:  {daemon['url']}: {ready}, mode {daemon['mode']}, "
+             f"{'PAUSED' if daemon['paused'] else 'not paused'}"]
     if policy:
         lines.append(f"         policy {policy['name']} (sha256 {str(policy['sha256'])[:12]})")
     ago = daemon["last_poll_seconds_ago"]

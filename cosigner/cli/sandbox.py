@@ -61,21 +61,23 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_sandbox)
 
 
-def merchant_from(settings: Settings, args: argparse.Namespace) -> Merchant:
-    """The merchant to register: the settings with the flags on top; SettingsError if missing."""
-    values = {name: getattr(args, name, None) for name in _FLAG_SETTINGS}
-    secret = values["api_secret"] or (
-        settings.api_secret.get_secret_value() if settings.api_secret else None)
-    merchant_no = values["merchant_no"] or settings.merchant_no
-    api_key = values["api_key"] or settings.api_key
-    found = {"merchant_no": merchant_no, "api_key": api_key, "api_secret": secret}
+def _merchant_values(settings: Settings, args: argparse.Namespace) -> tuple[str, str, str]:
+    """Merchant number, API key and secret: the flags, else the settings; SettingsError
+    naming each one missing."""
+    secret = settings.api_secret.get_secret_value() if settings.api_secret else None
+    found = {"merchant_no": getattr(args, "merchant_no", None) or settings.merchant_no,
+             "api_key": getattr(args, "api_key", None) or settings.api_key,
+             "api_secret": getattr(args, "api_secret", None) or secret}
     missing = [f"COSIGNER_{name.upper()} (or {_FLAG_SETTINGS[name]})"
                for name, value in found.items() if not value]
     if missing:
         raise SettingsError(f"{', '.join(missing)} must be set to run the sandbox")
-    assert merchant_no
-    assert api_key
-    assert secret
+    return found["merchant_no"] or "", found["api_key"] or "", found["api_secret"] or ""
+
+
+def merchant_from(settings: Settings, args: argparse.Namespace) -> Merchant:
+    """The merchant to register: the settings with the flags on top; SettingsError if missing."""
+    merchant_no, api_key, secret = _merchant_values(settings, args)
     pfx_path = args.pfx_path or settings.pfx_path
     pem = None
     if pfx_path is not None:

@@ -67,7 +67,7 @@ def register(subparsers: Any) -> None:
 
     listing = sub.add_parser("list", parents=[common], help="decisions as a table, oldest first")
     listing.add_argument("--since", help="an ISO 8601 time (UTC if no offset) or a duration "
-                         "back from now: 90s, 30m, 24h, 7d, 2w")
+                         "back from now: 90s, 30m, 24h, 7d")
     listing.add_argument("--action", choices=[a.value for a in Action])
     listing.add_argument("--limit", type=_count, help="show at most N decisions")
     listing.set_defaults(func=run_list)

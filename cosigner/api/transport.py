@@ -1,0 +1,410 @@
+"""A lean keep-alive HTTP/1.1 transport under httpx: :class:`LeanTransport`.
+
+httpx's default transport (httpcore, h11 and anyio) spends more CPU on one small
+request than the daemon spends deciding and signing it.  This transport keeps
+httpx as the client API (``AsyncClient``, auth flows, ``MockTransport`` in tests)
+and speaks only what a JSON API client needs, on asyncio protocols directly:
+
+* HTTP/1.1 requests with a body known up front, written in one ``write``;
+* answers framed by ``Content-Length``, ``Transfer-Encoding: chunked`` or the
+  end of the connection; ``1xx`` interim answers are skipped;
+* keep-alive connections per origin, reused most-recent-first, dropped once the
+  server closed them (checked on the socket itself before reuse, as httpcore does),
+  when they were idle longer than ``keepalive_expiry`` (2 s by default: well under
+  the usual server keep-alive timeouts, uvicorn's 5 s included, so a request is
+  not written into a connection the server is closing), or when an exchange on
+  them did not end cleanly;
+* TLS through the ``ssl.SSLContext`` it is given (``https`` origins).
+
+No proxies, no HTTP/2, no upgrades.  Every failure is raised as httpx's own
+exception, so the client above maps it as it would httpx's transport's:
+
+* ``ConnectError`` / ``ConnectTimeout``: no connection could be made, nothing sent;
+* ``PoolTimeout``: no connection slot within the pool timeout, nothing sent;
+* ``ReadTimeout``: no complete answer within the read timeout (the request was sent);
+* ``RemoteProtocolError``: the server closed the connection before a complete
+  answer, or answered something that is not HTTP/1.1 (the request was sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import ssl
+import time
+from types import TracebackType
+
+import httpx
+
+#: Longest status line plus headers accepted, and longest body.
+MAX_HEAD = 64 * 1024
+MAX_BODY = 32 * 1024 * 1024
+
+Origin = tuple[str, str, int]  # scheme, host, port
+
+
+class _ProtocolError(Exception):
+    """The answer is not HTTP/1.1 we can read."""
+
+
+class _Answer:
+    """A complete answer as read off the wire."""
+
+    __slots__ = ("body", "headers", "keep_alive", "reason", "status")
+
+    def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                 body: bytes, keep_alive: bool) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: one exchange at a time, the answer parsed as it arrives."""
+
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = time.monotonic()
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[_Answer] | None = None
+        self._no_body = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._status = 0
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_done = False
+        self._keep_alive = True
+        self._length: int | None = None     # Content-Length framing
+        self._chunked = False
+        self._until_close = False
+        self._pos = 0                       # parse position in the buffer (chunked)
+        self._chunks: list[bytes] = []
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            # Bytes nobody asked for: this connection can no longer be trusted.
+            self.close()
+            return
+        try:
+            answer = self._parse()
+        except _ProtocolError as exc:
+            self.close()
+            waiter.set_exception(httpx.RemoteProtocolError(str(exc)))
+            return
+        if answer is not None:
+            waiter.set_result(answer)
+
+    def eof_received(self) -> bool | None:
+        return None  # let the transport close; connection_lost settles the exchange
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if self._head_done and self._until_close:
+            waiter.set_result(_Answer(self._status, self._reason, self._headers,
+                                      bytes(self._buffer), False))
+            return
+        waiter.set_exception(httpx.RemoteProtocolError(
+            "server disconnected without sending a complete response"))
+
+    # -- one exchange ----------------------------------------------------------------
+
+    def usable(self, now: float, expiry: float) -> bool:
+        transport = self.transport
+        if (self.closed or transport is None or transport.is_closing() or self._buffer
+                or now - self.idle_since >= expiry):
+            return False
+        # Readable while idle means the server's close (or stray bytes) arrived but the
+        # loop has not read it yet: never write a request into that connection.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            if poller.poll(0):
+                return False
+        return True
+
+    async def exchange(self, message: bytes, no_body: bool,
+                       read_timeout: float | None) -> _Answer:
+        """Write ``message`` and wait for the complete answer."""
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        self._reset()
+        self._no_body = no_body
+        waiter: asyncio.Future[_Answer] = loop.create_future()
+        self._waiter = waiter
+        self.transport.write(message)
+        timer = None
+        if read_timeout is not None:
+            timer = loop.call_later(read_timeout, self._time_out, waiter)
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _time_out(self, waiter: asyncio.Future[_Answer]) -> None:
+        if not waiter.done():
+            waiter.set_exception(httpx.ReadTimeout("no complete answer within the read timeout"))
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- parsing ---------------------------------------------------------------------
+
+    def _parse(self) -> _Answer | None:
+        buffer = self._buffer
+        while not self._head_done:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > MAX_HEAD:
+                    raise _ProtocolError("answer headers too long")
+                return None
+            self._read_head(bytes(buffer[:end]))
+            del buffer[:end + 4]
+        if self._length is not None:
+            if len(buffer) < self._length:
+                return None
+            if len(buffer) > self._length:
+                raise _ProtocolError("more bytes than Content-Length")
+            body = bytes(buffer)
+            buffer.clear()
+            return self._answer(body)
+        if self._chunked:
+            return self._parse_chunks()
+        if len(buffer) > MAX_BODY:  # until close
+            raise _ProtocolError("answer body too long")
+        return None
+
+    def _read_head(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") \
+                or not parts[1].isdigit() or len(parts[1]) != 3:
+            raise _ProtocolError("malformed status line")
+        status = int(parts[1])
+        headers: list[tuple[bytes, bytes]] = []
+        length: bytes | None = None
+        connection = b""
+        chunked = False
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                raise _ProtocolError("malformed header line")
+            value = value.strip()
+            headers.append((name, value))
+            lower = name.lower()
+            if lower == b"content-length":
+                if not value.isdigit() or (length is not None and length != value):
+                    raise _ProtocolError("invalid Content-Length")
+                length = value
+            elif lower == b"transfer-encoding":
+                chunked = value.lower().endswith(b"chunked")
+                if not chunked:
+                    raise _ProtocolError("unsupported Transfer-Encoding")
+            elif lower == b"connection":
+                connection += b"," + value.lower()
+        if 100 <= status < 200:
+            if status == 101:
+                raise _ProtocolError("protocol upgrades are not supported")
+            return  # interim answer: the real one follows
+        self._status, self._reason, self._headers = status, parts[2] if len(parts) > 2 else b"", \
+            headers
+        self._head_done = True
+        self._keep_alive = parts[0] == b"HTTP/1.1" and b"close" not in connection
+        if self._no_body or status in (204, 304):
+            self._length = 0
+        elif chunked:
+            self._chunked = True
+        elif length is not None:
+            self._length = int(length)
+            if self._length > MAX_BODY:
+                raise _ProtocolError("answer body too long")
+        else:
+            self._until_close = True
+            self._keep_alive = False
+
+    def _parse_chunks(self) -> _Answer | None:
+        buffer = self._buffer
+        while True:
+            end = buffer.find(b"\r\n", self._pos)
+            if end < 0:
+                return None
+            size_text = bytes(buffer[self._pos:end]).split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise _ProtocolError("malformed chunk size") from None
+            if size == 0:
+                trailer_end = buffer.find(b"\r\n\r\n", end)
+                if buffer[end:end + 4] != b"\r\n\r\n" and trailer_end < 0:
+                    return None
+                stop = end + 4 if buffer[end:end + 4] == b"\r\n\r\n" else trailer_end + 4
+                if stop != len(buffer):
+                    raise _ProtocolError("bytes after the last chunk")
+                buffer.clear()
+                return self._answer(b"".join(self._chunks))
+            start = end + 2
+            if len(buffer) < start + size + 2:
+                return None
+            if buffer[start + size:start + size + 2] != b"\r\n":
+                raise _ProtocolError("malformed chunk")
+            self._chunks.append(bytes(buffer[start:start + size]))
+            self._pos = start + size + 2
+            if sum(map(len, self._chunks)) > MAX_BODY:
+                raise _ProtocolError("answer body too long")
+
+    def _answer(self, body: bytes) -> _Answer:
+        return _Answer(self._status, self._reason, self._headers, body, self._keep_alive)
+
+
+class LeanTransport(httpx.AsyncBaseTransport):
+    """Keep-alive HTTP/1.1 for httpx on plain asyncio; see the module docstring.
+
+    At most ``max_connections`` requests are in flight at once (each on its own
+    connection); up to that many idle connections per origin are kept for reuse.
+    """
+
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None,
+                 max_connections: int = 16, keepalive_expiry: float = 2.0) -> None:
+        self._ssl_context = ssl_context
+        self._max_connections = max(1, max_connections)
+        self._keepalive_expiry = keepalive_expiry
+        self._slots: asyncio.Semaphore | None = None
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"LeanTransport(max_connections={self._max_connections})"
+
+    async def __aenter__(self) -> LeanTransport:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None = None,
+                        exc_value: BaseException | None = None,
+                        traceback: TracebackType | None = None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for connections in self._idle.values():
+            for connection in connections:
+                connection.close()
+        self._idle.clear()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        url = request.url
+        scheme = url.scheme
+        if scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
+        port = url.port or (443 if scheme == "https" else 80)
+        origin: Origin = (scheme, url.host, port)
+        timeouts = request.extensions.get("timeout", {})
+        message = await _serialize(request)
+        no_body = request.method == "HEAD"
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._max_connections)
+        slots = self._slots
+        try:
+            async with asyncio.timeout(timeouts.get("pool")):
+                await slots.acquire()
+        except TimeoutError:
+            raise httpx.PoolTimeout("no connection available within the pool timeout") from None
+        connection: _Connection | None = None
+        reusable = False
+        try:
+            connection = self._idle_connection(origin)
+            if connection is None:
+                connection = await self._connect(origin, timeouts.get("connect"))
+            answer = await connection.exchange(message, no_body, timeouts.get("read"))
+            reusable = answer.keep_alive and b"close" not in \
+                request.headers.get("connection", "").lower().encode()
+        finally:
+            slots.release()
+            if connection is not None:
+                if reusable and not self._closed and not connection.closed:
+                    connection.idle_since = time.monotonic()
+                    idle = self._idle.setdefault(origin, [])
+                    idle.append(connection)
+                    if len(idle) > self._max_connections:
+                        idle.pop(0).close()
+                else:
+                    connection.close()
+        return httpx.Response(answer.status, headers=answer.headers, content=answer.body,
+                              extensions={"http_version": b"HTTP/1.1",
+                                          "reason_phrase": answer.reason})
+
+    def _idle_connection(self, origin: Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        now = time.monotonic()
+        while idle:
+            connection = idle.pop()
+            if connection.usable(now, self._keepalive_expiry):
+                return connection
+            connection.close()
+        return None
+
+    async def _connect(self, origin: Origin, limit: float | None) -> _Connection:
+        scheme, host, port = origin
+        context: ssl.SSLContext | None = None
+        if scheme == "https":
+            if self._ssl_context is None:
+                self._ssl_context = ssl.create_default_context()
+            context = self._ssl_context
+        loop = asyncio.get_running_loop()
+        connection = _Connection(origin)
+        try:
+            async with asyncio.timeout(limit):
+                await loop.create_connection(lambda: connection, host, port, ssl=context,
+                                             server_hostname=host if context else None)
+        except TimeoutError:
+            connection.close()
+            raise httpx.ConnectTimeout(f"could not connect to {host}:{port} in time") from None
+        except OSError as exc:  # refused, unreachable, DNS, TLS (ssl.SSLError is an OSError)
+            connection.close()
+            raise httpx.ConnectError(f"could not connect to {host}:{port}: "
+                                     f"{type(exc).__name__}") from exc
+        return connection
+
+
+async def _serialize(request: httpx.Request) -> bytes:
+    """The request as HTTP/1.1 bytes (a streamed body is read and sent as one chunk)."""
+    try:
+        body = request.content
+    except httpx.RequestNotRead:
+        body = await request.aread()
+    headers = request.headers.raw
+    chunked = any(k.lower() == b"transfer-encoding" for k, _ in headers)
+    parts = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    if chunked:
+        if body:
+            parts += (b"%x\r\n" % len(body), body, b"\r\n")
+        parts.append(b"0\r\n\r\n")
+    else:
+        parts.append(body)
+    return b"".join(parts)
