@@ -63,7 +63,7 @@ from cosigner.errors import (
     ConfigError,
 )
 from cosigner.models import JsonNumber, PendingItem, loads_checked
-from cosigner.redact import MASK, mask_text
+from cosigner.redact import MASK, mask_text, mask_url
 
 ENDPOINTS = {
     "rate": "/api/otc/rate",
@@ -215,7 +215,7 @@ class ApiClient:
         self._write_policy = RetryPolicy(attempts, _retry_write, *backoff)
 
     def __repr__(self) -> str:
-        return f"ApiClient(base_url={self._base_url!r})"
+        return f"ApiClient(base_url={mask_url(self._base_url)!r})"
 
     async def __aenter__(self) -> ApiClient:
         return self
