@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cosigner.cli.daemon import daemon_spec
 from cosigner.daemon.build import BuildOptions, build_daemon
 from tests.chaos.checks import verdict
 from tests.chaos.conftest import SANCTIONED, Figures, World, allowed, backlog, scale
@@ -109,7 +110,7 @@ async def _exercise(world: World, figures: Figures, name: str, *, faults: dict[s
     ids = await asyncio.to_thread(world.admin.add_items, items)
     transport = Tamper(world, tamper) if tamper else None
     settings = world.settings(page_size=10, request_timeout=1.0)
-    daemon = build_daemon(settings, BuildOptions(
+    daemon = build_daemon(daemon_spec(settings), BuildOptions(
         install_signals=False, configure_logs=False, watch_interval=0, transport=transport,
         client_retries=2))
     polls = 0

@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cosigner.cli.daemon import daemon_spec
 from cosigner.daemon.build import BuildOptions, build_daemon
 from cosigner.daemon.service import Daemon
 from cosigner.sandbox.generate import eip55_address
@@ -119,7 +120,7 @@ class Harness:
         self.approved = 0
 
     async def _build(self, world: World) -> Daemon:
-        return build_daemon(world.settings(page_size=1000), BuildOptions(
+        return build_daemon(daemon_spec(world.settings(page_size=1000)), BuildOptions(
             install_signals=False, configure_logs=False, watch_interval=0,
             transport=httpx.MockTransport(self.provider.handle)))
 
@@ -201,8 +202,6 @@ class TestCorpus:
         assert all(approvable(_fresh(raw)) for raw in controls)  # the oracle is not blind
         assert harness.approved >= len(controls)  # ...and neither is the daemon
 
-    @pytest.mark.xfail(strict=True, reason="needs duplicate-key and bad-id handling "
-                                           "(issue 10 defects 3 and 4)")
     def test_duplicate_keys_and_bad_ids(self, harness: Harness) -> None:
         """Held without stopping the cycle: a valid item in the same snapshot is approved."""
         for _, raw in corpus("pending_items_defects.jsonl"):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cosigner.cli import main
+from cosigner.cli.daemon import daemon_spec
 from cosigner.daemon.build import BuildOptions, build_daemon
 from cosigner.errors import PolicyError
 from cosigner.policy import load_policy
@@ -103,7 +104,7 @@ class TestBadPolicies:
                                                   figures: Figures) -> None:
         """Each bad version written over the running policy: refused, the good one stays."""
         init_journal(world.env(), world.tmp)
-        daemon = build_daemon(world.settings(), BuildOptions(
+        daemon = build_daemon(daemon_spec(world.settings()), BuildOptions(
             install_signals=False, configure_logs=False, watch_interval=0))
         try:
             good = daemon.pipeline.state.policy.sha256
@@ -136,7 +137,8 @@ class TestBadPolicies:
         publish(0, POLICY)
         (mount / "policy.yaml").symlink_to("..data/policy.yaml")
         init_journal(world.env(), world.tmp)
-        daemon = build_daemon(world.settings(policy_path=mount / "policy.yaml"), BuildOptions(
+        spec = daemon_spec(world.settings(policy_path=mount / "policy.yaml"))
+        daemon = build_daemon(spec, BuildOptions(
             install_signals=False, configure_logs=False, watch_interval=0))
         try:
             good = daemon.pipeline.state.policy.sha256

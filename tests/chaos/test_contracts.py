@@ -1,6 +1,6 @@
 """Whole-class checks of the decision contracts the attack broke (issue 10, defects 1, 2, 5,
 6), run against the real daemon and the sandbox.  They are written to DESIGN.md's
-contracts; while a fix is not on this branch its case is a strict xfail.
+contracts; every one of them failed before the fixes of issue 10 landed.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import random
 from typing import Any
 
 import httpx
-import pytest
 
+from cosigner.cli.daemon import daemon_spec
 from cosigner.daemon.build import BuildOptions, build_daemon
 from cosigner.daemon.pipeline import DecisionEvent
 from tests.chaos.conftest import HOT, Figures, World, address, backlog
@@ -23,7 +23,8 @@ def _daemon(world: World, **options: Any) -> Any:
     opts: dict[str, Any] = {"install_signals": False, "configure_logs": False,
                             "watch_interval": 0}
     opts.update(options)
-    return build_daemon(world.settings(pause_file=world.tmp / "pause"), BuildOptions(**opts))
+    spec = daemon_spec(world.settings(pause_file=world.tmp / "pause"))
+    return build_daemon(spec, BuildOptions(**opts))
 
 
 async def _close(daemon: Any) -> None:
@@ -31,7 +32,6 @@ async def _close(daemon: Any) -> None:
     await daemon.close()
 
 
-@pytest.mark.xfail(strict=True, reason="needs 'shadow never posts' (issue 10 defect 1)")
 async def test_shadow_posts_nothing_not_even_recorded_decisions(world: World,
                                                                 figures: Figures) -> None:
     """An enforce run whose approves never arrived leaves ``decided`` records; a shadow run
@@ -58,8 +58,6 @@ async def test_shadow_posts_nothing_not_even_recorded_decisions(world: World,
     assert collections == []
 
 
-@pytest.mark.xfail(strict=True, reason="needs the pause checked before every post "
-                                       "(issue 10 defect 5)")
 async def test_pause_stops_a_chunk_already_posting(world: World, figures: Figures) -> None:
     """The pause file touched after 20 posts of a backlog: at most the posts already in
     flight complete; nothing else goes out."""
@@ -87,8 +85,6 @@ async def test_pause_stops_a_chunk_already_posting(world: World, figures: Figure
     assert after <= world.settings().concurrency, f"{after} posts after the pause"
 
 
-@pytest.mark.xfail(strict=True, reason="needs 'same id twice in one snapshot' handling "
-                                       "(issue 10 defect 2)")
 async def test_same_id_twice_in_one_snapshot_is_held(world: World, figures: Figures) -> None:
     """Two contents under one id in one snapshot: every copy held, counted as a mutation."""
     await asyncio.to_thread(init_journal, world.env(), world.tmp)
@@ -115,7 +111,6 @@ async def test_same_id_twice_in_one_snapshot_is_held(world: World, figures: Figu
     assert _counter(metrics, "cosigner_item_mutations_total") >= 1
 
 
-@pytest.mark.xfail(strict=True, reason="needs the 'gone' state (issue 10 defect 6)")
 async def test_decided_records_of_items_that_left_the_list_are_settled(
         world: World, figures: Figures) -> None:
     """Approves whose answers were lost while the provider acted: once the items leave the

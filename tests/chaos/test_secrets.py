@@ -124,6 +124,7 @@ def test_no_canary_anywhere(world: World, shard_factory: ShardFactory,
 async def test_hostile_provider_echo(world: World, figures: Figures) -> None:
     """Every approve answered 4013 with the signing string and ``data`` echoed: the journal
     and the export keep the answer masked."""
+    from cosigner.cli.daemon import daemon_spec
     from cosigner.daemon.build import BuildOptions, build_daemon
 
     class Echo(httpx.AsyncBaseTransport):
@@ -143,7 +144,7 @@ async def test_hostile_provider_echo(world: World, figures: Figures) -> None:
     init_journal(env, world.tmp)
     world.admin.add_items(backlog(10, random.Random(8)))
     echo = Echo()
-    daemon = build_daemon(world.settings(), BuildOptions(
+    daemon = build_daemon(daemon_spec(world.settings()), BuildOptions(
         install_signals=False, configure_logs=False, watch_interval=0, transport=echo))
     try:
         await daemon.poll_job()

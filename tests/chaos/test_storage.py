@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from cosigner.cli.daemon import daemon_spec
 from cosigner.daemon.build import BuildOptions, build_daemon
 from cosigner.errors import StoreError
 from tests.chaos.checks import verdict
@@ -206,7 +207,7 @@ class TestDiskFull:
         env = world.env()
         await asyncio.to_thread(init_journal, env, world.tmp)
         await asyncio.to_thread(world.admin.add_items, backlog(30, random.Random(after)))
-        daemon = build_daemon(world.settings(), BuildOptions(
+        daemon = build_daemon(daemon_spec(world.settings()), BuildOptions(
             install_signals=False, configure_logs=False, watch_interval=0))
         failing = FailingJournal(daemon.pipeline.journal, after)
         daemon.pipeline.journal = failing  # type: ignore[assignment]
