@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench sandbox clean lock deploy-rules tools
+.PHONY: demo test lint bench sandbox chaos clean lock deploy-rules tools
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "cosigner needs Python 3.11 or newer (found %s); set PYTHON=python3.11" % sys.version.split()[0])'
@@ -18,6 +18,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The long chaos profile (docs/reliability.md): 50 kills, every fault case, more examples,
+# the 1-hour soak (COSIGNER_SOAK_SECONDS); figures are printed and written to
+# .chaos-figures.json.  `make test` runs the short profile.
+chaos: $(STAMP)
+	COSIGNER_CHAOS=long COSIGNER_CHAOS_REPORT=$(or $(REPORT),.chaos-figures.json) \
+		$(BIN)/python -m pytest tests/chaos $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -53,4 +60,4 @@ tools:
 		'kubernetes-validate>=1.30,<2'
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks .chaos-figures.json

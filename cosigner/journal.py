@@ -32,6 +32,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 
 from cosigner.models import Action, Mode, RecordState
+from cosigner.redact import mask_text
 
 #: Decision modes (:class:`~cosigner.models.Mode`): ``enforce`` decisions are posted,
 #: ``shadow`` ones never are.
@@ -183,6 +184,10 @@ class NewOutcome:
         object.__setattr__(self, "state", RecordState(self.state))
         if self.api_code is not None:
             _check_int("api_code", self.api_code)
+        _check_text("api_message", self.api_message)
+        # The provider's untrusted text: stored masked (cosigner.redact), so a message
+        # echoing the signing string, a signature or a key never reaches the journal.
+        object.__setattr__(self, "api_message", mask_text(self.api_message))
         _check_text("api_message", self.api_message)
 
 

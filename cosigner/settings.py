@@ -9,15 +9,25 @@ never its value.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cosigner.durations import EXAMPLES, parse_duration
 from cosigner.errors import SettingsError
+from cosigner.redact import mask_url
 
 PREFIX = "COSIGNER_"
 #: Where the kill switch lives when the journal is not an SQLite file (DESIGN section 6).
@@ -52,6 +62,7 @@ class Settings(BaseSettings):
         hide_input_in_errors=True, validate_default=True)
 
     api_base_url: str | None = None
+    allow_insecure_http: bool = False
     merchant_no: str | None = None
     api_key: str | None = None
     api_secret: SecretStr | None = None
@@ -168,6 +179,19 @@ class Settings(BaseSettings):
         return v
 
     @model_validator(mode="after")
+    def _refuse_clear_text(self) -> Settings:
+        url = self.api_base_url
+        if url is None or not url.startswith("http://") or self.allow_insecure_http:
+            return self
+        if not _is_loopback(url):
+            raise ValueError(
+                f"{env_name('api_base_url')}: http:// to a host other than loopback would "
+                f"send the signed requests and the provider's answers unencrypted and "
+                f"unauthenticated; use https://, or set {env_name('allow_insecure_http')}=1 "
+                f"to accept that")
+        return self
+
+    @model_validator(mode="after")
     def _read_secret_files(self) -> Settings:
         for name in SECRET_FIELDS:
             file_path: Path | None = getattr(self, f"{name}_file")
@@ -189,6 +213,16 @@ class Settings(BaseSettings):
                              f"with {env_name('callback_forward_url')}: forwarded events are "
                              "signed with it")
         return self
+
+    @field_serializer("api_base_url")
+    def _masked_url(self, v: str | None) -> str | None:
+        # A dump (model_dump_json, a debug print) shows the URL without its userinfo.
+        return mask_url(v) if v else v
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A URL's userinfo is masked wherever a URL is shown, repr(settings) included.
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if isinstance(value, str) and "://" in value else value
 
     # -- derived values -------------------------------------------------------------
 
@@ -245,6 +279,20 @@ class Settings(BaseSettings):
         if missing:
             suffix = f" {why}" if why else ""
             raise SettingsError(f"{', '.join(missing)} must be set{suffix}")
+
+
+def _is_loopback(url: str) -> bool:
+    """True when ``url``'s host is ``localhost`` or a loopback address."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -63,6 +63,7 @@ from cosigner.errors import (
     ConfigError,
 )
 from cosigner.models import JsonNumber, PendingItem, loads_checked
+from cosigner.redact import MASK, mask_text, mask_url
 
 ENDPOINTS = {
     "rate": "/api/otc/rate",
@@ -181,6 +182,7 @@ class ApiClient:
                  clock: Callable[[], float] = time.perf_counter,
                  max_connections: int = 16, tls: ssl.SSLContext | None = None) -> None:
         self._auth = SignAuth(merchant_no, api_key, api_secret, lang=lang, sort=sort)
+        self._secret = api_secret  # masked out of the provider's messages
         self._base_url = base_url
 
         # One TLS context for the client (building one costs ~25 ms): the system trust
@@ -213,7 +215,7 @@ class ApiClient:
         self._write_policy = RetryPolicy(attempts, _retry_write, *backoff)
 
     def __repr__(self) -> str:
-        return f"ApiClient(base_url={self._base_url!r})"
+        return f"ApiClient(base_url={mask_url(self._base_url)!r})"
 
     async def __aenter__(self) -> ApiClient:
         return self
@@ -277,7 +279,8 @@ class ApiClient:
         except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             body = None
         if not 200 <= response.status_code < 300:
-            raise ApiHTTPError(endpoint, response.status_code, _http_error_message(body))
+            raise ApiHTTPError(endpoint, response.status_code,
+                               _provider_text(_http_error_message(body), self._secret))
         if not isinstance(body, dict):
             raise ApiProtocolError(endpoint, "answer is not a JSON object")
         if "code" not in body:
@@ -290,7 +293,8 @@ class ApiClient:
         if _is_int(code) and code == 200:
             return body.get("data")
         raw_message = body.get("message")
-        message = raw_message[:200] if isinstance(raw_message, str) else ""
+        message = (_provider_text(raw_message, self._secret) if isinstance(raw_message, str)
+                   else "")
         if _is_int(code) and code in self._already:
             raise AlreadyProcessedError(endpoint, code, message)
         raise ApiResponseError(endpoint, code, message)
@@ -417,6 +421,17 @@ def _decimal_field(endpoint: str, data: Mapping[str, Any], name: str) -> tuple[D
     except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
         raise ApiProtocolError(endpoint, f"{name} is not a decimal number") from None
     return number, text
+
+
+def _provider_text(message: str, secret: str) -> str:
+    """The provider's message as kept in errors, logs and the journal: masked, then cut.
+
+    A hostile or buggy provider may echo the signing string (which ends with the API
+    secret) or the signature; masking before cutting means no half secret survives.
+    """
+    if secret:
+        message = message.replace(secret, MASK)
+    return mask_text(message)[:200]
 
 
 def _is_int(value: object) -> bool:

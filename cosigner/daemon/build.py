@@ -24,11 +24,12 @@ from cosigner.errors import JournalUnavailableError, StoreError
 from cosigner.logs import configure_logging, get_logger
 from cosigner.policy.governance import PolicyMemory
 from cosigner.policy.model import CompiledPolicy
+from cosigner.redact import mask_url, register_secret
 from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
 from cosigner.signing.shard import Shard, SignScheme
 from cosigner.store import Head, journal_from_url
-from cosigner.store.postgres import PostgresJournal, mask_url
+from cosigner.store.postgres import PostgresJournal
 
 from .callbacks import CallbackOptions, CallbackService
 from .control import check_pause_location
@@ -113,6 +114,9 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
     """Check everything, then wire client, shard, journal, policy and metrics into a Daemon."""
     opts = options or BuildOptions()
     secret, password, db_url = spec.api_secret, spec.pfx_password, spec.database_url
+    # Masked wherever they might appear: log lines, and the provider's messages the
+    # journal stores (cosigner.redact).
+    register_secret(secret, password, db_url, *spec.extra_secrets)
     if opts.configure_logs:
         configure_logging(spec.log_format, spec.log_level,
                           secrets=(secret, password, db_url, *spec.extra_secrets))
@@ -177,7 +181,7 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
         install_signals=opts.install_signals, governance=governance)
     log.info("daemon.configured", policy=policy.name, policy_sha256=policy.sha256,
              shard=shard.info.fingerprint_sha256, mode=mode, pause_file=str(pause_file),
-             api=spec.api_base_url, merchant=spec.merchant_no,
+             api=mask_url(spec.api_base_url), merchant=spec.merchant_no,
              journal=mask_url(db_url), role=leadership.role)
 
     async def close() -> None:

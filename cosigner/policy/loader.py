@@ -84,6 +84,16 @@ class _Sources:
             (bundle.relative_name(policy_path, path), data) for _, path, data in self.items))
 
 
+class _UnquotingReader(Reader):
+    """A Reader for list files: errors name file:line and never quote the entry."""
+
+    def error(self, node: yaml.Node | int, message: str) -> None:
+        super().error(node, _QUOTED_ADDRESS.sub("address on this line", message))
+
+
+_QUOTED_ADDRESS = re.compile(r"address (['\"]).*?\1")
+
+
 class _Loader:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -264,18 +274,44 @@ class _Loader:
                     self._classify(r, item, text, keys)
             self.lists[list_name] = _address_list(list_name, keys)
 
+    def _confined(self, node: yaml.Node, relative: str) -> Path | None:
+        """The list file's path, if it lies inside the policy's directory tree.
+
+        Symlinks are resolved first, both for the directory and for the file, so a
+        Kubernetes ConfigMap (``..data`` -> a timestamped directory, both inside the
+        mount) loads, while an absolute path, ``..`` or a link out of the tree does not.
+        """
+        root = self.path.parent.resolve()
+        candidate = Path(relative)
+        if candidate.is_absolute() or ".." in candidate.parts:
+            self.r.error(node, f"list file {relative!r} must be a relative path inside the "
+                               f"policy's directory ({root})")
+            return None
+        path = self.path.parent / candidate
+        try:
+            path.resolve().relative_to(root)
+        except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop
+            self.r.error(node, f"list file {relative!r} leads outside the policy's "
+                               f"directory ({root})")
+            return None
+        return path
+
     def _list_file(self, node: yaml.Node, keys: dict[Format, set[str]]) -> None:
         relative = self.r.string(node, "list file")
         if relative is None:
             return
-        path = self.path.parent / relative
+        path = self._confined(node, relative)
+        if path is None:
+            return
         if not path.is_file():
             self.r.error(node, f"list file {relative!r} not found (looked at {path})")
             return
         text = self._read(path, relative, str(path))
         if text is None:
             return
-        reader = Reader(str(path), self.problems)
+        # Entries of a list file are never quoted back in an error: a file that is not
+        # a list (a key, a password file) must not leak through the policy's errors.
+        reader = _UnquotingReader(str(path), self.problems)
         # The same checks as a literal address, with checksum tests that skip the cache
         # (a big list would only flush the evaluation cache).
         is_evm = addresses.evm_validator(addresses.checksum_checker())

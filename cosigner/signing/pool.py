@@ -9,13 +9,24 @@ process to start.
 
 The worker gets the shard's path and password through its own start-up pipe,
 inside this process tree; nothing is written anywhere.
+
+The worker holds the decrypted key, so it must never outlive the daemon: on
+Linux it asks the kernel for SIGKILL when its parent dies
+(``prctl(PR_SET_PDEATHSIG)``), and everywhere a watcher thread ends it when its
+parent is gone (``getppid()`` changes).  Once the worker is gone, the
+multiprocessing resource tracker loses its last writer and exits too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
@@ -25,11 +36,44 @@ from cosigner.signing.shard import Shard, SignScheme, load_shard
 #: Below this many payloads a batch is signed inline.
 POOL_THRESHOLD = 200
 
+#: ``PR_SET_PDEATHSIG`` from ``<linux/prctl.h>``.
+_PR_SET_PDEATHSIG = 1
+#: How often the watcher thread checks that the parent is still there.
+PARENT_CHECK_INTERVAL = 0.2
+
 _worker_shard: Shard | None = None
 
 
-def _init_worker(path: str, password: str, scheme: SignScheme, fingerprint: str) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """End this process as soon as ``parent_pid`` (its parent) is gone.
+
+    Two mechanisms, because the key must never be left in an orphan: the Linux
+    parent-death signal (immediate, but tied to the thread that started us), and
+    a daemon thread polling ``getppid()`` (portable; an orphan's parent changes).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the watcher thread still works
+            pass
+    # The parent may have died before the signal was armed.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watch",
+                     daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_INTERVAL)
+    os._exit(1)  # no cleanup to run: the key dies with the process
+
+
+def _init_worker(parent_pid: int, path: str, password: str, scheme: SignScheme,
+                 fingerprint: str) -> None:
     global _worker_shard  # one shard per worker process, set once
+    die_with_parent(parent_pid)
     # The parent checked the file's mode already; the worker must not fail on it again.
     shard = load_shard(path, password, scheme=scheme, check_mode=False)
     if shard.info.fingerprint_sha256 != fingerprint:
@@ -84,7 +128,7 @@ class BatchSigner:
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
-                initargs=(self._path, self._password or "", self.shard.scheme,
+                initargs=(os.getpid(), self._path, self._password or "", self.shard.scheme,
                           self.shard.info.fingerprint_sha256))
         loop = asyncio.get_running_loop()
         try:

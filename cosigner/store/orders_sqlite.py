@@ -44,6 +44,7 @@ from cosigner.store.orders import (
     new_event_id,
     record_from_payload,
 )
+from cosigner.store.sqlite import transaction
 
 _T = TypeVar("_T")
 
@@ -280,21 +281,7 @@ class SqliteOrderJournal:
 
     def _transaction(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T],
                      begin: str = "BEGIN IMMEDIATE") -> _T:
-        try:
-            conn.execute(begin)
-        except sqlite3.Error as exc:
-            raise StoreError(f"journal {self.path} cannot be written ({exc})") from exc
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"journal {self.path} cannot be written ({exc}); "
-                                 "nothing was recorded") from exc
-            raise
-        return result
+        return transaction(str(self.path), conn, fn, begin)
 
     def _head(self, conn: sqlite3.Connection) -> tuple[int, str]:
         head = conn.execute("SELECT seq, hash FROM order_chain_head WHERE id = 1").fetchone()

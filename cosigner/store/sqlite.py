@@ -855,21 +855,7 @@ class SqliteJournal:
 
     def _transaction(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T],
                      begin: str = "BEGIN IMMEDIATE") -> _T:
-        try:
-            conn.execute(begin)
-        except sqlite3.Error as exc:
-            raise StoreError(f"journal {self.path} cannot be written ({exc})") from exc
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"journal {self.path} cannot be written ({exc}); "
-                                 "nothing was recorded") from exc
-            raise
-        return result
+        return transaction(str(self.path), conn, fn, begin)
 
     def _head(self, conn: sqlite3.Connection) -> tuple[int, str]:
         meta = dict(conn.execute(
@@ -968,3 +954,27 @@ def _read_pid(fd: int) -> str:
 
 def _os_reason(exc: BaseException) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+
+
+def transaction(where: str, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T],
+                begin: str = "BEGIN IMMEDIATE") -> _T:
+    """Run ``fn`` in one transaction on ``conn``: committed, or rolled back entirely.
+
+    Raises:
+        StoreError: naming the journal ``where``, when SQLite fails; nothing was recorded.
+    """
+    try:
+        conn.execute(begin)
+    except sqlite3.Error as exc:
+        raise StoreError(f"journal {where} cannot be written ({exc})") from exc
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"journal {where} cannot be written ({exc}); "
+                             "nothing was recorded") from exc
+        raise
+    return result

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from cosigner.errors import SigningError
 from cosigner.signing import collect_sign_object, load_shard, verify_data
 from cosigner.signing.objects import approval_sign_object
 from cosigner.signing.pool import BatchSigner
+from tests.chaos.procs import LINUX, kill_all, reap, subreaper, wait_gone
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _payloads(n: int) -> list[bytes]:
@@ -65,3 +75,49 @@ class TestBatchSigner:
             assert signer._pool is None
         finally:
             await signer.aclose()
+
+
+# A parent that starts the signing worker, prints its descendants' pids, then waits to be
+# killed.  Its argv: shard path; the password comes through the environment.
+_PARENT = """
+import asyncio, json, os, sys
+from cosigner.signing import load_shard
+from cosigner.signing.pool import BatchSigner
+from tests.chaos.procs import descendants
+
+async def main():
+    path, password = sys.argv[1], os.environ["SHARD_PASSWORD"]
+    signer = BatchSigner(load_shard(path, password), path=path, password=password, threshold=1)
+    await signer.sign_many([b"payload"])
+    print(json.dumps(descendants(os.getpid())), flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not LINUX, reason="/proc and prctl are Linux-only")
+class TestWorkerDiesWithParent:
+    def test_kill_9_of_the_parent_ends_the_worker_and_its_resource_tracker(
+            self, shard: Any) -> None:
+        """Defect 7 (issue 10): after ``kill -9`` of the daemon, the worker holding the key
+        and the resource tracker are gone within a bounded wait, and every one is reaped."""
+        env = {**os.environ, "SHARD_PASSWORD": shard.password}
+        with subreaper():
+            parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(shard.path)],
+                                      stdout=subprocess.PIPE, env=env, cwd=REPO, text=True)
+            orphans: list[int] = []
+            try:
+                assert parent.stdout is not None
+                orphans = json.loads(parent.stdout.readline())
+                assert len(orphans) >= 2  # the worker and the resource tracker
+                parent.kill()
+                parent.wait(timeout=30)
+                left = wait_gone(orphans, within=30)
+                assert left == [], f"still running after the parent's kill -9: {left}"
+            finally:
+                kill_all([parent.pid, *orphans])
+                parent.wait(timeout=30)
+                if parent.stdout is not None:
+                    parent.stdout.close()
+                reap(orphans)
