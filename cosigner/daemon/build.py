@@ -30,6 +30,7 @@ from cosigner.signing.pool import BatchSigner
 from cosigner.signing.shard import Shard, SignScheme
 from cosigner.store import Head, journal_from_url
 from cosigner.store.postgres import PostgresJournal
+from cosigner.store.postgres import mask_url as mask_database_url
 
 from .callbacks import CallbackOptions, CallbackService
 from .control import check_pause_location
@@ -182,7 +183,7 @@ def build_daemon(spec: DaemonSpec, options: BuildOptions | None = None) -> Daemo
     log.info("daemon.configured", policy=policy.name, policy_sha256=policy.sha256,
              shard=shard.info.fingerprint_sha256, mode=mode, pause_file=str(pause_file),
              api=mask_url(spec.api_base_url), merchant=spec.merchant_no,
-             journal=mask_url(db_url), role=leadership.role)
+             journal=mask_database_url(db_url), role=leadership.role)
 
     async def close() -> None:
         await client.aclose()
