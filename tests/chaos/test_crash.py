@@ -34,6 +34,9 @@ def _drain(world: World, env: dict[str, str], within: float = 240.0) -> float:
     started = time.monotonic()
     daemon = DaemonProcess(env, world.tmp)
     try:
+        # Its SIGTERM handler is in place once started: stopping it earlier (a backlog
+        # already drained) would end it by the signal's default action (-15).
+        daemon.wait_event("daemon.started", within=120)
         deadline = started + within
         while time.monotonic() < deadline:
             if daemon.proc.poll() is not None:
