@@ -5,7 +5,15 @@ fast evaluation; the journal is the authority.  :class:`PolicyLimitGuard`
 implements :class:`cosigner.store.base.LimitGuard`: given the enforced
 approvals the journal holds (read in the same transaction that will record the
 batch) and the batch's approvals, it names every approval that would push a
-limit over its maximum.  Pure: no I/O, ``now`` passed in.
+limit over its maximum.  No I/O, ``now`` passed in.
+
+A guard kept from one batch to the next counts only the history rows it has not
+seen yet: the journal hands back the same row objects, in order, with new ones
+appended, so the guard finds the last row it counted (by identity) and adds what
+follows it.  When it cannot find it (another journal, a window read afresh), it
+counts the whole history again.  The batch itself is counted in a ledger of its
+own, stacked on the history's, so a refused or rolled-back batch leaves nothing
+behind.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from decimal import Decimal, InvalidOperation
 from cosigner.models import Action
 from cosigner.policy import addresses
 from cosigner.policy.engine import limit_check
-from cosigner.policy.ledger import Approval, Ledger
+from cosigner.policy.ledger import Approval, Ledger, Stacked, Usage
 from cosigner.policy.model import CompiledPolicy, Limit
 from cosigner.store.base import ENFORCE, ApprovalRow, NewDecision
 
@@ -28,6 +36,8 @@ class PolicyLimitGuard:
     def __init__(self, policy: CompiledPolicy) -> None:
         self.policy = policy
         self._window = max((lim.window for lim in policy.limits), default=timedelta(0))
+        self._history: Ledger | None = None  # the history rows counted so far ...
+        self._last: ApprovalRow | None = None  # ... the last of which is this one
 
     def __repr__(self) -> str:
         return f"PolicyLimitGuard({self.policy.name!r}, limits={len(self.policy.limits)})"
@@ -48,8 +58,8 @@ class PolicyLimitGuard:
         candidates = [d for d in approvals if d.action is Action.APPROVE and d.mode == ENFORCE]
         if not candidates or not self.policy.limits:
             return {}
-        ledger = Ledger(self.policy, (_approval(r.chain_id, r.from_address, r.to_address,
-                                                r.amount_text, r.created_at) for r in history))
+        batch = Ledger(self.policy)
+        ledger = Stacked(self._counted(history), batch)
         refused: dict[int, str] = {}
         for decision in candidates:
             chain_id, source, dest = (decision.chain_id or "", decision.from_address or "",
@@ -63,10 +73,37 @@ class PolicyLimitGuard:
             if broken is not None:
                 refused[decision.item_id] = f"limit:{broken.name}"
                 continue
-            ledger.add(approval)
+            batch.add(approval)
         return refused
 
-    def _first_broken(self, ledger: Ledger, approval: Approval, now: datetime) -> Limit | None:
+    def _counted(self, history: Sequence[ApprovalRow]) -> Ledger:
+        """The ledger of ``history``: the one kept, grown by the rows after the last one it
+        counted, or a new one when that row is not in ``history``."""
+        start = self._resume_at(history)
+        if self._history is None or start is None:
+            self._history, start = Ledger(self.policy), 0
+        ledger = self._history
+        try:
+            for row in history[start:]:
+                ledger.add(_approval(row.chain_id, row.from_address, row.to_address,
+                                     row.amount_text, row.created_at))
+        except BaseException:
+            self._history = self._last = None  # half counted: start afresh next time
+            raise
+        self._last = history[-1] if history else None
+        return ledger
+
+    def _resume_at(self, history: Sequence[ApprovalRow]) -> int | None:
+        """The index after the last row counted, or None when it is not in ``history``."""
+        last = self._last
+        if last is None:
+            return None
+        for index in range(len(history) - 1, -1, -1):
+            if history[index] is last:
+                return index + 1
+        return None
+
+    def _first_broken(self, ledger: Usage, approval: Approval, now: datetime) -> Limit | None:
         chain = self.policy.chains.get(approval.chain_id)
         fmt = chain.address if chain is not None else "other"
         to_key = addresses.key(approval.to_address, fmt)

@@ -220,6 +220,8 @@ class Pipeline:
         self.journal_ok = True   # the last journal write succeeded (readiness)
         self.signing_ok = True   # the last signing round worked (readiness)
         self.in_flight = 0
+        # (policy in force, pending policy or None, their guard): reused while they hold
+        self._guard_kept: tuple[CompiledPolicy, CompiledPolicy | None, LimitGuard] | None = None
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -480,11 +482,20 @@ class Pipeline:
         return None
 
     def _guard(self, policy: CompiledPolicy) -> LimitGuard:
-        """The limits the journal re-checks: the pending bundle's too, while it is pending."""
+        """The limits the journal re-checks: the pending bundle's too, while it is pending.
+
+        Kept while the policies stay the same: a guard counts only the journal's approvals
+        it has not seen yet (see :mod:`cosigner.daemon.guard`)."""
         pending = self.state.pending
-        if pending is None or pending.policy is policy:
-            return PolicyLimitGuard(policy)
-        return BothLimits(PolicyLimitGuard(policy), PolicyLimitGuard(pending.policy))
+        second = None if pending is None or pending.policy is policy else pending.policy
+        kept = self._guard_kept
+        if kept is not None and kept[0] is policy and kept[1] is second:
+            return kept[2]
+        guard: LimitGuard = PolicyLimitGuard(policy)
+        if second is not None:
+            guard = BothLimits(PolicyLimitGuard(policy), PolicyLimitGuard(second))
+        self._guard_kept = (policy, second, guard)
+        return guard
 
     async def _record(self, new: list[tuple[NewDecision, Outcome]], policy: CompiledPolicy,
                       now: datetime, result: PollResult) -> list[DecisionRecord]:

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from cosigner.models import Action, PendingItem, amount_text
 from cosigner.policy import addresses
-from cosigner.policy.ledger import MONEY, Ledger
+from cosigner.policy.ledger import MONEY, Ledger, Usage
 from cosigner.policy.model import Chain, CompiledPolicy, ItemFacts, Limit, Rule
 
 DEFAULT_RULE: Final = "<default>"
@@ -238,7 +238,7 @@ def limit_effect(limit: Limit, facts: ItemFacts, ledger: Ledger, now: datetime) 
 
 
 def limit_check(limit: Limit, chain_id: str, to_key: str, from_key: str, amount: Decimal,
-                ledger: Ledger, now: datetime) -> LimitEffect:
+                ledger: Usage, now: datetime) -> LimitEffect:
     """The one definition of a limit's arithmetic: usage in the bucket of the approval, and
     whether adding *amount* (one more approval) would break ``max_amount`` or ``max_count``."""
     bucket = limit.bucket(chain_id, to_key, from_key)

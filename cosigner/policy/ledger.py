@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
+from typing import Protocol
 
 from cosigner.models import PendingItem
 from cosigner.policy import addresses
@@ -167,3 +168,28 @@ class Ledger:
                 ratio = max(ratio, count / limit.max_count)
             out[name] = max(out[name], ratio)
         return out
+
+
+class Usage(Protocol):
+    """What a limit check reads: the usage of one bucket of one limit over its window."""
+
+    def usage(self, limit_name: str, bucket: str, now: datetime) -> tuple[Decimal, int]:
+        """Amount and count approved in *bucket* of the limit during its window before *now*."""
+
+
+class Stacked:
+    """Two ledgers counted together: *base* (e.g. the journal's approvals, kept and grown
+    from call to call) and *top* (a batch being checked, thrown away after), so that
+    checking a batch never changes *base*."""
+
+    __slots__ = ("base", "top")
+
+    def __init__(self, base: Ledger, top: Ledger) -> None:
+        self.base = base
+        self.top = top
+
+    def usage(self, limit_name: str, bucket: str, now: datetime) -> tuple[Decimal, int]:
+        """The sum of both ledgers' usage."""
+        amount, count = self.base.usage(limit_name, bucket, now)
+        more, extra = self.top.usage(limit_name, bucket, now)
+        return MONEY.add(amount, more), count + extra

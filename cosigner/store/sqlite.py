@@ -237,7 +237,7 @@ class SqliteJournal:
         # Enforced approvals already read (and hash-checked) by this writer, by seq: the
         # write transaction reads only the newer ones.  Valid because this process holds
         # the single-writer lock while it is open.
-        self._approvals: list[tuple[int, ApprovalRow]] = []
+        self._approvals: list[ApprovalRow] = []
         self._approvals_seq = 0
         self._approvals_cover: datetime | None = None
 
@@ -671,23 +671,36 @@ class SqliteJournal:
             raise JournalConflictError(str(self.path), conflicts)
 
     def _approvals_in(self, conn: sqlite3.Connection, since: datetime) -> list[ApprovalRow]:
-        """The enforced approvals created at or after ``since``, each hash-checked.
+        """The enforced approvals in the limit window starting at ``since``, each
+        hash-checked as it is read.
 
         A writer keeps the window it already read (it is the only writer, so rows it read
-        cannot change under it) and reads only newer seqs; anyone else reads the window.
+        cannot change under it), reads only newer seqs and drops rows from the front as the
+        window moves: the cost per call is the new rows, not the window.  A row older
+        than ``since`` may stay behind a newer one (a clock that stepped back): the limits
+        count by time, so it counts nothing.  Anyone else reads the window.  The list
+        returned is the writer's own: read it, never change it.
         """
         if not self.writer or self._approvals_cover is None or since < self._approvals_cover:
             last = conn.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchone()[0]
-            found = [self._approval_row(row) for row in conn.execute(
-                _SELECT_APPROVALS_SINCE, (ENFORCE, Action.APPROVE.value, timestamp_text(since)))]
+            rows = [row for _, row in (self._approval_row(r) for r in conn.execute(
+                _SELECT_APPROVALS_SINCE, (ENFORCE, Action.APPROVE.value, timestamp_text(since))))
+                if row.created_at >= since]
         else:
-            found = self._approvals + [self._approval_row(row) for row in conn.execute(
+            # all of them checked before any is kept: an edited row leaves the cache as it was
+            new = [self._approval_row(r) for r in conn.execute(
                 _SELECT_APPROVALS_AFTER, (ENFORCE, Action.APPROVE.value, self._approvals_seq))]
-            last = max(self._approvals_seq, found[-1][0] if found else 0)
-        window = [(seq, row) for seq, row in found if row.created_at >= since]
+            rows = self._approvals
+            rows.extend(row for _, row in new)  # in seq order
+            last = new[-1][0] if new else self._approvals_seq
+            cut = 0
+            while cut < len(rows) and rows[cut].created_at < since:
+                cut += 1
+            if cut:
+                del rows[:cut]
         if self.writer:
-            self._approvals, self._approvals_seq, self._approvals_cover = window, last, since
-        return [row for _, row in window]
+            self._approvals, self._approvals_seq, self._approvals_cover = rows, last, since
+        return rows
 
     def _approval_row(self, row: Sequence[Any]) -> tuple[int, ApprovalRow]:
         entry = _stored(row)

@@ -21,6 +21,7 @@ from cosigner.errors import (
     JournalLockedError,
     JournalUnavailableError,
     LockLostError,
+    StoreError,
 )
 from cosigner.models import Action
 from cosigner.store import ApprovalRow, Head, Journal, NewDecision, SqliteJournal, Witness
@@ -144,6 +145,63 @@ class TestInTransactionChecks:
         journal = harness.reopen(journal)
         assert journal.remember_policy("ab" * 32, clock.advance(hours=1)) == first
         journal.close()
+
+
+class TestWriterWindow:
+    """The writer keeps the limit window it read: each batch reads and hash-checks only the
+    approvals recorded since, and the window drops what falls out of it."""
+
+    def test_each_batch_reads_only_the_new_approvals(self, writer: SqliteJournal,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+        checked: list[int] = []
+        original = writer._approval_row
+
+        def counting(row: Sequence[object]) -> tuple[int, ApprovalRow]:
+            found = original(row)  # type: ignore[arg-type]
+            checked.append(found[0])
+            return found
+
+        monkeypatch.setattr(writer, "_approval_row", counting)
+        guard = CountGuard(max_count=10_000)
+        writer.record_decisions([decision(i) for i in range(1, 301)], guard)
+        writer.record_decisions([decision(i) for i in range(301, 311)], guard)
+        checked.clear()
+        writer.record_decisions([decision(311)], guard)
+        assert checked == list(range(301, 311))
+        assert guard.histories == [0, 300, 310]
+
+    def test_the_window_moves(self, writer: SqliteJournal, db_path: Path) -> None:
+        clock = FakeClock()
+        journal = writer
+        journal._clock = clock  # type: ignore[assignment]
+        guard = CountGuard(max_count=10_000, window=timedelta(hours=1))
+        journal.record_decisions([decision(1), decision(2)], guard)
+        clock.advance(minutes=40)
+        journal.record_decisions([decision(3)], guard)
+        clock.advance(minutes=40)  # 1 and 2 are out of the window now, 3 is not
+        journal.record_decisions([decision(4)], guard)
+        clock.advance(minutes=40)
+        journal.record_decisions([decision(5)], guard)
+        assert guard.histories == [0, 2, 1, 1]
+
+    def test_an_edited_new_row_leaves_the_window_as_it_was(self, writer: SqliteJournal,
+                                                          db_path: Path) -> None:
+        """A row that fails its hash check is refused, and none of the rows read with it is
+        kept: once the row is put back, every approval counts exactly once."""
+        guard = CountGuard(max_count=10_000)
+        writer.record_decisions([decision(1)], guard)
+        writer.record_decisions([decision(2), decision(3)], guard)
+        with sqlite3.connect(db_path) as conn:
+            conn.execute("DROP TRIGGER entries_no_update")
+            conn.execute("UPDATE entries SET amount_text = '0.01' WHERE seq = 3")
+        conn.close()
+        with pytest.raises(StoreError, match=r"record seq 3 \(item 3\) was edited"):
+            writer.record_decisions([decision(4)], guard)
+        with sqlite3.connect(db_path) as conn:
+            conn.execute("UPDATE entries SET amount_text = '4.10' WHERE seq = 3")
+        conn.close()
+        writer.record_decisions([decision(4)], guard)
+        assert guard.histories == [0, 1, 3]
 
 
 class TestSingleWriter:
