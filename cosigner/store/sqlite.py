@@ -619,9 +619,10 @@ class SqliteJournal:
             now = self._clock()
             created_at = timestamp_text(now)
 
-            def write(c: sqlite3.Connection) -> list[DecisionRecord]:
+            def write(c: sqlite3.Connection) -> tuple[int, list[DecisionRecord]]:
                 seq, prev = self._head(c)
-                self._refuse_conflicts(c, decisions, guard, now)
+                start = seq
+                self._refuse_conflicts(c, decisions, guard, now, seq)
                 rows, records = [], []
                 for decision in decisions:
                     seq += 1
@@ -631,14 +632,29 @@ class SqliteJournal:
                     records.append(build_record(payload, prev, None))
                 c.executemany(_INSERT, rows)
                 self._set_head(c, seq, prev)
-                return records
+                return start, records
 
-            records = self._transaction(conn, write)
+            start, records = self._transaction(conn, write)
+            self._keep_own_approvals(start, records)
             self._committed(Head(records[-1].seq, records[-1].record_hash))
             return records
 
+    def _keep_own_approvals(self, start: int, records: Sequence[DecisionRecord]) -> None:
+        """After a commit: the writer's window takes the approvals it has just recorded as
+        they were written, instead of reading them back and hash-checking them at the next
+        batch.  Only when the window already held every approval up to ``start`` (the head
+        the batch extended): otherwise the next read fetches them from the journal."""
+        if not self.writer or self._approvals_cover is None or self._approvals_seq != start:
+            return
+        for record in records:
+            if record.mode == ENFORCE and record.action is Action.APPROVE:
+                self._approvals.append(ApprovalRow(
+                    record.chain_id or "", record.from_address or "", record.to_address or "",
+                    record.amount_text or "", record.created_at))
+        self._approvals_seq = records[-1].seq
+
     def _refuse_conflicts(self, conn: sqlite3.Connection, decisions: Sequence[NewDecision],
-                          guard: LimitGuard | None, now: datetime) -> None:
+                          guard: LimitGuard | None, now: datetime, head: int) -> None:
         """Raise JournalConflictError when the journal cannot justify the batch."""
         if self.writer and not self.lock_held():
             raise LockLostError(f"journal {self.path}: this process no longer holds the "
@@ -660,7 +676,7 @@ class SqliteJournal:
                     [ENFORCE, Action.APPROVE.value, Action.REJECT.value, *chunk]):
                 conflicts[item_id] = "already_decided"
         if guard is not None and any(d.action is Action.APPROVE for d in final):
-            history = self._approvals_in(conn, now - guard.window)
+            history = self._approvals_in(conn, now - guard.window, head)
             try:
                 conflicts.update(guard.violations(history, final, now))
             except (ArithmeticError, ValueError) as exc:
@@ -670,9 +686,10 @@ class SqliteJournal:
         if conflicts:
             raise JournalConflictError(str(self.path), conflicts)
 
-    def _approvals_in(self, conn: sqlite3.Connection, since: datetime) -> list[ApprovalRow]:
+    def _approvals_in(self, conn: sqlite3.Connection, since: datetime,
+                      head: int | None = None) -> list[ApprovalRow]:
         """The enforced approvals in the limit window starting at ``since``, each
-        hash-checked as it is read.
+        hash-checked as it is read (``head``: the last seq, when the caller knows it).
 
         A writer keeps the window it already read (it is the only writer, so rows it read
         cannot change under it), reads only newer seqs and drops rows from the front as the
@@ -681,8 +698,9 @@ class SqliteJournal:
         count by time, so it counts nothing.  Anyone else reads the window.  The list
         returned is the writer's own: read it, never change it.
         """
+        if head is None:
+            head = conn.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchone()[0]
         if not self.writer or self._approvals_cover is None or since < self._approvals_cover:
-            last = conn.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchone()[0]
             rows = [row for _, row in (self._approval_row(r) for r in conn.execute(
                 _SELECT_APPROVALS_SINCE, (ENFORCE, Action.APPROVE.value, timestamp_text(since))))
                 if row.created_at >= since]
@@ -692,14 +710,13 @@ class SqliteJournal:
                 _SELECT_APPROVALS_AFTER, (ENFORCE, Action.APPROVE.value, self._approvals_seq))]
             rows = self._approvals
             rows.extend(row for _, row in new)  # in seq order
-            last = new[-1][0] if new else self._approvals_seq
             cut = 0
             while cut < len(rows) and rows[cut].created_at < since:
                 cut += 1
             if cut:
                 del rows[:cut]
-        if self.writer:
-            self._approvals, self._approvals_seq, self._approvals_cover = rows, last, since
+        if self.writer:  # every approval up to the head is in the window now
+            self._approvals, self._approvals_seq, self._approvals_cover = rows, head, since
         return rows
 
     def _approval_row(self, row: Sequence[Any]) -> tuple[int, ApprovalRow]:
@@ -724,11 +741,12 @@ class SqliteJournal:
                 return
             created_at = timestamp_text(self._clock())
 
-            def write(c: sqlite3.Connection) -> Head:
+            def write(c: sqlite3.Connection) -> tuple[int, Head]:
                 if self.writer and not self.lock_held():
                     raise LockLostError(f"journal {self.path}: this process no longer holds "
                                         f"the writer lock {self.lock_path}")
                 seq, prev = self._head(c)
+                start = seq
                 states = self._decisions_for(c, {o.decision_seq for o in outcomes})
                 rows = []
                 for outcome in outcomes:
@@ -741,9 +759,12 @@ class SqliteJournal:
                     rows.append(_row(payload, prev))
                 c.executemany(_INSERT, rows)
                 self._set_head(c, seq, prev)
-                return Head(seq, prev)
+                return start, Head(seq, prev)
 
-            self._committed(self._transaction(conn, write))
+            start, head = self._transaction(conn, write)
+            if self.writer and self._approvals_seq == start:
+                self._approvals_seq = head.seq  # outcomes are never approvals
+            self._committed(head)
 
     def _committed(self, head: Head) -> None:
         """After a commit: the witness first (fail closed if it cannot be kept), then the hook."""
@@ -785,7 +806,7 @@ class SqliteJournal:
         timestamp_text(since)  # ValueError for a naive datetime
         with self._lock:
             conn = self._connection()
-            return self._run(lambda c: self._approvals_in(c, since), conn)
+            return list(self._run(lambda c: self._approvals_in(c, since), conn))
 
     def records(self, since: datetime | None = None, action: Action | None = None,
                 limit: int | None = None) -> Iterator[DecisionRecord]:

@@ -60,9 +60,10 @@ steps = st.one_of(
 @settings(max_examples=150, deadline=None)
 @given(script=st.lists(steps, max_size=25))
 def test_a_kept_guard_answers_as_a_fresh_one(policy: CompiledPolicy, script: list) -> None:
-    """Whatever the journal hands it (rows appended, rows older than the window dropped from
-    the front, the whole window read again), the kept guard refuses exactly what a new guard refuses, and a
-    batch it checked leaves nothing behind (checking it twice gives the same answer)."""
+    """Whatever the journal hands it (rows appended, rows older than the window dropped
+    from the front, the whole window read again), the kept guard refuses exactly what a
+    new guard refuses, and a batch it checked leaves nothing behind (checking it twice
+    gives the same answer)."""
     kept = PolicyLimitGuard(policy)
     history: list[ApprovalRow] = []
     for op, arg in script:

@@ -23,8 +23,16 @@ from cosigner.errors import (
     LockLostError,
     StoreError,
 )
-from cosigner.models import Action
-from cosigner.store import ApprovalRow, Head, Journal, NewDecision, SqliteJournal, Witness
+from cosigner.models import Action, RecordState
+from cosigner.store import (
+    ApprovalRow,
+    Head,
+    Journal,
+    NewDecision,
+    NewOutcome,
+    SqliteJournal,
+    Witness,
+)
 from tests.store.conftest import FakeClock, Harness, decision
 
 
@@ -151,8 +159,10 @@ class TestWriterWindow:
     """The writer keeps the limit window it read: each batch reads and hash-checks only the
     approvals recorded since, and the window drops what falls out of it."""
 
-    def test_each_batch_reads_only_the_new_approvals(self, writer: SqliteJournal,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_approvals_are_read_and_checked_once(self, writer: SqliteJournal,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+        """The writer reads (and hash-checks) the window once after it opens; the approvals
+        it records later join its window as it wrote them, never read back."""
         checked: list[int] = []
         original = writer._approval_row
 
@@ -164,11 +174,17 @@ class TestWriterWindow:
         monkeypatch.setattr(writer, "_approval_row", counting)
         guard = CountGuard(max_count=10_000)
         writer.record_decisions([decision(i) for i in range(1, 301)], guard)
-        writer.record_decisions([decision(i) for i in range(301, 311)], guard)
-        checked.clear()
-        writer.record_decisions([decision(311)], guard)
-        assert checked == list(range(301, 311))
-        assert guard.histories == [0, 300, 310]
+        writer.record_outcomes([NewOutcome(1, 1, RecordState.POSTED, 200, "Success")])
+        writer.record_decisions([decision(i) for i in range(301, 311)])  # no guard
+        writer.record_decisions([decision(311), decision(312, Action.REJECT)], guard)
+        writer.record_decisions([decision(313)], guard)
+        assert checked == []
+        assert guard.histories == [0, 310, 311]
+        writer.close()
+        writer.open()
+        writer.record_decisions([decision(314)], guard)
+        assert checked == list(range(1, 301)) + list(range(302, 313)) + [314]  # seqs
+        assert guard.histories[-1] == 312
 
     def test_the_window_moves(self, writer: SqliteJournal, db_path: Path) -> None:
         clock = FakeClock()
@@ -184,10 +200,12 @@ class TestWriterWindow:
         journal.record_decisions([decision(5)], guard)
         assert guard.histories == [0, 2, 1, 1]
 
-    def test_an_edited_new_row_leaves_the_window_as_it_was(self, writer: SqliteJournal,
-                                                          db_path: Path) -> None:
+    def test_an_edited_new_row_leaves_the_window_as_it_was(
+            self, writer: SqliteJournal, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """A row that fails its hash check is refused, and none of the rows read with it is
-        kept: once the row is put back, every approval counts exactly once."""
+        kept: once the row is put back, every approval counts exactly once.  (The window is
+        made to lag, so that the rows are read back: normally the writer keeps its own.)"""
+        monkeypatch.setattr(writer, "_keep_own_approvals", lambda *_: None)
         guard = CountGuard(max_count=10_000)
         writer.record_decisions([decision(1)], guard)
         writer.record_decisions([decision(2), decision(3)], guard)
