@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import httpx
 
+from cosigner.errors import ConfigError
 from cosigner.models import JsonNumber, dumps_exact, loads_exact
 
 SignSort = Literal["casefold", "ascii"]
@@ -159,6 +160,11 @@ def timestamp_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _header_safe(value: str) -> bool:
+    """Printable ASCII only (a header value that cannot break the request apart)."""
+    return value.isascii() and all(32 <= ord(c) < 127 for c in value)
+
+
 class SignAuth(httpx.Auth):
     """httpx auth flow adding the six public headers and the ``Sign`` to each request.
 
@@ -174,6 +180,11 @@ class SignAuth(httpx.Auth):
                  clock: Callable[[], int] = timestamp_ms,
                  nonce: Callable[[], str] = new_nonce) -> None:
         _sort_key(sort)  # validate early
+        for name, value in (("merchant number (COSIGNER_MERCHANT_NO)", merchant_no),
+                            ("API key (COSIGNER_API_KEY)", api_key), ("COSIGNER_LANG", lang)):
+            if not _header_safe(value):
+                # They travel as header values: a line break would split the request.
+                raise ConfigError(f"the {name} holds a control or non-ASCII character")
         self._merchant_no = merchant_no
         self._api_key = api_key
         self._secret = secret

@@ -32,6 +32,7 @@ import asyncio
 import select
 import ssl
 import time
+from collections.abc import Mapping
 from types import TracebackType
 
 import httpx
@@ -47,7 +48,7 @@ class _ProtocolError(Exception):
     """The answer is not HTTP/1.1 we can read."""
 
 
-class _Answer:
+class Answer:
     """A complete answer as read off the wire."""
 
     __slots__ = ("body", "headers", "keep_alive", "reason", "status")
@@ -70,7 +71,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = time.monotonic()
         self._buffer = bytearray()
-        self._waiter: asyncio.Future[_Answer] | None = None
+        self._waiter: asyncio.Future[Answer] | None = None
         self._no_body = False
         self._reset()
 
@@ -117,7 +118,7 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             return
         if self._head_done and self._until_close:
-            waiter.set_result(_Answer(self._status, self._reason, self._headers,
+            waiter.set_result(Answer(self._status, self._reason, self._headers,
                                       bytes(self._buffer), False))
             return
         waiter.set_exception(httpx.RemoteProtocolError(
@@ -141,13 +142,13 @@ class _Connection(asyncio.Protocol):
         return True
 
     async def exchange(self, message: bytes, no_body: bool,
-                       read_timeout: float | None) -> _Answer:
+                       read_timeout: float | None) -> Answer:
         """Write ``message`` and wait for the complete answer."""
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self._reset()
         self._no_body = no_body
-        waiter: asyncio.Future[_Answer] = loop.create_future()
+        waiter: asyncio.Future[Answer] = loop.create_future()
         self._waiter = waiter
         self.transport.write(message)
         timer = None
@@ -160,7 +161,7 @@ class _Connection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
 
-    def _time_out(self, waiter: asyncio.Future[_Answer]) -> None:
+    def _time_out(self, waiter: asyncio.Future[Answer]) -> None:
         if not waiter.done():
             waiter.set_exception(httpx.ReadTimeout("no complete answer within the read timeout"))
         self.close()
@@ -172,7 +173,7 @@ class _Connection(asyncio.Protocol):
 
     # -- parsing ---------------------------------------------------------------------
 
-    def _parse(self) -> _Answer | None:
+    def _parse(self) -> Answer | None:
         buffer = self._buffer
         while not self._head_done:
             end = buffer.find(b"\r\n\r\n")
@@ -223,7 +224,7 @@ class _Connection(asyncio.Protocol):
             self._until_close = True
             self._keep_alive = False
 
-    def _parse_chunks(self) -> _Answer | None:
+    def _parse_chunks(self) -> Answer | None:
         buffer = self._buffer
         while True:
             end = buffer.find(b"\r\n", self._pos)
@@ -253,8 +254,8 @@ class _Connection(asyncio.Protocol):
             if sum(map(len, self._chunks)) > MAX_BODY:
                 raise _ProtocolError("answer body too long")
 
-    def _answer(self, body: bytes) -> _Answer:
-        return _Answer(self._status, self._reason, self._headers, body, self._keep_alive)
+    def _answer(self, body: bytes) -> Answer:
+        return Answer(self._status, self._reason, self._headers, body, self._keep_alive)
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
@@ -292,17 +293,30 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self._idle.clear()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._closed:
-            raise RuntimeError("the transport is closed")
         url = request.url
         scheme = url.scheme
         if scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
         port = url.port or (443 if scheme == "https" else 80)
-        origin: Origin = (scheme, url.host, port)
-        timeouts = request.extensions.get("timeout", {})
-        message = await _serialize(request)
-        no_body = request.method == "HEAD"
+        message, close = await _serialize(request)
+        answer = await self.exchange((scheme, url.host, port), message,
+                                     request.extensions.get("timeout", {}),
+                                     no_body=request.method == "HEAD", close=close)
+        return httpx.Response(answer.status, headers=answer.headers, content=answer.body,
+                              extensions={"http_version": b"HTTP/1.1",
+                                          "reason_phrase": answer.reason})
+
+    async def exchange(self, origin: Origin, message: bytes,
+                       timeouts: Mapping[str, float | None], *, no_body: bool = False,
+                       close: bool = False) -> Answer:
+        """Send ``message`` (a complete HTTP/1.1 request) to ``origin`` and read the answer.
+
+        What :meth:`handle_async_request` does under httpx, for a caller that formats its
+        own requests (the API client's hot path: no ``httpx.Request``/``Response`` built).
+        ``close``: the request asked for ``Connection: close``; the connection is not kept.
+        """
+        if self._closed:
+            raise RuntimeError("the transport is closed")
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_connections)
         slots = self._slots
@@ -318,8 +332,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             if connection is None:
                 connection = await self._connect(origin, timeouts.get("connect"))
             answer = await connection.exchange(message, no_body, timeouts.get("read"))
-            reusable = answer.keep_alive and b"close" not in \
-                request.headers.get("connection", "").lower().encode()
+            reusable = answer.keep_alive and not close
         finally:
             slots.release()
             if connection is not None:
@@ -331,9 +344,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                         idle.pop(0).close()
                 else:
                     connection.close()
-        return httpx.Response(answer.status, headers=answer.headers, content=answer.body,
-                              extensions={"http_version": b"HTTP/1.1",
-                                          "reason_phrase": answer.reason})
+        return answer
 
     def _idle_connection(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)
@@ -368,16 +379,22 @@ class LeanTransport(httpx.AsyncBaseTransport):
         return connection
 
 
-async def _serialize(request: httpx.Request) -> bytes:
-    """The request as HTTP/1.1 bytes (a streamed body is read and sent as one chunk)."""
+async def _serialize(request: httpx.Request) -> tuple[bytes, bool]:
+    """The request as HTTP/1.1 bytes (a streamed body is read and sent as one chunk), and
+    whether it asks for ``Connection: close``."""
     try:
         body = request.content
     except httpx.RequestNotRead:
         body = await request.aread()
     headers = request.headers.raw
-    chunked = any(k.lower() == b"transfer-encoding" for k, _ in headers)
+    chunked = close = False
     parts = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
     for name, value in headers:
+        lower = name.lower()
+        if lower == b"transfer-encoding":
+            chunked = True
+        elif lower == b"connection" and b"close" in value.lower():
+            close = True
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     if chunked:
@@ -386,7 +403,7 @@ async def _serialize(request: httpx.Request) -> bytes:
         parts.append(b"0\r\n\r\n")
     else:
         parts.append(body)
-    return b"".join(parts)
+    return b"".join(parts), close
 
 
 def _status_line(line: bytes) -> tuple[bytes, int, bytes]:

@@ -314,6 +314,80 @@ class TestApiClientTransport:
                 b"sign", b"content-length"} <= set(names)
 
 
+class _Delegating(httpx.AsyncBaseTransport):
+    """Another transport in front of a LeanTransport: the client's httpx path."""
+
+    def __init__(self) -> None:
+        self.inner = LeanTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class TestWirePath:
+    """On a LeanTransport the client formats its requests itself (no httpx.Request or
+    Response): the bytes on the wire are the ones the httpx path sends."""
+
+    BODY = b'{"code":200,"message":"ok","data":null}'
+
+    async def _sent(self, raw: RawServer, transport: httpx.AsyncBaseTransport | None,
+                    monkeypatch: pytest.MonkeyPatch) -> bytes:
+        from cosigner.api.client import ApiClient
+        raw.requests.clear()
+        raw.script = [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                      % (len(self.BODY), self.BODY)]
+        async with ApiClient(raw.url + "/v1", "M1", "K1", "s", retries=1,
+                             transport=transport) as api:
+            monkeypatch.setattr(api._auth, "_clock", lambda: 1700000000000)
+            monkeypatch.setattr(api._auth, "_nonce", lambda: "abcdEFGH")
+            await api.approve({"id": 7, "from": "a", "to": "b", "value": "1.5",
+                               "chainId": "56", "status": 1}, "sig")
+        return raw.requests[0]
+
+    async def test_same_bytes_as_the_httpx_path(self, raw: RawServer,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+        wire = await self._sent(raw, None, monkeypatch)  # LeanTransport: the wire path
+        via_httpx = await self._sent(raw, _Delegating(), monkeypatch)
+        assert wire == via_httpx
+        assert wire.startswith(b"POST /v1/api/transaction/approve HTTP/1.1\r\n")
+        assert b"\r\nSign: " in wire and b"\r\nNonce: abcdEFGH\r\n" in wire
+
+    async def test_no_httpx_objects_on_the_wire_path(self, raw: RawServer,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+        def refuse(*_: object, **__: object) -> None:
+            raise AssertionError("built an httpx object on the wire path")
+
+        monkeypatch.setattr(httpx, "Request", refuse)
+        monkeypatch.setattr(httpx, "Response", refuse)
+        assert b"approve" in await self._sent(raw, None, monkeypatch)
+
+    async def test_answers_and_errors_are_the_same(self, raw: RawServer) -> None:
+        """A non-2xx answer and a closed connection map to the same errors on both paths."""
+        from cosigner.api.client import ApiClient
+        from cosigner.errors import ApiHTTPError, ApiTransportError
+        for transport in (None, _Delegating()):
+            raw.script = [b"HTTP/1.1 503 Busy\r\nContent-Length: 2\r\n\r\n{}"]
+            async with ApiClient(raw.url, "M1", "K1", "s", retries=1,
+                                 transport=transport) as api:
+                with pytest.raises(ApiHTTPError, match="503"):
+                    await api.collect(1, "d")
+                raw.script = ["close"]
+                with pytest.raises(ApiTransportError):
+                    await api.collect(1, "d")
+
+    @pytest.mark.parametrize("field", ["merchant_no", "api_key"])
+    async def test_a_line_break_in_a_header_value_is_refused(self, field: str) -> None:
+        from cosigner.api.client import ApiClient
+        from cosigner.errors import ConfigError
+        values = {"merchant_no": "M1", "api_key": "K1", field: "X\r\nInjected: 1"}
+        with pytest.raises(ConfigError, match="control or non-ASCII") as caught:
+            ApiClient("http://127.0.0.1:1", values["merchant_no"], values["api_key"], "s")
+        assert "Injected" not in str(caught.value)
+
+
 class TestStaleConnection:
     async def test_close_not_yet_seen_by_the_loop(self) -> None:
         """A connection the server closed while idle is not reused even before the loop
