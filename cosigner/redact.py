@@ -21,6 +21,7 @@ Imports nothing of ours: every layer may use it.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
 MASK = "**********"
@@ -60,6 +61,7 @@ def register_secret(*values: str | None) -> None:
             if password:
                 candidates += [password, unquote(password)]
         _registered.update(c for c in candidates if len(c) >= MIN_SECRET_LENGTH)
+    _masked_short.cache_clear()  # masked before this secret was known
 
 
 def mask_secrets(text: str) -> str:
@@ -78,6 +80,19 @@ def _token(match: re.Match[str]) -> str:
 
 def mask_text(text: str) -> str:
     """Untrusted text (an API error message) with secrets and secret-looking parts masked."""
+    # The same short messages ("Success", "already processed") recur on every post.
+    return _masked_short(text) if len(text) <= _CACHED_LENGTH else _mask_text(text)
+
+
+_CACHED_LENGTH = 64
+
+
+@lru_cache(maxsize=512)
+def _masked_short(text: str) -> str:
+    return _mask_text(text)
+
+
+def _mask_text(text: str) -> str:
     text = mask_secrets(text)
     text = _PEM.sub(MASK, text)
     text = _USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)

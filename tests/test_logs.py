@@ -62,6 +62,13 @@ class TestRedactSecrets:
         assert "reg-S3cret-0001" not in text
         assert event["error"] == f"ValueError: bad {REDACTED}"
 
+    def test_a_secret_registered_later_is_masked_in_text_seen_before(self) -> None:
+        """mask_text keeps short answers it masked; registering a secret forgets them."""
+        from cosigner.redact import mask_text, register_secret
+        assert mask_text("late s3cr-x1") == "late s3cr-x1"
+        register_secret("s3cr-x1")
+        assert mask_text("late s3cr-x1") == f"late {REDACTED}"
+
     def test_short_values_are_not_registered(self) -> None:
         """Values under 4 characters are ignored, so "en" or "1" never get masked."""
         redact = SecretRedactor(["abc", None, ""])

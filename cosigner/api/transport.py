@@ -320,11 +320,15 @@ class LeanTransport(httpx.AsyncBaseTransport):
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_connections)
         slots = self._slots
-        try:
-            async with asyncio.timeout(timeouts.get("pool")):
-                await slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout("no connection available within the pool timeout") from None
+        if slots.locked():  # all in use: wait for one, at most the pool timeout
+            try:
+                async with asyncio.timeout(timeouts.get("pool")):
+                    await slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout("no connection available within the pool timeout"
+                                        ) from None
+        else:
+            await slots.acquire()  # free: taken at once, no timer
         connection: _Connection | None = None
         reusable = False
         try:

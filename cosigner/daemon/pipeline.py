@@ -220,10 +220,17 @@ class Pipeline:
         self.journal_ok = True   # the last journal write succeeded (readiness)
         self.signing_ok = True   # the last signing round worked (readiness)
         self.in_flight = 0
+        self._posted_ok = metrics.posts.labels("approve", "ok")  # once: one per post
+        self._decision_counters: dict[tuple[str, str, str], Any] = {}
         # (policy in force, pending policy or None, their guard): reused while they hold
         self._guard_kept: tuple[CompiledPolicy, CompiledPolicy | None, LimitGuard] | None = None
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _emit_record(self, record: DecisionRecord, state: EventState, detail: str = "") -> None:
+        """Tell the listeners about ``record`` (the event is built only when there are any)."""
+        if self.listeners:
+            self._emit(self._event(record, state, detail))
 
     def _emit(self, event: DecisionEvent) -> None:
         for listener in self.listeners:
@@ -552,15 +559,18 @@ class Pipeline:
             result.rejected += 1
         else:
             result.held += 1
-        self.metrics.decisions.labels(record.action.value, record.rule,
-                                      self._chain_label(record.chain_id)).inc()
+        labels = (record.action.value, record.rule, self._chain_label(record.chain_id))
+        counter = self._decision_counters.get(labels)
+        if counter is None:  # resolved once per (action, rule, chain): a bounded set
+            counter = self._decision_counters[labels] = self.metrics.decisions.labels(*labels)
+        counter.inc()
         if outcome.invalid_reason:
             self.metrics.invalid_items.labels(outcome.invalid_reason).inc()
         self.log.info("item.decided", item_id=record.item_id, action=record.action.value,
                       rule=record.rule, reasons=list(record.reasons), chain=record.chain_id,
                       mode=record.mode.value)
         state = EventState.SHADOW if record.mode is Mode.SHADOW else EventState.DECIDED
-        self._emit(self._event(record, state))
+        self._emit_record(record, state)
 
     def _event(self, record: DecisionRecord, state: EventState, detail: str = ""
                ) -> DecisionEvent:
@@ -626,7 +636,7 @@ class Pipeline:
                     # The kill switch stops every post from the moment the file exists;
                     # the record stays decided and is posted once the pause ends.
                     result.paused += 1
-                    self._emit(self._event(signed[0], EventState.PAUSED))
+                    self._emit_record(signed[0], EventState.PAUSED)
                     return
                 self.in_flight += 1
                 try:
@@ -659,7 +669,7 @@ class Pipeline:
             self.metrics.posts.labels("approve", "already_processed").inc()
             self.log.warning("item.reconciled", item_id=record.item_id, code=exc.code,
                              message=exc.api_message, action=record.action.value)
-            self._emit(self._event(record, EventState.POSTED, "already processed"))
+            self._emit_record(record, EventState.POSTED, "already processed")
             return NewOutcome(record.seq, record.item_id, RecordState.POSTED, _int(exc.code),
                               exc.api_message or "already processed")
         except ApiResponseError as exc:
@@ -667,7 +677,7 @@ class Pipeline:
             self.metrics.posts.labels("approve", "rejected_by_api").inc()
             self.log.error("item.post_refused", item_id=record.item_id, code=exc.code,
                            message=exc.api_message, action=record.action.value)
-            self._emit(self._event(record, EventState.FAILED, f"API code {exc.code}"))
+            self._emit_record(record, EventState.FAILED, f"API code {exc.code}")
             return NewOutcome(record.seq, record.item_id, RecordState.FAILED, _int(exc.code),
                               exc.api_message)
         except ApiError as exc:
@@ -676,21 +686,21 @@ class Pipeline:
             result.unknown += 1
             self.metrics.posts.labels("approve", "unknown").inc()
             self.log.error("item.post_unknown", item_id=record.item_id, error=str(exc))
-            self._emit(self._event(record, EventState.UNKNOWN, type(exc).__name__))
+            self._emit_record(record, EventState.UNKNOWN, type(exc).__name__)
             return None
         except Exception as exc:
             result.failed += 1
             result.ok = False
             self.metrics.posts.labels("approve", "error").inc()
             self.log.exception("item.post_error", item_id=record.item_id)
-            self._emit(self._event(record, EventState.FAILED, type(exc).__name__))
+            self._emit_record(record, EventState.FAILED, type(exc).__name__)
             return NewOutcome(record.seq, record.item_id, RecordState.FAILED, None,
                               f"{type(exc).__name__}: {exc}"[:200])
         result.posted += 1
-        self.metrics.posts.labels("approve", "ok").inc()
+        self._posted_ok.inc()
         self.log.info("item.posted", item_id=record.item_id, action=record.action.value,
                       rule=record.rule)
-        self._emit(self._event(record, EventState.POSTED))
+        self._emit_record(record, EventState.POSTED)
         return NewOutcome(record.seq, record.item_id, RecordState.POSTED, 200, "Success")
 
     # -- collection ------------------------------------------------------------------

@@ -353,7 +353,8 @@ class TestWirePath:
         via_httpx = await self._sent(raw, _Delegating(), monkeypatch)
         assert wire == via_httpx
         assert wire.startswith(b"POST /v1/api/transaction/approve HTTP/1.1\r\n")
-        assert b"\r\nSign: " in wire and b"\r\nNonce: abcdEFGH\r\n" in wire
+        assert b"\r\nSign: " in wire
+        assert b"\r\nNonce: abcdEFGH\r\n" in wire
 
     async def test_no_httpx_objects_on_the_wire_path(self, raw: RawServer,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
