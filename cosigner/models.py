@@ -29,9 +29,24 @@ class JsonNumber(str):
     __slots__ = ()
 
 
+_EXACT = json.JSONDecoder(parse_float=JsonNumber)
+
+
 def loads_exact(text: str | bytes) -> Any:
     """Parse JSON keeping non-integer numbers as :class:`JsonNumber` text."""
-    return json.loads(text, parse_float=JsonNumber)
+    return _EXACT.decode(_source(text))
+
+
+def _source(text: str | bytes) -> str:
+    """The JSON text, checked and decoded exactly as :func:`json.loads` does it."""
+    if isinstance(text, str):
+        if text.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return text
+    if not isinstance(text, bytes | bytearray):
+        raise TypeError(f"the JSON object must be str, bytes or bytearray, "
+                        f"not {text.__class__.__name__}")
+    return text.decode(json.detect_encoding(text), "surrogatepass")
 
 
 class JsonObject(dict[str, Any]):
@@ -57,13 +72,17 @@ def _object(pairs: list[tuple[str, Any]]) -> JsonObject:
     return obj
 
 
+# Built once: json.loads with hooks builds a new decoder on every call.
+_CHECKED = json.JSONDecoder(parse_float=JsonNumber, object_pairs_hook=_object)
+
+
 def loads_checked(text: str | bytes) -> Any:
     """:func:`loads_exact` whose objects are :class:`JsonObject` and remember duplicate keys.
 
     A provider parsing first-wins would act on another item than one parsed
     last-wins, so a duplicate key must be seen, never silently resolved.
     """
-    return json.loads(text, parse_float=JsonNumber, object_pairs_hook=_object)
+    return _CHECKED.decode(_source(text))
 
 
 def duplicate_keys(value: Any) -> tuple[str, ...]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,3 +138,26 @@ class TestSteps:
             explained.action, explained.rule, explained.reasons)
         assert any("MATCH" in line for line in explained.trace)
         assert any(line.startswith("limit ") for line in explained.trace)
+
+
+@pytest.mark.parametrize("text", [
+    b'{"a": 1.50, "b": [1, 2]}', '{"a": 1.50}', b'\xef\xbb\xbf{"a": 1}', '\ufeff{"a": 1}',
+    '{"a": 1'.encode("utf-16"), b"[1, 2", b"", b"\xff\xfe{", "1e400", bytearray(b'{"x":0.1}'),
+    12, None])
+def test_the_kept_decoders_read_as_json_loads(text: object) -> None:
+    """loads_exact / loads_checked reuse one decoder each: same results, same errors as
+    json.loads with the same hooks, for bytes (any encoding), text and wrong types."""
+    import json
+
+    from cosigner.models import JsonNumber, _object, loads_checked, loads_exact
+
+    def outcome(parse: Callable[[Any], Any], value: object) -> object:
+        try:
+            return ("ok", parse(value))
+        except Exception as exc:
+            return ("error", type(exc), str(exc))
+
+    assert outcome(loads_exact, text) == outcome(
+        lambda v: json.loads(v, parse_float=JsonNumber), text)
+    assert outcome(loads_checked, text) == outcome(
+        lambda v: json.loads(v, parse_float=JsonNumber, object_pairs_hook=_object), text)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -67,6 +68,7 @@ class Metrics:
         self.api_request_duration = Histogram(
             "cosigner_api_request_duration_seconds", "1BitPay API request latency",
             ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+        self._api_durations: dict[str, Any] = {}
         self.api_errors = Counter("cosigner_api_errors", "Failed 1BitPay API calls, by kind",
                                   ["endpoint", "kind"], registry=r)
         self.pending_items = Gauge("cosigner_pending_items", "Items in the last pending "
@@ -175,7 +177,11 @@ class Metrics:
 
     def observe(self, endpoint: str, seconds: float, error_kind: str | None) -> None:
         """The API client's observer hook: latency and errors per endpoint."""
-        self.api_request_duration.labels(endpoint).observe(seconds)
+        histogram = self._api_durations.get(endpoint)
+        if histogram is None:  # resolved once per endpoint (five of them)
+            histogram = self._api_durations[endpoint] = self.api_request_duration.labels(
+                endpoint)
+        histogram.observe(seconds)
         if error_kind is not None:
             self.api_errors.labels(endpoint, error_kind).inc()
 

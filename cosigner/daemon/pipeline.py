@@ -60,8 +60,8 @@ from .metrics import Metrics
 Signed = tuple[DecisionRecord, "str | SigningError"]
 
 CHUNK = 500  # items decided, journaled (one commit) and signed together
-OUTCOME_BATCH = 64  # outcomes recorded in one commit at most ...
-OUTCOME_DELAY = 0.05  # ... or after this many seconds, whichever comes first
+OUTCOME_BATCH = 256  # outcomes recorded in one commit at most ...
+OUTCOME_DELAY = 0.1  # ... or after this many seconds, whichever comes first
 #: How long a record settled as ``gone`` counts in ``cosigner_decided_unposted_items``.
 GONE_SHOWN_FOR = timedelta(days=1)
 
