@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from cosigner.cli import long_lived
 from cosigner.daemon.build import BuildOptions, DaemonSpec, build_daemon
 from cosigner.daemon.callbacks import build_callbacks
 from cosigner.daemon.control import LiveView, PauseState, pause, probe, read_pause, resume
@@ -94,8 +95,9 @@ def daemon_spec(settings: Settings) -> DaemonSpec:
 
 
 def _run(args: argparse.Namespace) -> int:
-    daemon = build_daemon(daemon_spec(load_settings()),
-                          BuildOptions(once=args.once, shadow=args.shadow))
+    with long_lived(freeze=getattr(args, "program", False)):
+        daemon = build_daemon(daemon_spec(load_settings()),
+                              BuildOptions(once=args.once, shadow=args.shadow))
     if args.once:
         return asyncio.run(daemon.run_once())
     return asyncio.run(daemon.run())

@@ -8,11 +8,12 @@ shard and journal are all checked before anything touches the network.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import httpx
 
@@ -29,8 +30,7 @@ from cosigner.signing import EXPIRY_WARNING_DAYS, load_shard
 from cosigner.signing.pool import BatchSigner
 from cosigner.signing.shard import Shard, SignScheme
 from cosigner.store import Head, journal_from_url
-from cosigner.store.postgres import PostgresJournal
-from cosigner.store.postgres import mask_url as mask_database_url
+from cosigner.store.urls import mask_url as mask_database_url
 
 from .callbacks import CallbackOptions, CallbackService
 from .control import check_pause_location
@@ -39,6 +39,9 @@ from .leadership import ElectedLeader, LeaderGatedSource, Leadership, SoleLeader
 from .metrics import Metrics
 from .pipeline import DecisionEvent, Pipeline, PolicyState, ledger_from_journal
 from .service import Daemon, DaemonConfig
+
+if TYPE_CHECKING:
+    from cosigner.store.postgres import PostgresJournal
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,7 @@ def _leadership(spec: DaemonSpec, opts: BuildOptions, journal: Journal, client: 
                 ) -> tuple[Leadership, Any]:
     """Who leads, and the provider API as the pipeline sees it: gated by the leadership with
     PostgreSQL (several replicas), the client itself with SQLite (the only writer)."""
-    if not isinstance(journal, PostgresJournal):
+    if not _is_postgres(journal):
         metrics.leader.set(1)
         return SoleLeader(), client
     leadership: Leadership = SoleLeader()
@@ -251,6 +254,13 @@ def _leadership(spec: DaemonSpec, opts: BuildOptions, journal: Journal, client: 
         log.warning("leader.election_skipped", reason="test hook: every replica leads")
         metrics.leader.set(1)
     return leadership, LeaderGatedSource(client, leadership, journal)
+
+
+def _is_postgres(journal: Journal) -> TypeGuard[PostgresJournal]:
+    """Whether *journal* is a :class:`PostgresJournal`, without importing psycopg for a
+    SQLite journal: journal_from_url imported the module if it made one."""
+    module = sys.modules.get("cosigner.store.postgres")
+    return module is not None and isinstance(journal, module.PostgresJournal)
 
 
 def _open_journal(spec: DaemonSpec, *, policy_clock: Clock, metrics: Metrics,

@@ -11,19 +11,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from cosigner.callbacks.forwarder import Backoff, Forwarder
-from cosigner.callbacks.listener import ROUTE, create_app
-from cosigner.callbacks.verify import SourcePolicy, parse_networks, transition
-from cosigner.settings import Settings
 from cosigner.store import redact_url
-from cosigner.store.orders import OrderJournal, order_journal_from_url
 
 from .http import HttpServer
 from .metrics import Metrics
+
+# The listener, the forwarder and the order journal are imported by build_callbacks, when
+# COSIGNER_CALLBACK_ADDR is set: a daemon without callbacks does not load them at start.
+if TYPE_CHECKING:
+    import httpx
+
+    from cosigner.callbacks.forwarder import Backoff, Forwarder
+    from cosigner.settings import Settings
+    from cosigner.store.orders import OrderJournal
 
 
 @dataclass
@@ -69,6 +71,7 @@ class CallbackService:
         self._started = True
         if self.forwarder is not None:
             await self.forwarder.start()
+        from cosigner.callbacks.listener import ROUTE
         self.log.info("callbacks.started", route=ROUTE, port=self.server.port,
                       forward=redact_url(self._forward_url) if self._forward_url else None)
 
@@ -92,6 +95,11 @@ def build_callbacks(settings: Settings, metrics: Metrics, log: Any, database_url
         SettingsError: a callback setting is unusable; JournalUnavailableError: the
             order tables cannot be opened or their chain does not verify.
     """
+    from cosigner.callbacks.forwarder import Forwarder
+    from cosigner.callbacks.listener import create_app
+    from cosigner.callbacks.verify import SourcePolicy, parse_networks, transition
+    from cosigner.store.orders import order_journal_from_url
+
     opts = options or CallbackOptions()
     address = settings.callback_host_port
     assert address is not None  # the caller checks CALLBACK_ADDR

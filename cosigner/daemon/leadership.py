@@ -21,13 +21,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cosigner.api.models import PendingSnapshot
 from cosigner.errors import ApiConnectError, StoreError
-from cosigner.store.postgres import PostgresJournal
 
 from .metrics import Metrics
+
+if TYPE_CHECKING:  # psycopg is imported only when the journal is PostgreSQL
+    from cosigner.store.postgres import PostgresJournal
 
 LEADER = "leader"
 STANDBY = "standby"

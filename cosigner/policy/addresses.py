@@ -15,15 +15,14 @@ never an exception.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import operator
 import re
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import base58
-from Crypto.Hash import keccak
+import sha3
 
 Format = Literal["evm", "tron", "other"]
 FORMATS: Final[tuple[Format, ...]] = ("evm", "tron", "other")
@@ -48,15 +47,43 @@ def has_clean_chars(text: str) -> bool:
 
 
 # Bit masks over the 40 hex characters, as 160-bit numbers with bit 3 of each
-# nibble set (computed with C-level str.translate and int parsing): "is an
+# nibble set (computed with C-level bytes.translate and int parsing): "is an
 # upper-case letter", "is a letter"; and bit 3 of each keccak nibble ("nibble >= 8").
-_UPPER = str.maketrans("0123456789abcdefABCDEF", "0000000000000000888888")
-_LETTER = str.maketrans("0123456789abcdefABCDEF", "0000000000888888888888")
+_UPPER = bytes.maketrans(b"0123456789abcdefABCDEF", b"0000000000000000888888")
+_LETTER = bytes.maketrans(b"0123456789abcdefABCDEF", b"0000000000888888888888")
 _HIGH_BITS: Final = int("8" * 40, 16)
 
 
+# Keccak-256 (Ethereum's hash; SHA3-256 pads differently and gives other digests) from
+# safe-pysha3: the Keccak Code Package in C behind a hashlib-like object, ~0.7 us a hash
+# from Python where pycryptodome's keccak took 4.7 us (1.6 us through its private C
+# calls); a 100,000-address list pays it 75,000 times (docs/performance.md).
+_KECCAK256: Final = sha3.keccak_256
+
+#: Known answers, checked once at import: a hasher that disagrees is never used (the
+#: import fails, so the daemon does not start).  The last one spans two blocks.
+_KNOWN_ANSWERS: Final = (
+    (b"", "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"),
+    (b"abc", "4e03657aea45a94fc7d47ba826c8d667c0d1e6e33a64a036ec44f58fa12d6c45"),
+    (b"5aaeb6053f3e94c9b9a09f33669435e7ef1beaed",
+     "d385650ce8fdc6db7ee3a091d34814dbc4ce18219ffae52182efff4034d707e5"),
+    (bytes(200), "e1bb54e1bc3af48d01e5dbfc81015c98152a574f6428c6948aa4837c9c0baad9"),
+)
+
+
 def _keccak256(data: bytes) -> bytes:
-    return keccak.new(data=data, digest_bits=256).digest()
+    digest: bytes = _KECCAK256(data).digest()
+    return digest
+
+
+def _check_known_answers() -> None:
+    for message, expected in _KNOWN_ANSWERS:
+        if _keccak256(message).hex() != expected:
+            raise ImportError(f"keccak-256 of {message[:8]!r}... is not the known answer: "
+                              f"the sha3 module installed is unusable")
+
+
+_check_known_answers()
 
 
 def _nibbles(hex_lower: str) -> str:
@@ -73,8 +100,14 @@ def eip55(address: str) -> str:
 
 def _checksum_matches(hex_part: str, digest: bytes) -> bool:
     """True when the letter case of 40 hex digits follows the keccak *digest* of their lowercase."""
+    return _case_follows(hex_part.encode("ascii"), digest)
+
+
+def _case_follows(raw: bytes, digest: bytes) -> bool:
+    """:func:`_checksum_matches` on the ASCII bytes of the 40 hex digits: a digit is
+    upper-case exactly when it is a letter whose keccak nibble is 8 or more."""
     high = int.from_bytes(digest[:20], "big") & _HIGH_BITS
-    return int(hex_part.translate(_UPPER), 16) == high & int(hex_part.translate(_LETTER), 16)
+    return int(raw.translate(_UPPER), 16) == high & int(raw.translate(_LETTER), 16)
 
 
 @lru_cache(maxsize=65536)  # the same wallets recur in every poll; keccak is the costly part
@@ -82,68 +115,20 @@ def _checksum_ok(hex_part: str) -> bool:
     return _checksum_matches(hex_part, _keccak256(hex_part.lower().encode("ascii")))
 
 
-def _raw_keccak256_factory() -> Callable[[], Callable[[bytes], bytes]] | None:
-    """Keccak-256 through pycryptodome's C functions with one reusable state, or None.
-
-    ``keccak.new(...).digest()`` spends most of its time building Python objects
-    around the C state; a list of 100,000 addresses pays that 100,000 times.
-    Each hasher this factory makes owns its state (never shared between
-    threads), and is checked against the public API before it is trusted.
-    """
-    try:
-        module: Any = keccak  # private names, so typed loosely and guarded
-        raw_api: Any = importlib.import_module("Crypto.Util._raw_api")
-        lib = module._raw_keccak_lib
-        void_pointer, smart_pointer = raw_api.VoidPointer, raw_api.SmartPointer
-        string_buffer, raw_buffer = raw_api.create_string_buffer, raw_api.get_raw_buffer
-        c_size_t, c_ubyte, c_uint8_ptr = raw_api.c_size_t, raw_api.c_ubyte, raw_api.c_uint8_ptr
-    except (ImportError, AttributeError):  # pragma: no cover - another pycryptodome layout
-        return None
-
-    def make() -> Callable[[bytes], bytes]:
-        holder = void_pointer()
-        if lib.keccak_init(holder.address_of(), c_size_t(64), c_ubyte(24)):
-            raise ValueError("keccak_init failed")  # pragma: no cover
-        state = smart_pointer(holder.get(), lib.keccak_destroy)
-        out = string_buffer(32)
-        size, padding = c_size_t(32), c_ubyte(0x01)
-
-        def digest(data: bytes) -> bytes:
-            handle = state.get()
-            if (lib.keccak_reset(handle) or lib.keccak_absorb(handle, c_uint8_ptr(data),
-                                                               c_size_t(len(data)))
-                    or lib.keccak_digest(handle, out, size, padding)):
-                raise ValueError("keccak failed")  # pragma: no cover
-            result: bytes = raw_buffer(out)
-            return result
-
-        return digest
-
-    try:
-        probe = make()
-        for sample in (b"", b"abc", b"5aaeb6053f3e94c9b9a09f33669435e7ef1beaed", bytes(200)):
-            if probe(sample) != _keccak256(sample) or probe(sample) != _keccak256(sample):
-                return None  # pragma: no cover - never trust a hasher that disagrees
-    except Exception:  # pragma: no cover - any surprise: use the public API
-        return None
-    return make
-
-
-_RAW_KECCAK = _raw_keccak256_factory()
-
-
 def checksum_checker() -> Callable[[str], bool]:
     """A function telling whether 40 hex digits carry a valid EIP-55 checksum (False for others).
 
-    For checking many addresses at once (a list file): no cache, and a private
-    keccak state when available.  Use one checker per thread.
+    For checking many addresses at once (a list file): no cache (a big list would
+    only flush the evaluation's).
     """
-    digest = _RAW_KECCAK() if _RAW_KECCAK is not None else _keccak256
+    keccak256 = _KECCAK256
 
     def check(hex_part: str) -> bool:
         if _HEX40.fullmatch(hex_part) is None:  # total, like everything here
             return False
-        return _checksum_matches(hex_part, digest(hex_part.lower().encode("ascii")))
+        raw = hex_part.encode("ascii")
+        digest: bytes = keccak256(raw.lower()).digest()
+        return _case_follows(raw, digest)
 
     return check
 

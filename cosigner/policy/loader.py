@@ -316,10 +316,23 @@ class _Loader:
         # (a big list would only flush the evaluation cache).
         is_evm = addresses.evm_validator(addresses.checksum_checker())
         is_tron = addresses.tron_validator(addresses.tron_checksum_ok)
+        # What _classify does for a valid evm or tron entry, inlined (a list file is
+        # mostly those, 100,000 of them); anything else goes through _classify itself.
+        evm_keys, tron_keys, other = keys["evm"], keys["tron"], keys["other"]
+        exact = self._has_other
         for number, raw in enumerate(text.splitlines(), start=1):
-            entry = raw.split("#", 1)[0].strip()
-            if entry:
+            entry = (raw.split("#", 1)[0] if "#" in raw else raw).strip()
+            if not entry:
+                continue
+            if is_evm(entry):
+                evm_keys.add(addresses.key(entry, "evm"))
+            elif is_tron(entry):
+                tron_keys.add(entry)
+            else:
                 self._classify(reader, number, entry, keys, is_evm=is_evm, is_tron=is_tron)
+                continue
+            if exact:
+                other.add(entry)
 
     # -- conditions --------------------------------------------------------
 

@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import base58
-from Crypto.Hash import keccak
+import sha3
 
 EVM_CHAINS = frozenset({"1", "56"})
 TRON_CHAINS = frozenset({"195"})
@@ -31,7 +31,7 @@ def eip55_address(account: bytes) -> str:
     if len(account) != 20:
         raise ValueError("an evm account is 20 bytes")
     hex_part = account.hex()
-    digest = keccak.new(data=hex_part.encode("ascii"), digest_bits=256).hexdigest()
+    digest: str = sha3.keccak_256(hex_part.encode("ascii")).hexdigest()
     return "0x" + "".join(c.upper() if c.isalpha() and int(digest[i], 16) >= 8 else c
                           for i, c in enumerate(hex_part))
 

@@ -88,6 +88,7 @@ from cosigner.store.chain import (
     verify_entries,
 )
 from cosigner.store.records import build_record, check_outcome, decision_state
+from cosigner.store.urls import mask_url as mask_url  # re-exported: its home before
 from cosigner.store.witness import Witness, check_head
 
 #: Session-level advisory lock held by the one writer (the leader).
@@ -218,32 +219,6 @@ LEFT JOIN LATERAL (
 # Built from constants only, never from input: the S608 warnings are false positives.
 _SELECT_RECORDS = (f"SELECT {_RECORD_COLUMNS} FROM cosigner_entries AS d "  # noqa: S608
                    f"{_LATEST_OUTCOME} WHERE d.kind = 'decision'")
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its userinfo (user and password) replaced by ``***``.
-
-    >>> mask_url("postgresql://app:s3cret@db:5432/cosigner")
-    'postgresql://***@db:5432/cosigner'
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if "@" not in parts.netloc:
-        return urllib.parse.urlunsplit(parts._replace(query=_mask_query(parts.query)))
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}",
-                                                  query=_mask_query(parts.query)))
-
-
-def _mask_query(query: str) -> str:
-    # libpq also accepts ?user=...&password=... in the query string.
-    if not query:
-        return query
-    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-    return "&".join(f"{k}={'***' if k.lower() in ('password', 'user') else v}"
-                    for k, v in pairs)
 
 
 class PostgresJournal:

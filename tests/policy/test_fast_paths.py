@@ -8,6 +8,7 @@ shared).  Each test here pins one shortcut to the definition it replaces.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 from datetime import timedelta
@@ -21,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cosigner.decide import decide
+from cosigner.errors import PolicyError
 from cosigner.models import Action, PendingItem
 from cosigner.policy import Approval, CompiledPolicy, Ledger, evaluate, load_policy
 from cosigner.policy import addresses as addr
@@ -30,6 +32,11 @@ from cosigner.policy.loader import _EXPAND_AT_MOST
 from .conftest import HEADER, HOT, NOW, T_HOT, evm, item, tron
 
 B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def _typo(text: str, at: int) -> str:
+    """*text* with the base58 character at *at* replaced by the next one of the alphabet."""
+    return text[:at] + B58[(B58.index(text[at]) + 1) % len(B58)] + text[at + 1:]
 
 
 def _reference_tron(address: str) -> bool:
@@ -43,9 +50,17 @@ def _reference_tron(address: str) -> bool:
     return len(raw) == 21 and raw[0] == 0x41
 
 
+def _reference_eip55(hex_part: str) -> str:
+    """EIP-55 as the EIP writes it, over pycryptodome's keccak (independent of the code)."""
+    lower = hex_part.lower()
+    digest = keccak.new(data=lower.encode("ascii"), digest_bits=256).hexdigest()
+    return "".join(c.upper() if int(d, 16) >= 8 else c
+                   for c, d in zip(lower, digest[:40], strict=True))
+
+
 def _reference_evm_checksum(hex_part: str) -> bool:
     """The definition: the address equals its EIP-55 spelling."""
-    return addr.eip55("0x" + hex_part) == "0x" + hex_part
+    return _reference_eip55(hex_part) == hex_part
 
 
 class TestTronChecksum:
@@ -103,23 +118,29 @@ class TestEvmChecksum:
         """Text that is not 40 hex digits is refused, never an exception."""
         assert not addr.checksum_checker()(bad)
 
-    def test_public_api_fallback(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Without the raw keccak state, the checker uses the public API with the same verdict."""
-        monkeypatch.setattr(addr, "_RAW_KECCAK", None)
-        check = addr.checksum_checker()
-        good = "5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
-        assert check(good)
-        assert not check(good[:-1] + "D")
+    @given(st.binary(max_size=400))
+    @settings(max_examples=300, deadline=None)
+    def test_keccak_agrees_with_pycryptodome(self, message: bytes) -> None:
+        """safe-pysha3's keccak-256 is pycryptodome's (what the checks used before)."""
+        assert addr._keccak256(message) == keccak.new(data=message, digest_bits=256).digest()
 
-    @pytest.mark.skipif(addr._RAW_KECCAK is None, reason="raw keccak unavailable")
-    @given(st.lists(st.binary(max_size=300), max_size=8))
-    @settings(max_examples=100, deadline=None)
-    def test_raw_keccak_state_is_reusable(self, messages: list[bytes]) -> None:
-        """One raw state hashes message after message exactly like fresh public objects."""
-        assert addr._RAW_KECCAK is not None
-        digest = addr._RAW_KECCAK()
-        for message in messages:
-            assert digest(message) == keccak.new(data=message, digest_bits=256).digest()
+    @given(st.binary(min_size=20, max_size=20))
+    @settings(max_examples=200, deadline=None)
+    def test_eip55_spelling(self, payload: bytes) -> None:
+        """eip55() spells every account as the reference does, and that spelling passes."""
+        spelled = addr.eip55("0x" + payload.hex())
+        assert spelled == "0x" + _reference_eip55(payload.hex())
+        assert addr.is_evm(spelled)
+        assert addr.evm_validator(addr.checksum_checker())(spelled)
+
+    def test_wrong_hasher_fails_the_import_check(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A hasher that is not keccak-256 (SHA3-256 pads differently) is refused, loudly."""
+        monkeypatch.setattr(addr, "_KECCAK256", hashlib.sha3_256)
+        with pytest.raises(ImportError, match="not the known answer"):
+            addr._check_known_answers()
+
+    def test_known_answers_pass(self) -> None:
+        addr._check_known_answers()
 
 
 class TestListFile:
@@ -167,6 +188,51 @@ class TestListFile:
         found = problems("lists:\n  s: {file: lists/s.txt}\n",
                          files={"lists/s.txt": f"{bad_tron}\n{evm('a')}\n{bad_evm}\nbc1q\n"})
         assert [p.split(":")[1] for p in found] == ["1", "3", "4"]
+
+    @given(st.lists(st.tuples(st.binary(min_size=20, max_size=20),
+                              st.sampled_from(["eip55", "lower", "upper", "flip", "tron",
+                                               "tron-typo", "comment", "blank"]),
+                              st.integers(0, 39)), min_size=1, max_size=25))
+    @settings(max_examples=60, deadline=None)
+    def test_list_file_verdicts(self, tmp_path_factory: pytest.TempPathFactory,
+                                entries: list[tuple[bytes, str, int]]) -> None:
+        """Generated list files: exactly the lines the reference refuses fail, each with its
+        file:line; every accepted evm entry is keyed in lowercase, tron exactly."""
+        lines, bad_lines, want_evm, want_tron = [], [], set(), set()
+        for number, (payload, kind, at) in enumerate(entries, start=1):
+            spelled = "0x" + _reference_eip55(payload.hex())
+            if kind == "flip":  # one hex digit's case swapped: valid only if it is a digit
+                spelled = spelled[:2 + at] + spelled[2 + at].swapcase() + spelled[3 + at:]
+            text = {"eip55": spelled, "flip": spelled, "lower": spelled.lower(),
+                    "upper": "0x" + spelled[2:].upper(), "tron": addr.tron_from_bytes(payload),
+                    "tron-typo": _typo(addr.tron_from_bytes(payload), at % 33 + 1),
+                    "comment": "# " + spelled, "blank": "  "}[kind]
+            lines.append(text)
+            if kind in ("comment", "blank"):
+                continue
+            if kind.startswith("tron"):
+                if _reference_tron(text):
+                    want_tron.add(text)
+                else:
+                    bad_lines.append(number)
+                continue
+            single = text[2:].islower() or text[2:].isupper() or text[2:].isdigit()
+            if single or _reference_evm_checksum(text[2:]):
+                want_evm.add(text.lower())
+            else:
+                bad_lines.append(number)
+        root = tmp_path_factory.mktemp("gen")
+        (root / "l.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (root / "p.yaml").write_text(HEADER + "lists:\n  s: {file: l.txt}\n", encoding="utf-8")
+        if not bad_lines:
+            keys = load_policy(root / "p.yaml").lists["s"].by_format
+            assert keys["evm"] == want_evm
+            assert keys["tron"] == want_tron
+            return
+        with pytest.raises(PolicyError) as info:
+            load_policy(root / "p.yaml")
+        where = [p.split(": ", 1)[0] for p in info.value.problems]
+        assert where == [f"{root / 'l.txt'}:{n}" for n in bad_lines]
 
     def test_entries_and_keys(self, load: Callable[..., CompiledPolicy]) -> None:
         """Single-case evm needs no checksum, evm keys are lowercase, tron kept exactly."""
