@@ -60,7 +60,7 @@ from .metrics import Metrics
 Signed = tuple[DecisionRecord, "str | SigningError"]
 
 CHUNK = 500  # items decided, journaled (one commit) and signed together
-OUTCOME_BATCH = 256  # outcomes recorded in one commit at most ...
+OUTCOME_BATCH = 128  # outcomes recorded in one commit at most ...
 OUTCOME_DELAY = 0.1  # ... or after this many seconds, whichever comes first
 #: How long a record settled as ``gone`` counts in ``cosigner_decided_unposted_items``.
 GONE_SHOWN_FOR = timedelta(days=1)
@@ -320,12 +320,14 @@ class Pipeline:
         queue: asyncio.Queue[list[Signed] | None] = asyncio.Queue(maxsize=1)
         poster = asyncio.create_task(self._post_chunks(queue, writer, result))
         seen: set[int] = set()
+        # The snapshot is consumed chunk by chunk: a chunk's items are dropped once it is
+        # decided, so the items and the approvals they add are not all held at once.
+        chunks = [items[start:start + CHUNK] for start in range(0, len(items), CHUNK)]
+        chunks.reverse()
+        del snapshot, items  # (a client that keeps its snapshot keeps it alive, not us)
         try:
-            for start in range(0, len(items), CHUNK):
-                if self.stopping.is_set():
-                    break
-                records = await self._decide_chunk(items[start:start + CHUNK], conflicting,
-                                                   seen, result)
+            while chunks and not self.stopping.is_set():
+                records = await self._decide_chunk(chunks.pop(), conflicting, seen, result)
                 await queue.put(await self._sign(records))
         finally:
             await queue.put(None)

@@ -17,6 +17,7 @@ from cosigner.api.models import PendingSnapshot
 from cosigner.daemon.metrics import Metrics
 from cosigner.daemon.pipeline import (
     CHUNK,
+    OUTCOME_BATCH,
     DecisionEvent,
     Pipeline,
     PolicyState,
@@ -252,6 +253,39 @@ class TestJournalBeforePost:
         for n, (kind, value) in enumerate(world.api.timeline):
             if kind == "approve":
                 assert written_at[value] < n
+
+    async def test_decided_chunks_are_not_held(self, make_world: Callable[..., World]) -> None:
+        """Regression (issue 12, peak RSS at 50,000 items): the cycle held every item of the
+        snapshot to its end.  A chunk's items are dropped once it is decided and signed."""
+        import gc
+        import weakref
+
+        class Raw(dict[str, Any]):
+            """A raw item that a weak reference can follow (plain dicts cannot)."""
+
+        world = make_world([raw(i, "5") for i in range(1, 2 * CHUNK + 101)])
+        refs: list[weakref.ref[Raw]] = []
+
+        async def pending() -> PendingSnapshot:
+            listed = []
+            for item in world.api.items:
+                copy = Raw(item)
+                refs.append(weakref.ref(copy))
+                listed.append(PendingItem(copy))
+            return PendingSnapshot(items=listed, total=len(listed), pages=1)
+
+        alive: list[int] = []
+
+        def third_write(records: list[DecisionRecord]) -> None:
+            if len(records) == 100:  # the last chunk
+                gc.collect()
+                alive.append(sum(ref() is not None for ref in refs[:CHUNK]))
+
+        world.api.pending = pending  # type: ignore[method-assign]
+        world.pipeline.after_journal = third_write
+        result = await world.pipeline.poll()
+        assert result.decided == 2 * CHUNK + 100
+        assert alive == [0]
 
     async def test_a_hook_between_journal_and_post_sees_the_records(
             self, make_world: Callable[..., World]) -> None:
@@ -491,7 +525,7 @@ class TestIssue10Defects:
         await world.pipeline.poll()
 
         assert recorded_when
-        assert recorded_when[0] >= count - 2 * 64 - 8
+        assert recorded_when[0] >= count - 2 * OUTCOME_BATCH - 8
         posted_at: dict[int, int] = {}
         for position, (kind, value) in enumerate(world.api.timeline):
             if kind == "approve":
@@ -499,8 +533,8 @@ class TestIssue10Defects:
             elif kind == "outcomes":
                 assert all(posted_at[item_id] < position for item_id, _ in value)
         batches = [v for k, v in world.api.timeline if k == "outcomes"]
-        assert len(batches) >= count // 64
-        assert max(len(b) for b in batches) <= 2 * 64
+        assert len(batches) >= count // OUTCOME_BATCH
+        assert max(len(b) for b in batches) <= 2 * OUTCOME_BATCH
 
     async def test_a_decided_record_whose_item_left_the_list_is_settled_gone(
             self, make_world: Callable[..., World]) -> None:
