@@ -622,13 +622,33 @@ class Pipeline:
 
     async def _post_chunks(self, queue: asyncio.Queue[list[Signed] | None],
                            writer: OutcomeWriter, result: PollResult) -> None:
-        while (records := await queue.get()) is not None:
-            if records:
-                await self._post_all(records, writer, result)
+        """Post each chunk as it comes, ``concurrency`` posts in flight in all.
+
+        A chunk's posts start while the last posts of the chunk before it are still in
+        flight (one pool of slots for both), so the number in flight does not fall to
+        zero at every chunk's end; at most two chunks post at once, so the deciding
+        runs at most one chunk ahead of the posting, as before.
+        """
+        slots = asyncio.Semaphore(self.concurrency)
+        posting: list[asyncio.Task[None]] = []
+        try:
+            while (records := await queue.get()) is not None:
+                if not records:
+                    continue
+                posting.append(asyncio.create_task(
+                    self._post_all(records, writer, result, slots)))
+                if len(posting) > 1:
+                    await posting.pop(0)  # the chunk before: its last posts are done
+            while posting:
+                await posting.pop(0)
+        finally:
+            for task in posting:
+                task.cancel()
+            if posting:
+                await asyncio.gather(*posting, return_exceptions=True)
 
     async def _post_all(self, records: list[Signed], writer: OutcomeWriter,
-                        result: PollResult) -> None:
-        semaphore = asyncio.Semaphore(self.concurrency)
+                        result: PollResult, semaphore: asyncio.Semaphore) -> None:
 
         async def one(signed: Signed) -> None:
             async with semaphore:

@@ -287,6 +287,40 @@ class TestJournalBeforePost:
         assert result.decided == 2 * CHUNK + 100
         assert alive == [0]
 
+    async def test_posts_stay_in_flight_across_chunks(self, make_world: Callable[..., World],
+                                                      tmp_path: Path) -> None:
+        """Regression (issue 12): each chunk's posts waited for every post of the chunk
+        before, so at each chunk's end the posts in flight fell to zero.  The next chunk's
+        first post now starts while the last ones of the chunk before are in flight, and
+        never more than ``concurrency`` are in flight."""
+        import asyncio
+
+        world = make_world([raw(i, "1") for i in range(1, CHUNK + 101)], concurrency=8)
+        _unlimited(world, tmp_path)
+        approve = world.api.approve
+        in_flight: set[int] = set()
+        most = 0
+        at_second_chunk: list[int] = []
+
+        async def slow(fields: dict[str, Any], data: str) -> None:
+            nonlocal most
+            if fields["id"] == CHUNK + 1:
+                at_second_chunk.append(len(in_flight))
+            in_flight.add(fields["id"])
+            most = max(most, len(in_flight))
+            try:
+                await asyncio.sleep(0.001 * (fields["id"] % 5))
+                await approve(fields, data)
+            finally:
+                in_flight.discard(fields["id"])
+
+        world.api.approve = slow  # type: ignore[method-assign]
+        result = await world.pipeline.poll()
+        assert result.posted == CHUNK + 100
+        assert most == 8
+        assert len(at_second_chunk) == 1
+        assert at_second_chunk[0] > 0
+
     async def test_a_hook_between_journal_and_post_sees_the_records(
             self, make_world: Callable[..., World]) -> None:
         """``after_journal`` runs after the write and before any post."""
