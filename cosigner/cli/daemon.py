@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from cosigner.cli import long_lived
+from cosigner.cli import long_lived, tune_collector
 from cosigner.daemon.build import BuildOptions, DaemonSpec, build_daemon
 from cosigner.daemon.callbacks import build_callbacks
 from cosigner.daemon.control import LiveView, PauseState, pause, probe, read_pause, resume
@@ -95,6 +95,7 @@ def daemon_spec(settings: Settings) -> DaemonSpec:
 
 
 def _run(args: argparse.Namespace) -> int:
+    tune_collector(args)
     with long_lived(freeze=getattr(args, "program", False)):
         daemon = build_daemon(daemon_spec(load_settings()),
                               BuildOptions(once=args.once, shadow=args.shadow))
@@ -110,6 +111,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from cosigner.tools.bench import run_bench
+    tune_collector(args)  # as `cosigner run` does: the bench measures the daemon
     concurrency = args.concurrency or load_settings().concurrency
     return run_bench(items=args.items, concurrency=concurrency, as_json=args.json,
                      database_url=args.database_url)

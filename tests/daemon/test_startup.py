@@ -123,3 +123,35 @@ class TestLongLived:
         assert "cosigner" in capsys.readouterr().out
         assert gc.isenabled()
         assert gc.get_freeze_count() == before
+
+
+class TestCollectorThresholds:
+    def test_the_daemon_process_collects_less_often(self) -> None:
+        """`cosigner run` and `bench` (as processes) raise the collector's thresholds; a
+        caller of main(argv) keeps its own."""
+        before = gc.get_threshold()
+        try:
+            cli.tune_collector(argparse.Namespace(program=False))
+            assert gc.get_threshold() == before
+            cli.tune_collector(argparse.Namespace(program=True))
+            assert gc.get_threshold() == cli.DAEMON_GC_THRESHOLDS
+        finally:
+            gc.set_threshold(*before)
+
+    def test_a_run_process_applies_them(self, tmp_path: Path) -> None:
+        """The real command: `cosigner run` reaches tune_collector before it builds."""
+        code = ("import gc, sys\n"
+                "from cosigner import cli\n"
+                "from cosigner.cli import daemon\n"
+                "seen = []\n"
+                "daemon.load_settings = lambda: None\n"
+                "daemon.daemon_spec = lambda settings: None\n"
+                "daemon.build_daemon = lambda *a, **k: (seen.append(gc.get_threshold()),"
+                " sys.exit(0))\n"
+                "sys.argv = ['cosigner', 'run', '--once']\n"
+                "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+                "print(seen)\n")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path, check=False,
+                              env={"PATH": "/usr/bin:/bin", "COSIGNER_LOG_LEVEL": "error"})
+        assert done.stdout.strip() == str([cli.DAEMON_GC_THRESHOLDS]), done.stderr[-800:]
