@@ -27,9 +27,8 @@ from cosigner.errors import ConfigError, StoreError
 from cosigner.store import journal_from_url
 from cosigner.store.base import Head, Journal
 from cosigner.store.chain import StoredEntry, parse_timestamp
-from cosigner.store.orders import LATE
+from cosigner.store.orders import CALLBACK_COLUMNS, LATE
 from cosigner.store.orders_postgres import (
-    CALLBACK_COLUMNS,
     EVENT_COLUMNS,
     STATE_COLUMNS,
     OrderRows,

@@ -23,14 +23,20 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from cosigner.errors import StoreError
 from cosigner.store.base import GENESIS_HASH, Clock, VerifyResult, utc_now
-from cosigner.store.chain import StoredEntry, entry_hash, timestamp_text, verify_entries
+from cosigner.store.chain import (
+    StoredEntry,
+    entry_hash,
+    parse_timestamp,
+    timestamp_text,
+    verify_entries,
+)
 
 ORDER_CALLBACK = "order_callback"
 APPLIED = "applied"
@@ -212,6 +218,63 @@ def record_from_payload(payload: Mapping[str, Any], record_hash: str,
         previous_status=payload["previous_status"], event_id=payload["event_id"],
         source=payload["source"], body=payload["body"], received_at=received_at,
         prev_hash=payload["prev_hash"], record_hash=record_hash)
+
+
+# -- rows of the SQL order tables (SQLite and PostgreSQL store the same columns) ----
+
+#: The ``order_callbacks`` columns: the hashed fields, then the record's hash.
+CALLBACK_COLUMNS = (*CALLBACK_KEYS, "record_hash")
+
+
+def chain_head(recorded: Sequence[Any] | None, last: Sequence[Any] | None,
+               where: str) -> tuple[int, str]:
+    """The callback chain's head, given the recorded head row and the last callback row
+    (``seq, hash`` each); StoreError when they disagree (the end was edited: never extend
+    such a chain)."""
+    actual = (0, GENESIS_HASH) if last is None else (int(last[0]), str(last[1]))
+    if recorded is None or (int(recorded[0]), str(recorded[1])) != actual:
+        raise StoreError(f"journal {where}: its last order callback (seq {actual[0]}) does "
+                         "not match the recorded head: the order callbacks were edited")
+    return actual
+
+
+def callback_from_row(row: Sequence[Any], where: str) -> CallbackRecord:
+    """A :class:`CallbackRecord` from a row in :data:`CALLBACK_COLUMNS` order."""
+    values = dict(zip(CALLBACK_COLUMNS, row, strict=True))
+    try:
+        return record_from_payload(values, values["record_hash"],
+                                   parse_timestamp(values["received_at"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"journal {where}: order callback seq {row[0]} cannot be read "
+                         f"({exc})") from exc
+
+
+def stored_callback(row: Sequence[Any]) -> StoredEntry:
+    """A callback row as the payload that was hashed, for verification."""
+    values = dict(zip(CALLBACK_COLUMNS, row, strict=True))
+    payload = {k: values[k] for k in CALLBACK_KEYS}
+    return StoredEntry(values["seq"], values["order_no"], payload, values["record_hash"])
+
+
+def _time(text: str | None) -> datetime | None:
+    return parse_timestamp(text) if text else None
+
+
+def outbox_event(row: Sequence[Any]) -> OutboxEvent:
+    """An :class:`OutboxEvent` from an outbox row (event_id, seq, order_no, body,
+    created_at, attempts, next_attempt_at, last_attempt_at, last_error, delivered_at)."""
+    (event_id, seq, order_no, body, created_at, attempts, next_attempt_at, last_attempt_at,
+     last_error, delivered_at) = row
+    return OutboxEvent(event_id, seq, order_no, bytes(body), parse_timestamp(created_at),
+                       attempts, parse_timestamp(next_attempt_at), _time(last_attempt_at),
+                       last_error, _time(delivered_at))
+
+
+def order_state(row: Sequence[Any]) -> OrderState:
+    """An :class:`OrderState` from an order state row."""
+    order_no, merchant_order_no, status, deal_amount, order_type, first, updated, count = row
+    return OrderState(order_no, merchant_order_no, status, deal_amount, order_type,
+                      parse_timestamp(first), parse_timestamp(updated), count)
 
 
 def new_event_id() -> str:

@@ -32,9 +32,8 @@ from typing import Any, TypeVar
 import psycopg
 
 from cosigner.errors import JournalUnavailableError, LockLostError, StoreError
-from cosigner.store.base import GENESIS_HASH, Clock, VerifyResult, utc_now
+from cosigner.store.base import Clock, VerifyResult, utc_now
 from cosigner.store.chain import (
-    StoredEntry,
     entry_hash,
     parse_timestamp,
     timestamp_text,
@@ -42,6 +41,7 @@ from cosigner.store.chain import (
 )
 from cosigner.store.orders import (
     APPLIED,
+    CALLBACK_COLUMNS,
     CALLBACK_KEYS,
     CallbackRecord,
     NewCallback,
@@ -49,10 +49,15 @@ from cosigner.store.orders import (
     OutboxEvent,
     RecordResult,
     Transition,
+    callback_from_row,
     callback_payload,
+    chain_head,
     event_body,
     new_event_id,
+    order_state,
+    outbox_event,
     record_from_payload,
+    stored_callback,
 )
 from cosigner.store.postgres import SCHEMA_VERSION, PostgresJournal, mask_url
 
@@ -62,11 +67,10 @@ ORDER_TABLES = ("cosigner_order_callbacks", "cosigner_order_head", "cosigner_ord
                 "cosigner_order_outbox")
 
 # The SQL below is built from constants only, never from input (S608 is a false positive).
-CALLBACK_COLUMNS = _CALLBACK_COLUMNS = (*CALLBACK_KEYS, "record_hash")
 _INSERT_CALLBACK = ("INSERT INTO cosigner_order_callbacks "  # noqa: S608
-                    f"({', '.join(_CALLBACK_COLUMNS)}) "
-                    f"VALUES ({', '.join(['%s'] * len(_CALLBACK_COLUMNS))})")
-_SELECT_CALLBACKS = (f"SELECT {', '.join(_CALLBACK_COLUMNS)} "  # noqa: S608
+                    f"({', '.join(CALLBACK_COLUMNS)}) "
+                    f"VALUES ({', '.join(['%s'] * len(CALLBACK_COLUMNS))})")
+_SELECT_CALLBACKS = (f"SELECT {', '.join(CALLBACK_COLUMNS)} "  # noqa: S608
                      "FROM cosigner_order_callbacks")
 EVENT_COLUMNS = _EVENT_COLUMNS = ("event_id", "seq", "order_no", "body", "created_at",
                                   "attempts", "next_attempt_at", "last_attempt_at",
@@ -252,7 +256,7 @@ class PostgresOrderJournal:
     # -- reading -----------------------------------------------------------------------
 
     def due_events(self, now: datetime, limit: int) -> list[OutboxEvent]:
-        return [_event(r) for r in self._fetch(_SELECT_DUE, (timestamp_text(now), limit))]
+        return [outbox_event(r) for r in self._fetch(_SELECT_DUE, (timestamp_text(now), limit))]
 
     def next_due(self) -> datetime | None:
         rows = self._fetch(_SELECT_NEXT_DUE)
@@ -273,20 +277,20 @@ class PostgresOrderJournal:
             where += " AND status = ANY(%s)"
             params.append(sorted(set(statuses)))
         rows = self._fetch(_SELECT_STATES + where + " ORDER BY updated_at, order_no", params)
-        return [_state(r) for r in rows]
+        return [order_state(r) for r in rows]
 
     def order(self, order_no: str) -> OrderState | None:
         rows = self._fetch(_SELECT_STATES + " WHERE order_no = %s", (order_no,))
-        return _state(rows[0]) if rows else None
+        return order_state(rows[0]) if rows else None
 
     def history(self, order_no: str) -> list[CallbackRecord]:
         rows = self._fetch(_SELECT_CALLBACKS + " WHERE order_no = %s ORDER BY seq",
                            (order_no,))
-        return [self._record(r) for r in rows]
+        return [callback_from_row(r, self.where) for r in rows]
 
     def events(self, order_no: str) -> list[OutboxEvent]:
         rows = self._fetch(_SELECT_EVENTS + " WHERE order_no = %s ORDER BY seq", (order_no,))
-        return [_event(r) for r in rows]
+        return [outbox_event(r) for r in rows]
 
     def verify(self) -> VerifyResult:
         """Walk the callback chain in one repeatable-read snapshot."""
@@ -298,7 +302,7 @@ class PostgresOrderJournal:
                 with c.cursor(name=f"cosigner_orders_{secrets.token_hex(4)}") as cur:
                     cur.itersize = 2000
                     cur.execute(_SELECT_CALLBACKS + " ORDER BY seq")
-                    return verify_entries((_stored(r) for r in cur),
+                    return verify_entries((stored_callback(r) for r in cur),
                                           (int(head[0]), str(head[1])) if head else (-1, ""))
 
         return self._call(walk, "read")
@@ -366,46 +370,12 @@ class PostgresOrderJournal:
                             "FOR UPDATE").fetchone()
         last = conn.execute("SELECT seq, record_hash FROM cosigner_order_callbacks "
                             "ORDER BY seq DESC LIMIT 1").fetchone()
-        actual = (0, GENESIS_HASH) if last is None else (int(last[0]), str(last[1]))
-        if head is None or (int(head[0]), str(head[1])) != actual:
-            # Refuse to extend a chain whose end was tampered with (fail closed).
-            raise StoreError(f"journal {self.where}: its last order callback (seq "
-                             f"{actual[0]}) does not match the recorded head: the order "
-                             "callbacks were edited")
-        return actual
-
-    def _record(self, row: Sequence[Any]) -> CallbackRecord:
-        values = dict(zip(_CALLBACK_COLUMNS, row, strict=True))
-        try:
-            return record_from_payload(values, values["record_hash"],
-                                       parse_timestamp(values["received_at"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"journal {self.where}: order callback seq {row[0]} cannot be "
-                             f"read ({exc})") from exc
+        return chain_head(head, last, self.where)
 
 
-def _stored(row: Sequence[Any]) -> StoredEntry:
-    values = dict(zip(_CALLBACK_COLUMNS, row, strict=True))
-    payload = {k: values[k] for k in CALLBACK_KEYS}
-    return StoredEntry(values["seq"], values["order_no"], payload, values["record_hash"])
 
 
-def _time(text: str | None) -> datetime | None:
-    return parse_timestamp(text) if text else None
 
-
-def _event(row: Sequence[Any]) -> OutboxEvent:
-    (event_id, seq, order_no, body, created_at, attempts, next_attempt_at, last_attempt_at,
-     last_error, delivered_at) = row
-    return OutboxEvent(event_id, seq, order_no, bytes(body), parse_timestamp(created_at),
-                       attempts, parse_timestamp(next_attempt_at), _time(last_attempt_at),
-                       last_error, _time(delivered_at))
-
-
-def _state(row: Sequence[Any]) -> OrderState:
-    order_no, merchant_order_no, status, deal_amount, order_type, first, updated, count = row
-    return OrderState(order_no, merchant_order_no, status, deal_amount, order_type,
-                      parse_timestamp(first), parse_timestamp(updated), count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,7 +390,7 @@ class OrderRows:
 
     def check(self, where: str) -> None:
         """Raise StoreError unless the callbacks hash, link and end at the head."""
-        result = verify_entries((_stored(r) for r in self.callbacks), self.head)
+        result = verify_entries((stored_callback(r) for r in self.callbacks), self.head)
         if not result.ok:
             raise StoreError(f"journal {where}: its order callbacks do not verify "
                              f"({result.problem}); nothing was copied")

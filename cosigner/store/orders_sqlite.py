@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cosigner.errors import JournalUnavailableError, StoreError
-from cosigner.store.base import GENESIS_HASH, Clock, VerifyResult, utc_now
+from cosigner.store.base import Clock, VerifyResult, utc_now
 from cosigner.store.chain import (
-    StoredEntry,
     entry_hash,
     parse_timestamp,
     timestamp_text,
@@ -32,6 +31,7 @@ from cosigner.store.chain import (
 )
 from cosigner.store.orders import (
     APPLIED,
+    CALLBACK_COLUMNS,
     CALLBACK_KEYS,
     CallbackRecord,
     NewCallback,
@@ -39,10 +39,15 @@ from cosigner.store.orders import (
     OutboxEvent,
     RecordResult,
     Transition,
+    callback_from_row,
     callback_payload,
+    chain_head,
     event_body,
     new_event_id,
+    order_state,
+    outbox_event,
     record_from_payload,
+    stored_callback,
 )
 from cosigner.store.sqlite import transaction
 
@@ -51,10 +56,9 @@ _T = TypeVar("_T")
 ORDER_TABLES = ("order_callbacks", "order_chain_head", "order_state", "order_outbox")
 
 # The SQL below is built from constants only, never from input (S608 is a false positive).
-_CALLBACK_COLUMNS = (*CALLBACK_KEYS, "record_hash")
-_INSERT_CALLBACK = (f"INSERT INTO order_callbacks ({', '.join(_CALLBACK_COLUMNS)}) "  # noqa: S608
-                    f"VALUES ({', '.join('?' * len(_CALLBACK_COLUMNS))})")
-_SELECT_CALLBACKS = f"SELECT {', '.join(_CALLBACK_COLUMNS)} FROM order_callbacks"  # noqa: S608
+_INSERT_CALLBACK = (f"INSERT INTO order_callbacks ({', '.join(CALLBACK_COLUMNS)}) "  # noqa: S608
+                    f"VALUES ({', '.join('?' * len(CALLBACK_COLUMNS))})")
+_SELECT_CALLBACKS = f"SELECT {', '.join(CALLBACK_COLUMNS)} FROM order_callbacks"  # noqa: S608
 _EVENT_COLUMNS = ("event_id", "seq", "order_no", "body", "created_at", "attempts",
                   "next_attempt_at", "last_attempt_at", "last_error", "delivered_at")
 _SELECT_EVENTS = f"SELECT {', '.join(_EVENT_COLUMNS)} FROM order_outbox"  # noqa: S608
@@ -216,7 +220,7 @@ class SqliteOrderJournal:
 
     def due_events(self, now: datetime, limit: int) -> list[OutboxEvent]:
         rows = self._fetch(_SELECT_DUE, (timestamp_text(now), limit))
-        return [_event(r) for r in rows]
+        return [outbox_event(r) for r in rows]
 
     def next_due(self) -> datetime | None:
         rows = self._fetch(_SELECT_NEXT_DUE)
@@ -237,19 +241,19 @@ class SqliteOrderJournal:
             where += f" AND status IN ({','.join('?' * len(wanted))})"
             params.extend(wanted)
         rows = self._fetch(_SELECT_STATES + where + " ORDER BY updated_at, order_no", params)
-        return [_state(r) for r in rows]
+        return [order_state(r) for r in rows]
 
     def order(self, order_no: str) -> OrderState | None:
         rows = self._fetch(_SELECT_STATES + " WHERE order_no = ?", (order_no,))
-        return _state(rows[0]) if rows else None
+        return order_state(rows[0]) if rows else None
 
     def history(self, order_no: str) -> list[CallbackRecord]:
         rows = self._fetch(_SELECT_CALLBACKS + " WHERE order_no = ? ORDER BY seq", (order_no,))
-        return [self._record(r) for r in rows]
+        return [callback_from_row(r, str(self.path)) for r in rows]
 
     def events(self, order_no: str) -> list[OutboxEvent]:
         rows = self._fetch(_SELECT_EVENTS + " WHERE order_no = ? ORDER BY seq", (order_no,))
-        return [_event(r) for r in rows]
+        return [outbox_event(r) for r in rows]
 
     def verify(self) -> VerifyResult:
         with self._lock:
@@ -259,7 +263,7 @@ class SqliteOrderJournal:
                 head = c.execute("SELECT seq, hash FROM order_chain_head WHERE id = 1"
                                  ).fetchone()
                 cursor = c.execute(_SELECT_CALLBACKS + " ORDER BY seq")
-                return verify_entries((_stored(r) for r in cursor),
+                return verify_entries((stored_callback(r) for r in cursor),
                                       (head[0], head[1]) if head else (-1, ""))
 
             return self._transaction(conn, walk, begin="BEGIN")
@@ -287,43 +291,8 @@ class SqliteOrderJournal:
         head = conn.execute("SELECT seq, hash FROM order_chain_head WHERE id = 1").fetchone()
         last = conn.execute("SELECT seq, record_hash FROM order_callbacks "
                             "ORDER BY seq DESC LIMIT 1").fetchone()
-        actual = (0, GENESIS_HASH) if last is None else (last[0], last[1])
-        if head is None or (head[0], head[1]) != actual:
-            # Refuse to extend a chain whose end was tampered with (fail closed).
-            raise StoreError(f"journal {self.path}: its last order callback (seq "
-                             f"{actual[0]}) does not match the recorded head: the order "
-                             "callbacks were edited")
-        return actual
-
-    def _record(self, row: Sequence[Any]) -> CallbackRecord:
-        values = dict(zip(_CALLBACK_COLUMNS, row, strict=True))
-        try:
-            return record_from_payload(values, values["record_hash"],
-                                       parse_timestamp(values["received_at"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"journal {self.path}: order callback seq {row[0]} cannot be "
-                             f"read ({exc})") from exc
+        return chain_head(head, last, str(self.path))
 
 
-def _stored(row: Sequence[Any]) -> StoredEntry:
-    values = dict(zip(_CALLBACK_COLUMNS, row, strict=True))
-    payload = {k: values[k] for k in CALLBACK_KEYS}
-    return StoredEntry(values["seq"], values["order_no"], payload, values["record_hash"])
 
 
-def _time(text: str | None) -> datetime | None:
-    return parse_timestamp(text) if text else None
-
-
-def _event(row: Sequence[Any]) -> OutboxEvent:
-    (event_id, seq, order_no, body, created_at, attempts, next_attempt_at, last_attempt_at,
-     last_error, delivered_at) = row
-    return OutboxEvent(event_id, seq, order_no, bytes(body), parse_timestamp(created_at),
-                       attempts, parse_timestamp(next_attempt_at), _time(last_attempt_at),
-                       last_error, _time(delivered_at))
-
-
-def _state(row: Sequence[Any]) -> OrderState:
-    order_no, merchant_order_no, status, deal_amount, order_type, first, updated, count = row
-    return OrderState(order_no, merchant_order_no, status, deal_amount, order_type,
-                      parse_timestamp(first), parse_timestamp(updated), count)
