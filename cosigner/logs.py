@@ -14,11 +14,12 @@ import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
-from urllib.parse import unquote, urlsplit
 
 import structlog
 
-REDACTED = "**********"
+from cosigner.redact import MASK, secret_values
+
+REDACTED = MASK
 _SECRET_KEY = re.compile(
     r"(secret|password|passwd|pfx_pass|private|token|authorization|^sign$|^data$|"
     r"api_secret|database_url|dsn)", re.IGNORECASE)
@@ -34,19 +35,7 @@ class SecretRedactor:
     """
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
-        values: set[str] = set()
-        for v in secrets:
-            if not v:
-                continue
-            candidates = [v]
-            if "://" in v:
-                try:
-                    password = urlsplit(v).password
-                except ValueError:
-                    password = None
-                if password:
-                    candidates += [password, unquote(password)]
-            values.update(c for c in candidates if len(c) >= 4)
+        values = secret_values(secrets)
         # Longest first, so that a secret containing another is masked whole.
         self._secrets = tuple(sorted(values, key=len, reverse=True))
 

@@ -21,6 +21,7 @@ Imports nothing of ours: every layer may use it.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
@@ -43,12 +44,11 @@ _TOKEN = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{24,}={0,2}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}|T[1-9A-HJ-NP-Za-km-z]{33}")
 
 
-def register_secret(*values: str | None) -> None:
-    """Remember secret values so that :func:`mask_secrets` masks them anywhere.
-
-    The password inside a URL (``postgresql://user:pw@host/db``) is registered
-    on its own too: a driver's error message may quote it without the URL.
-    """
+def secret_values(values: Iterable[str | None]) -> set[str]:
+    """The texts to mask for these secrets: each value, and the password inside a URL
+    (``postgresql://user:pw@host/db``) on its own, raw and decoded (a driver's error
+    message may quote it without the URL); none shorter than :data:`MIN_SECRET_LENGTH`."""
+    found: set[str] = set()
     for v in values:
         if not v:
             continue
@@ -60,7 +60,17 @@ def register_secret(*values: str | None) -> None:
                 password = None
             if password:
                 candidates += [password, unquote(password)]
-        _registered.update(c for c in candidates if len(c) >= MIN_SECRET_LENGTH)
+        found.update(c for c in candidates if len(c) >= MIN_SECRET_LENGTH)
+    return found
+
+
+def register_secret(*values: str | None) -> None:
+    """Remember secret values so that :func:`mask_secrets` masks them anywhere.
+
+    The password inside a URL (``postgresql://user:pw@host/db``) is registered
+    on its own too: a driver's error message may quote it without the URL.
+    """
+    _registered.update(secret_values(values))
     _masked_short.cache_clear()  # masked before this secret was known
 
 
