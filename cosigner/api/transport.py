@@ -29,6 +29,7 @@ exception, so the client above maps it as it would httpx's transport's:
 from __future__ import annotations
 
 import asyncio
+import re
 import select
 import ssl
 import time
@@ -42,6 +43,9 @@ MAX_HEAD = 64 * 1024
 MAX_BODY = 32 * 1024 * 1024
 
 Origin = tuple[str, str, int]  # scheme, host, port
+
+#: A chunk size: hex digits only (no sign, no prefix, no underscores), at most 16.
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
 class _ProtocolError(Exception):
@@ -86,6 +90,7 @@ class _Connection(asyncio.Protocol):
         self._until_close = False
         self._pos = 0                       # parse position in the buffer (chunked)
         self._chunks: list[bytes] = []
+        self._chunked_total = 0             # bytes of the chunks read so far
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -231,10 +236,13 @@ class _Connection(asyncio.Protocol):
             if end < 0:
                 return None
             size_text = bytes(buffer[self._pos:end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise _ProtocolError("malformed chunk size") from None
+            if not _CHUNK_SIZE.fullmatch(size_text):
+                # int(..., 16) alone takes "-6", "0x3" and "1_0": a negative size would
+                # send the parser back over its own bytes, forever, on the event loop.
+                raise _ProtocolError("malformed chunk size")
+            size = int(size_text, 16)
+            if self._chunked_total + size > MAX_BODY:
+                raise _ProtocolError("answer body too long")
             if size == 0:
                 trailer_end = buffer.find(b"\r\n\r\n", end)
                 if buffer[end:end + 4] != b"\r\n\r\n" and trailer_end < 0:
@@ -250,9 +258,8 @@ class _Connection(asyncio.Protocol):
             if buffer[start + size:start + size + 2] != b"\r\n":
                 raise _ProtocolError("malformed chunk")
             self._chunks.append(bytes(buffer[start:start + size]))
+            self._chunked_total += size
             self._pos = start + size + 2
-            if sum(map(len, self._chunks)) > MAX_BODY:
-                raise _ProtocolError("answer body too long")
 
     def _answer(self, body: bytes) -> Answer:
         return Answer(self._status, self._reason, self._headers, body, self._keep_alive)
