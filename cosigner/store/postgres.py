@@ -246,6 +246,9 @@ class PostgresJournal:
         self.witness = witness if witness is None or isinstance(witness, Witness) \
             else Witness(witness)
         self._on_commit = on_commit
+        # A head committed but not yet in the witness: no write and no lookup (so no post)
+        # until the witness takes it.
+        self._unwitnessed: Head | None = None
         self._clock = clock
         self._connect_timeout = connect_timeout
         self._lock = threading.RLock()
@@ -606,6 +609,8 @@ class PostgresJournal:
         mode_list = list(dict.fromkeys(modes))
         if not ids:
             return {}
+        with self._lock:
+            self._require_witnessed()
 
         def find(conn: psycopg.Connection[Any]) -> dict[int, ItemView]:
             firsts = conn.execute(
@@ -936,6 +941,7 @@ class PostgresJournal:
         lock, after proving this process is still the leader; then update the witness."""
         with self._lock:
             conn = self._writable_connection()
+            self._require_witnessed()
             try:
                 with conn.transaction():
                     seq, prev = self._lock_head(conn)
@@ -956,10 +962,16 @@ class PostgresJournal:
             except psycopg.Error as exc:
                 raise StoreError(f"journal {self.where} cannot be written "
                                  f"({self._scrub(exc)}); nothing was recorded") from None
-            head = self._read_head(conn) \
-                if self.witness is not None or self._on_commit is not None else None
+            try:
+                head = self._read_head(conn) \
+                    if self.witness is not None or self._on_commit is not None else None
+            except psycopg.Error as exc:
+                raise StoreError(f"journal {self.where}: committed, but its head cannot be "
+                                 f"read back ({self._scrub(exc)})") from None
         if head is not None and self.witness is not None and self._journal_id is not None:
+            self._unwitnessed = head
             self._write_witness(self._journal_id, head)
+            self._unwitnessed = None
         if self._on_commit is not None:
             self._on_commit(head or self.head())
         return result
@@ -1022,6 +1034,13 @@ class PostgresJournal:
         row = conn.execute("SELECT record_hash FROM cosigner_entries WHERE seq = %s",
                            (seq,)).fetchone()
         return None if row is None else str(row[0])
+
+    def _require_witnessed(self) -> None:
+        """Before a write or a lookup: a head the witness could not take after its commit
+        is written to it now, or StoreError (nothing more is recorded or posted)."""
+        if self._unwitnessed is not None and self._journal_id is not None:
+            self._write_witness(self._journal_id, self._unwitnessed)
+            self._unwitnessed = None
 
     def _write_witness(self, journal_id: str, head: Head) -> None:
         assert self.witness is not None

@@ -234,6 +234,9 @@ class SqliteJournal:
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._journal_id = ""
+        # A head committed but not yet in the witness: no write and no lookup (so no post)
+        # until the witness takes it.
+        self._unwitnessed: Head | None = None
         # Enforced approvals already read (and hash-checked) by this writer, by seq: the
         # write transaction reads only the newer ones.  Valid because this process holds
         # the single-writer lock while it is open.
@@ -581,6 +584,7 @@ class SqliteJournal:
         mode_list = list(dict.fromkeys(modes))
         with self._lock:
             conn = self._connection()
+            self._require_witnessed()
             return self._run(lambda c: self._lookup(c, ids, mode_list), conn)
 
     def _lookup(self, conn: sqlite3.Connection, ids: list[int],
@@ -616,6 +620,7 @@ class SqliteJournal:
             conn = self._connection()
             if not decisions:
                 return []
+            self._require_witnessed()
             now = self._clock()
             created_at = timestamp_text(now)
 
@@ -739,6 +744,7 @@ class SqliteJournal:
             conn = self._connection()
             if not outcomes:
                 return
+            self._require_witnessed()
             created_at = timestamp_text(self._clock())
 
             def write(c: sqlite3.Connection) -> tuple[int, Head]:
@@ -768,9 +774,18 @@ class SqliteJournal:
 
     def _committed(self, head: Head) -> None:
         """After a commit: the witness first (fail closed if it cannot be kept), then the hook."""
+        self._unwitnessed = head
         self._write_witness(self._journal_id, head)
+        self._unwitnessed = None
         if self._on_commit is not None:
             self._on_commit(head)
+
+    def _require_witnessed(self) -> None:
+        """Before a write or a lookup: a head the witness could not take after its commit
+        is written to it now, or StoreError (nothing more is recorded or posted)."""
+        if self._unwitnessed is not None:
+            self._write_witness(self._journal_id, self._unwitnessed)
+            self._unwitnessed = None
 
     def _write_witness(self, journal_id: str, head: Head) -> None:
         try:

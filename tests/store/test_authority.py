@@ -333,6 +333,33 @@ class TestWitness:
         assert state is not None
         assert (state.journal_id, state.head) == (writer.journal_id, writer.head())
 
+    def test_a_witness_that_cannot_be_written_stops_everything_after(
+            self, writer: SqliteJournal, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Regression: a witness write failing after a commit raised, and the next write
+        and the next lookup (which reposts what is decided) went on regardless.  Until the
+        witness takes the committed head, every write and lookup is refused."""
+        witness_write = writer.witness.write
+
+        def full(*_: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(writer.witness, "write", full)
+        with pytest.raises(StoreError, match="witness .* cannot be written"):
+            writer.record_decisions([decision(1)])
+        assert writer.head().seq == 1  # committed before the witness failed
+        with pytest.raises(StoreError, match="cannot be written"):
+            writer.lookup([1], ["enforce"])
+        with pytest.raises(StoreError, match="cannot be written"):
+            writer.record_decisions([decision(2)])
+        with pytest.raises(StoreError, match="cannot be written"):
+            writer.record_outcomes([NewOutcome(1, 1, RecordState.POSTED, 200, "Success")])
+        assert writer.head().seq == 1
+        monkeypatch.setattr(writer.witness, "write", witness_write)
+        assert 1 in writer.lookup([1], ["enforce"])  # the witness took the head first
+        state = writer.witness.read()
+        assert state is not None
+        assert state.head == writer.head()
+
     def test_a_restored_older_copy_is_refused(self, writer: SqliteJournal, db_path: Path,
                                               tmp_path: Path) -> None:
         """Copying back an older database and marker (the witness stays) is refused."""
