@@ -344,7 +344,7 @@ class TestWitness:
             raise OSError(28, "No space left on device")
 
         monkeypatch.setattr(writer.witness, "write", full)
-        with pytest.raises(StoreError, match="witness .* cannot be written"):
+        with pytest.raises(StoreError, match=r"witness .* cannot be written"):
             writer.record_decisions([decision(1)])
         assert writer.head().seq == 1  # committed before the witness failed
         with pytest.raises(StoreError, match="cannot be written"):
