@@ -240,10 +240,14 @@ class Pipeline:
                 self.log.exception("listener.failed")
 
     def paused(self) -> bool:
-        """The kill switch: the pause file exists (or the injected pause check says so)."""
+        """The kill switch: the pause file exists (or the injected pause check says so).
+        A pause file that cannot be checked (EACCES, EIO) counts as paused."""
         if self._paused_hook is not None and self._paused_hook():
             return True
-        return self.pause_file is not None and self.pause_file.exists()
+        try:
+            return self.pause_file is not None and self.pause_file.exists()
+        except OSError:
+            return True
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -631,6 +635,7 @@ class Pipeline:
         """
         slots = asyncio.Semaphore(self.concurrency)
         posting: list[asyncio.Task[None]] = []
+        records: list[Signed] | None = []
         try:
             while (records := await queue.get()) is not None:
                 if not records:
@@ -641,6 +646,16 @@ class Pipeline:
                     await posting.pop(0)  # the chunk before: its last posts are done
             while posting:
                 await posting.pop(0)
+        except Exception:
+            # Post nothing more, but keep taking what the decider hands over (it would
+            # block on the full queue forever otherwise); those records stay decided.
+            for task in posting:
+                task.cancel()
+            await asyncio.gather(*posting, return_exceptions=True)
+            posting.clear()
+            while records is not None:
+                records = await queue.get()
+            raise
         finally:
             for task in posting:
                 task.cancel()
@@ -669,7 +684,14 @@ class Pipeline:
                     self._settled(outcome)
                     await writer.add(outcome)
 
-        await asyncio.gather(*(one(r) for r in records))
+        tasks = [asyncio.create_task(one(r)) for r in records]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:  # one failing (or a cancel) stops its siblings: none posts
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     def _settled(self, outcome: NewOutcome) -> None:
         if self._unposted is not None and outcome.state == RecordState.POSTED:

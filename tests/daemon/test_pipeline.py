@@ -529,6 +529,47 @@ class TestIssue10Defects:
         await world.pipeline.poll()
         assert world.api.posts() == [1, 2, 3]
 
+    async def test_a_pause_file_that_cannot_be_checked_counts_as_paused(
+            self, make_world: Callable[..., World]) -> None:
+        """Regression: a pause check raising (EACCES, EIO on Python 3.11) killed the poster
+        task and the decider then blocked on the full queue forever.  It counts as
+        paused now: the poll ends, nothing is posted, the records stay decided."""
+        import asyncio
+
+        class Unreadable:
+            def exists(self) -> bool:
+                raise PermissionError(13, "Permission denied")
+
+        world = make_world([raw(i, "1") for i in range(1, CHUNK + 11)])
+        world.pipeline.pause_file = Unreadable()  # type: ignore[assignment]
+        result = await asyncio.wait_for(world.pipeline.poll(), timeout=20)
+        assert world.api.posts() == []
+        assert result.posted == 0
+        assert {r.state for r in world.latest().values()} <= {"decided"}
+
+    async def test_a_poster_that_fails_does_not_block_the_decider(
+            self, make_world: Callable[..., World], tmp_path: Path) -> None:
+        """A post path raising outside the per-post handling ends the poll (not ok) instead
+        of leaving the decider blocked on the queue; no post follows the failure."""
+        import asyncio
+
+        world = make_world([raw(i, "1") for i in range(1, 3 * CHUNK + 1)])
+        _unlimited(world, tmp_path)
+        calls = 0
+        settled = world.pipeline._settled
+
+        def broken(outcome: NewOutcome) -> None:
+            nonlocal calls
+            calls += 1
+            if calls > 3:
+                raise RuntimeError("boom")
+            settled(outcome)
+
+        world.pipeline._settled = broken  # type: ignore[method-assign]
+        result = await asyncio.wait_for(world.pipeline.poll(), timeout=20)
+        assert result.ok is False
+        assert len(world.api.posts()) <= CHUNK  # no chunk after the failing one is posted
+
     async def test_the_pause_stops_collections(self, make_world: Callable[..., World],
                                                tmp_path: Path) -> None:
         """Defect 5: no collection is posted while paused."""
