@@ -317,10 +317,13 @@ class ApiClient:
         repeated = _envelope_duplicates(body)
         if repeated:
             # A provider reading first-wins would see another answer than this one.
-            raise ApiProtocolError(endpoint, f"answer repeats the key(s) {', '.join(repeated)}")
+            raise ApiProtocolError(endpoint, "answer repeats the key(s) " + _provider_text(
+                ", ".join(repeated), self._secret))
         code = body["code"]
         if _is_int(code) and code == 200:
             return body.get("data")
+        if isinstance(code, str | dict | list):  # the provider's text: shown masked only
+            code = _provider_text(str(code), self._secret)
         raw_message = body.get("message")
         message = (_provider_text(raw_message, self._secret) if isinstance(raw_message, str)
                    else "")
@@ -471,7 +474,8 @@ def _http_error_message(body: Any) -> str:
     """The message of a non-2xx answer, with the envelope's code when it has one."""
     if not isinstance(body, dict):
         return ""
-    message = body["message"][:200] if isinstance(body.get("message"), str) else ""
+    # Not cut here: _provider_text masks the whole message first, then cuts it.
+    message = body["message"] if isinstance(body.get("message"), str) else ""
     code = body.get("code")
     # Keep the envelope's code too (DESIGN section 1): 429 may carry 4290, 5xx 5000.
     if _is_int(code):

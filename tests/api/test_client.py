@@ -363,8 +363,27 @@ class TestEnvelope:
         api_server.script(RATE, Answer(body))
         with pytest.raises(ApiResponseError) as caught:
             await make_client().rate("USDT", "CNY")
-        assert caught.value.code == loads_exact(code_text)  # kept as sent
+        sent = loads_exact(code_text)
+        # kept as sent; an object is kept as (masked) text
+        assert caught.value.code == (str(sent) if isinstance(sent, dict) else sent)
         assert len(api_server.requests) == 1  # an answered code is not retried
+
+    async def test_provider_text_is_masked_before_it_is_cut(
+            self, api_server: ScriptedServer, make_client: MakeClient) -> None:
+        """Regression: a non-2xx message was cut at 200 characters before masking, so a
+        secret straddling the cut survived in part; a non-integer code was kept unmasked."""
+        echo = "x " * 95 + SECRET  # the cut at 200 fell inside the secret
+        api_server.script(RATE, Answer('{"code":5000,"message":"' + echo + '"}', status=503))
+        api_server.script(RATE, Answer('{"code":5000,"message":"' + echo + '"}', status=503))
+        api_server.script(RATE, Answer('{"code":5000,"message":"' + echo + '"}', status=503))
+        with pytest.raises(ApiHTTPError) as caught:
+            await make_client().rate("USDT", "CNY")
+        assert SECRET[:6] not in str(caught.value)
+        api_server.script(RATE, Answer('{"code":"sig ' + SECRET + '"}'))
+        with pytest.raises(ApiResponseError) as response:
+            await make_client().rate("USDT", "CNY")
+        assert SECRET not in str(response.value.code)
+        assert SECRET not in str(response.value)
 
     @pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b"", b"{", b"[1, 2]",
                                       b'"code"', b"\xff\xfe", b"null"])
