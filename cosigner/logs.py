@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from cosigner.redact import MASK, secret_values
+from cosigner.redact import MASK, mask_url, secret_values
 
 REDACTED = MASK
 _SECRET_KEY = re.compile(
@@ -43,11 +43,12 @@ class SecretRedactor:
         return f"SecretRedactor({len(self._secrets)} secrets)"
 
     def mask(self, text: str) -> str:
-        """*text* with every secret value replaced by :data:`REDACTED`."""
+        """*text* with every secret value replaced by :data:`REDACTED`, and any URL's
+        ``user:password@`` too (a URL the redactor was not given)."""
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        return text
+        return mask_url(text) if "@" in text else text
 
     def _scrub(self, value: Any) -> Any:
         if isinstance(value, str):

@@ -69,6 +69,11 @@ class TestRedactSecrets:
         register_secret("s3cr-x1")
         assert mask_text("late s3cr-x1") == f"late {REDACTED}"
 
+    def test_a_url_password_it_was_not_given_is_masked(self) -> None:
+        redact = SecretRedactor([])
+        event = redact(None, "info", {"event": "forward to https://u:unknown-pw@hook.example/x"})
+        assert "unknown-pw" not in event["event"]
+
     def test_short_values_are_not_registered(self) -> None:
         """Values under 4 characters are ignored, so "en" or "1" never get masked."""
         redact = SecretRedactor(["abc", None, ""])

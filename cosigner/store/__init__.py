@@ -82,16 +82,23 @@ DEFAULT_URL = "sqlite:///var/lib/cosigner/journal.db"
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    """``url`` with any password (in its userinfo or a ``password=`` query parameter)
+    replaced by ``***``; the user is kept (for messages and logs)."""
     try:
         parts = urllib.parse.urlsplit(url)
-        if parts.password is None:
-            return url
+        password = parts.password
     except ValueError:
         return "<unparsable URL>"
-    netloc = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if password is not None:
+        netloc = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
+    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if any(k.lower() == "password" for k, _ in pairs):
+        parts = parts._replace(query="&".join(
+            f"{k}={'***' if k.lower() == 'password' else v}" for k, v in pairs))
+    elif password is None:
+        return url  # nothing to hide: shown exactly as given
+    return urllib.parse.urlunsplit(parts)
 
 
 def journal_from_url(url: str, *, writer: bool = False, witness: str | None = None,
@@ -114,7 +121,8 @@ def journal_from_url(url: str, *, writer: bool = False, witness: str | None = No
     scheme, sep, rest = url.partition(":")
     scheme = scheme.lower()
     if not sep:
-        raise SettingsError(f"{SETTING}: {redact_url(url)!r} is not a URL; use "
+        # Not shown: a libpq key=value string ("host=db password=...") lands here.
+        raise SettingsError(f"{SETTING}: the value is not a URL; use "
                             "sqlite:///abs/path.db, sqlite:relative.db or memory://")
     if scheme == "sqlite":
         return SqliteJournal(_sqlite_path(rest), writer=writer, witness=witness, clock=clock,

@@ -103,11 +103,19 @@ class TestOpenJournal:
 
 
 class TestRedactUrl:
+    def test_a_key_value_string_is_not_echoed(self) -> None:
+        """A libpq key=value string is not a URL: the error does not show it."""
+        with pytest.raises(SettingsError, match="is not a URL") as caught:
+            journal_from_url("host=db password=s3cret-kv")
+        assert "s3cret-kv" not in str(caught.value)
+
     @pytest.mark.parametrize(("url", "shown"), [
         ("postgresql://u:pw@db:5432/x", "postgresql://u:***@db:5432/x"),
         ("postgresql://db/x", "postgresql://db/x"),
         ("sqlite:///a.db", "sqlite:///a.db"),
         ("postgresql://u:pw@[::1/x", "<unparsable URL>"),
+        ("postgresql://app@db/c?password=s3cr&sslmode=require",
+         "postgresql://app@db/c?password=***&sslmode=require"),
     ])
     def test_password_is_replaced(self, url: str, shown: str) -> None:
         """Only the password is hidden; an unparsable URL is not shown at all."""
