@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from cosigner.api.auth import SignSort, compute_sign, signs_equal
+from cosigner.api.auth import SignSort, verify_callback
 from cosigner.models import JsonNumber
 
 #: The largest callback body accepted (the API doc's callback is ~200 bytes).
@@ -278,15 +278,13 @@ def content_hash(data: Mapping[str, Any]) -> str:
 # -- signature -----------------------------------------------------------------------------
 
 def signature_ok(body: str, secret: str, sort: SignSort) -> bool:
-    """Whether the ``signature`` of the (already shape-checked) callback ``body`` is
-    the ``Sign`` of its other fields under ``secret``; constant-time compare."""
-    data = json.loads(body, parse_float=JsonNumber)
-    signature = data.pop("signature")
+    """Whether the ``signature`` of the (already shape-checked) callback ``body`` is the
+    ``Sign`` of every other field under ``secret``, a field named ``Sign`` included
+    (:func:`cosigner.api.auth.verify_callback`: constant-time compare)."""
     try:
-        expected = compute_sign(data, secret, sort)
+        return verify_callback(body, secret, sort)
     except (TypeError, ValueError, InvalidOperation):
         return False
-    return signs_equal(expected, signature)
 
 
 def verify(body: bytes, secret: str, sort: SignSort) -> OrderCallback | Rejection:

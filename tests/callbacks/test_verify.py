@@ -69,6 +69,16 @@ class TestSignature:
         """Fields beyond the doc's are covered by the signature, so they may come."""
         assert accepted(verify(signed(extra="x"), SECRET, "casefold")).status == 1
 
+    def test_a_field_named_sign_is_signed_too(self) -> None:
+        """Regression: the callback check left a body field named ``Sign`` out of the
+        signature (the request rule), so one added to a captured callback still passed
+        and one the provider signed failed.  Every field but ``signature`` is signed."""
+        assert accepted(verify(signed(Sign="provider"), SECRET, "casefold")).status == 1
+        data = loads_exact(signed())
+        data["Sign"] = "added-after-signing"
+        body = dumps_exact(data).encode("utf-8")
+        assert rejected(verify(body, SECRET, "casefold")).outcome == Outcome.BAD_SIGNATURE
+
     def test_uppercase_signature_verifies(self) -> None:
         """The hex comparison ignores case, as for request signs."""
         data = loads_exact(signed())
