@@ -620,6 +620,7 @@ class SqliteJournal:
             conn = self._connection()
             if not decisions:
                 return []
+            self._require_writer()
             self._require_witnessed()
             now = self._clock()
             created_at = timestamp_text(now)
@@ -744,6 +745,7 @@ class SqliteJournal:
             conn = self._connection()
             if not outcomes:
                 return
+            self._require_writer()
             self._require_witnessed()
             created_at = timestamp_text(self._clock())
 
@@ -779,6 +781,11 @@ class SqliteJournal:
         self._unwitnessed = None
         if self._on_commit is not None:
             self._on_commit(head)
+
+    def _require_writer(self) -> None:
+        """Decisions and outcomes are written only by the writer (which holds the lock)."""
+        if not self.writer:
+            raise StoreError(f"journal {self.path} is open read-only: nothing was recorded")
 
     def _require_witnessed(self) -> None:
         """Before a write or a lookup: a head the witness could not take after its commit

@@ -333,6 +333,20 @@ class TestWitness:
         assert state is not None
         assert (state.journal_id, state.head) == (writer.journal_id, writer.head())
 
+    def test_a_reader_records_nothing(self, writer: SqliteJournal, db_path: Path) -> None:
+        """Regression: a journal opened read-only (no writer lock) could record decisions
+        beside the daemon."""
+        reader = SqliteJournal(db_path)
+        reader.open()
+        try:
+            with pytest.raises(StoreError, match="read-only"):
+                reader.record_decisions([decision(1)])
+            with pytest.raises(StoreError, match="read-only"):
+                reader.record_outcomes([NewOutcome(1, 1, RecordState.POSTED, 200, "ok")])
+        finally:
+            reader.close()
+        assert writer.head().seq == 0
+
     def test_a_witness_that_cannot_be_written_stops_everything_after(
             self, writer: SqliteJournal, monkeypatch: pytest.MonkeyPatch) -> None:
         """Regression: a witness write failing after a commit raised, and the next write
