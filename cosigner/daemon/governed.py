@@ -129,13 +129,26 @@ def transition_key(previous: str, sha256: str) -> str:
                           .encode("ascii")).hexdigest()
 
 
-def last_in_force(journal: Journal, since: datetime) -> str | None:
-    """The digest in force when the journal's latest decision after *since* was made
-    (the first of ``in-force+pending``), or None when there is none."""
+def last_in_force(journal: Journal, since: datetime | None) -> str | None:
+    """The digest in force when the journal's latest decision after *since* (or ever)
+    was made (the first of ``in-force+pending``), or None when there is none."""
     latest = None
     for record in journal.records(since=since):
         latest = record.policy_sha256
     return latest.split("+", 1)[0] if latest is not None else None
+
+
+def latest_in_force(journal: Journal, now: datetime, delay: timedelta) -> str | None:
+    """The digest in force at the journal's latest decision: looked for in the last
+    *delay*, then in ever longer spans back, then in the whole journal.  A quiet spell
+    longer than the delay must not lose it: without it, an older bundle put back while
+    the daemon was down would find its own first sighting long past and skip the delay.
+    """
+    for span in (delay, delay * 8, delay * 64):
+        found = last_in_force(journal, now - span)
+        if found is not None:
+            return found
+    return last_in_force(journal, None)
 
 
 def start_state(policy: CompiledPolicy, ledger: Ledger, path: Path, governance: Governance,
@@ -145,8 +158,8 @@ def start_state(policy: CompiledPolicy, ledger: Ledger, path: Path, governance: 
     A bundle still within its delay at start (a restart during the delay, or files
     changed while the daemon was down) is pending; the policy that was in force is
     gone with its files, so only the bundle's refusals apply until it is due.  The
-    digest that was in force is read from the latest decision of the last delay (so
-    the transition's first sighting counts too).  A journal with no decision at all
+    digest that was in force is read from the journal's latest decision (so the
+    transition's first sighting counts too).  A journal with no decision at all
     has no policy to loosen: its first bundle is in force at once.
     """
     if governance.delay <= timedelta(0):
@@ -155,7 +168,7 @@ def start_state(policy: CompiledPolicy, ledger: Ledger, path: Path, governance: 
     if next(iter(journal.records(limit=1)), None) is None:
         first_seen(governance, policy.sha256, now, already_due=True)
         return PolicyState(policy, ledger, path)
-    previous = last_in_force(journal, now - governance.delay)
+    previous = latest_in_force(journal, now, governance.delay)
     if previous == policy.sha256:
         first_seen(governance, policy.sha256, now)
         return PolicyState(policy, ledger, path)

@@ -355,6 +355,38 @@ class TestLoosenDelay:
         assert await again.poll_job()
         assert rig.latest()[big].action is Action.APPROVE
 
+    async def test_a_rollback_after_a_quiet_spell_waits_too(
+            self, rig: Rig, approvers: Approvers, bundle: Bundle,
+            clock: time_machine.Coordinates) -> None:
+        """Regression: the policy in force was read only from the decisions of the last
+        delay; after a quiet spell longer than that, an older, looser bundle put back
+        while the daemon was down found its first sighting long past and was in force at
+        once.  It waits the delay like any change."""
+        daemon = governed(rig, approvers, DELAY)
+        p1 = bundle.write([SANCTIONED], [CUSTOMER], "alice", "bob")
+        assert await daemon.reload_policy("test") is True
+        clock.shift(DELAY * 2)
+        assert daemon.pipeline.activate_due()
+        p2 = bundle.write([SANCTIONED, NEWLY_SANCTIONED], [], "alice", "bob")
+        assert await daemon.reload_policy("test") is True
+        clock.shift(DELAY * 2)
+        assert daemon.pipeline.activate_due()
+        (big,) = await rig.add(item("500", to=CUSTOMER))
+        assert await daemon.poll_job()
+        assert rig.latest()[big].policy_sha256 == p2
+        daemon.request_stop()
+        await daemon.close()
+
+        clock.shift(DELAY * 20)  # nothing decided for far longer than the delay
+        assert bundle.write([SANCTIONED], [CUSTOMER], "alice", "bob") == p1
+        again = governed(rig, approvers, DELAY)
+        pending = again.pipeline.state.pending
+        assert pending is not None
+        assert pending.policy.sha256 == p1
+        assert pending.activates_at > datetime.now(UTC)
+        assert await again.poll_job()
+        assert rig.latest()[big].action is Action.HOLD
+
     async def test_cosigner_status_shows_the_pending_bundle(
             self, rig: Rig, approvers: Approvers, bundle: Bundle,
             cosigner_env: Callable[..., None], capsys: pytest.CaptureFixture[str]) -> None:
