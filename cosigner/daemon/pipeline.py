@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +101,15 @@ class PollResult:
     gone: int = 0
     errors: list[str] = field(default_factory=list)
     duration: float = 0.0
+
+    def add(self, other: PollResult) -> None:
+        """Count *other* (a chunk's deciding) in this cycle's result."""
+        for name in ("seen", "decided", "approved", "rejected", "held", "posted", "reposted",
+                     "reconciled", "failed", "unknown", "mutations", "skipped", "paused",
+                     "gone"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.ok = self.ok and other.ok
+        self.errors.extend(other.errors)
 
 
 class PolicyState:
@@ -410,7 +418,9 @@ class Pipeline:
         refuses (another writer got there first, or the ledger cache was wrong), the ledger
         is rebuilt from the journal and the chunk decided once more, from scratch.
         """
-        before, seen_before = copy.deepcopy(result), set(seen)
+        # The chunk is counted apart and added to the cycle's result at the end: a retry
+        # starts it afresh without touching what the poster counted meanwhile.
+        cycle, result, seen_before = result, PollResult(), set(seen)
         ids = [i for i in (item.id for item in chunk) if i is not None and valid_item_id(i)]
         views = await asyncio.to_thread(self.journal.lookup, ids, self.modes)
         policy, ledger = self.state.policy, self.state.ledger
@@ -440,14 +450,14 @@ class Pipeline:
                                refused=len(exc.conflicts), retry=retry)
                 await self._rebuild_ledger(policy, now)
                 if retry:
-                    result.__dict__.update(before.__dict__)
                     seen.clear()
                     seen.update(seen_before)
-                    return await self._decide_chunk(chunk, conflicting, seen, result,
+                    return await self._decide_chunk(chunk, conflicting, seen, cycle,
                                                     retry=False)
                 result.ok = False
                 result.errors.append(f"journal: {exc}")
                 result.held += len(new)
+        cycle.add(result)
         return to_post
 
     async def _record_new(self, new: list[tuple[NewDecision, Outcome]], policy: CompiledPolicy,

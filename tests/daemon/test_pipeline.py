@@ -321,6 +321,31 @@ class TestJournalBeforePost:
         assert len(at_second_chunk) == 1
         assert at_second_chunk[0] > 0
 
+    async def test_a_conflict_retry_keeps_what_the_poster_counted(
+            self, make_world: Callable[..., World], tmp_path: Path) -> None:
+        """Regression: a journal conflict restored the whole cycle's result as it was before
+        the chunk, erasing the posts counted meanwhile by the poster of the chunk before.
+        The chunk is counted apart; every post is counted once."""
+        from cosigner.errors import JournalConflictError
+
+        world = make_world([raw(i, "1") for i in range(1, 2 * CHUNK + 1)])
+        _unlimited(world, tmp_path)
+        record = world.journal.record_decisions
+        calls = 0
+
+        def conflict_once(decisions: Any, guard: Any = None) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise JournalConflictError("test", {decisions[0].item_id: "already_decided"})
+            return record(decisions, guard)
+
+        world.journal.record_decisions = conflict_once  # type: ignore[method-assign]
+        result = await world.pipeline.poll()
+        assert calls == 3
+        assert len(world.api.posts()) == 2 * CHUNK
+        assert (result.decided, result.posted) == (2 * CHUNK, 2 * CHUNK)
+
     async def test_a_hook_between_journal_and_post_sees_the_records(
             self, make_world: Callable[..., World]) -> None:
         """``after_journal`` runs after the write and before any post."""
