@@ -59,7 +59,11 @@ class Governance:
         if signers_path is not None:
             signers = load_allowed_signers(signers_path)
             allowed = len(signers.principals(NAMESPACE))
-            if quorum is None or quorum > allowed:
+            if quorum is None or quorum < 1:
+                # 0 signatures of 0 needed would let any unsigned bundle through
+                raise ConfigError(f"COSIGNER_POLICY_QUORUM: {quorum} with signers in "
+                                  f"{signers_path}: at least 1 is needed")
+            if quorum > allowed:
                 raise ConfigError(f"COSIGNER_POLICY_QUORUM: {quorum} is more than the "
                                   f"{allowed} principal(s) of {signers_path}")
         return cls(signers, quorum or 0, delay)

@@ -435,3 +435,14 @@ class TestLoosenDelay:
 def test_signature_dir_is_beside_the_policy(tmp_path: Path) -> None:
     """``<policy file>.signatures/`` is where approvers put their .sig files."""
     assert signature_dir(tmp_path / "treasury.yaml") == tmp_path / "treasury.yaml.signatures"
+
+
+@pytest.mark.parametrize("quorum", [0, None, 4])
+def test_a_quorum_outside_one_to_the_signers_is_refused(approvers: Approvers,
+                                                        quorum: int | None) -> None:
+    """A quorum of 0 with signers (possible for a DaemonSpec built directly, the settings
+    refuse it) would accept any unsigned bundle: refused, as is one above the signers."""
+    from cosigner.daemon.governed import Governance
+    from cosigner.errors import ConfigError
+    with pytest.raises(ConfigError, match="COSIGNER_POLICY_QUORUM"):
+        Governance.configure(approvers.allowed_signers, quorum, timedelta(0))
