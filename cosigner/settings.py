@@ -214,7 +214,7 @@ class Settings(BaseSettings):
                              "signed with it")
         return self
 
-    @field_serializer("api_base_url")
+    @field_serializer("api_base_url", "callback_forward_url", "callback_public_url")
     def _masked_url(self, v: str | None) -> str | None:
         # A dump (model_dump_json, a debug print) shows the URL without its userinfo.
         return mask_url(v) if v else v

@@ -208,6 +208,13 @@ class TestSecretsNeverShow:
         for value in SECRETS.values():
             assert value not in text
 
+    def test_callback_urls_are_dumped_without_userinfo(self, cosigner_env: SetEnv) -> None:
+        cosigner_env(**SECRETS, callback_forward_url="https://u:fwdurl-pw-46@hook.example/in",
+                     callback_public_url="https://v:puburl-pw-47@me.example/cb")
+        text = load_settings().model_dump_json()
+        assert "fwdurl-pw-46" not in text
+        assert "puburl-pw-47" not in text
+
     def test_logging_the_settings(self, secrets_set: Settings) -> None:
         """A log line carrying the settings object shows no secret."""
         stream = io.StringIO()

@@ -122,7 +122,7 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        if self._head_done and self._until_close:
+        if self._head_done and self._until_close and exc is None:  # a clean close ends it
             waiter.set_result(Answer(self._status, self._reason, self._headers,
                                       bytes(self._buffer), False))
             return

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import httpx
 
 from cosigner.errors import StoreError
+from cosigner.redact import mask_url
 from cosigner.store.base import Clock, utc_now
 from cosigner.store.orders import OrderJournal, OutboxEvent
 
@@ -93,7 +94,7 @@ class Forwarder:
         self._busy = asyncio.Lock()  # one pass at a time: an event is never sent twice at once
 
     def __repr__(self) -> str:
-        return f"Forwarder(url={self.url!r}, secret=**********)"
+        return f"Forwarder(url={mask_url(self.url)!r}, secret=**********)"
 
     def notify(self) -> None:
         """A new event is in the outbox: look now rather than at the next tick."""

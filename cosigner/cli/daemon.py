@@ -87,9 +87,11 @@ def daemon_spec(settings: Settings) -> DaemonSpec:
         policy_signers=settings.policy_signers, policy_quorum=settings.policy_quorum,
         policy_loosen_delay=settings.loosen_delay,
         mode=settings.mode, log_format=settings.log_format, log_level=settings.log_level,
+        # the forward secret, and the forward URL (its userinfo or query may hold one)
         extra_secrets=tuple(
-            [settings.callback_forward_secret.get_secret_value()]
-            if settings.callback_forward_secret is not None else []),
+            ([settings.callback_forward_secret.get_secret_value()]
+             if settings.callback_forward_secret is not None else [])
+            + ([settings.callback_forward_url] if settings.callback_forward_url else [])),
         callbacks=(functools.partial(build_callbacks, settings)
                    if settings.callback_addr is not None else None))
 

@@ -52,6 +52,14 @@ def forwarder(journal: OrderJournal, url: str, clock: FakeClock | None = None,
     return Forwarder(journal, url, FORWARD_SECRET, **options), observed  # type: ignore[arg-type]
 
 
+def test_the_repr_hides_the_url_userinfo() -> None:
+    from cosigner.callbacks.verify import transition
+    from cosigner.store.orders import MemoryOrderJournal
+    journal = MemoryOrderJournal(transition)
+    shown = repr(forwarder(journal, "https://u:repr-pw-48@hook.example/in")[0])
+    assert "repr-pw-48" not in shown
+
+
 class TestSignature:
     def test_signature_is_hmac_sha256_of_the_body(self) -> None:
         """The header value is sha256=<hex HMAC-SHA256 of the exact body>."""
