@@ -791,8 +791,14 @@ class PostgresJournal:
                 p["chain_id"], p["from_address"], p["to_address"], p["amount_text"],
                 parse_timestamp(p["created_at"]))))
             self._approvals_seq = entry.seq
-        return [r for _, r in self._approvals_cache
-                if timestamp_text(r.created_at) >= cutoff]
+        # Drop what the window left, from the front (the cache would otherwise grow for
+        # as long as the daemon leads); the rest is the window, in seq order.
+        cache, since = self._approvals_cache, parse_timestamp(cutoff)
+        cut = 0
+        while cut < len(cache) and cache[cut][1].created_at < since:
+            cut += 1
+        del cache[:cut]
+        return [r for _, r in cache if r.created_at >= since]
 
     @staticmethod
     def _approvals(conn: psycopg.Connection[Any], cutoff: str) -> list[ApprovalRow]:
