@@ -35,8 +35,10 @@ from cosigner.store.orders_postgres import (
     PostgresOrderJournal,
     import_order_rows,
 )
-from cosigner.store.postgres import COLUMNS, PostgresJournal, mask_url, stored_entry
+from cosigner.store.postgres import PostgresJournal
+from cosigner.store.records import COLUMNS, stored_entry
 from cosigner.store.sqlite import SqliteJournal
+from cosigner.store.urls import mask_url
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,6 @@ No message ever shows the URL's userinfo (see :func:`mask_url`).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import socket
@@ -77,8 +76,6 @@ from cosigner.store.base import (
 )
 from cosigner.store.chain import (
     DECISION,
-    DECISION_KEYS,
-    KEYS,
     StoredEntry,
     decision_payload,
     entry_hash,
@@ -87,7 +84,15 @@ from cosigner.store.chain import (
     timestamp_text,
     verify_entries,
 )
-from cosigner.store.records import build_record, check_outcome, decision_state
+from cosigner.store.records import (
+    COLUMNS,
+    build_record,
+    check_outcome,
+    decision_state,
+    entry_row,
+    record_from_row,
+    stored_entry,
+)
 from cosigner.store.urls import mask_url as mask_url  # re-exported: its home before
 from cosigner.store.witness import Witness, check_head
 
@@ -102,10 +107,6 @@ CommitHook = Callable[[Head], None]
 _PAGE = 1000
 _VERDICTS = (Action.APPROVE.value, Action.REJECT.value)
 
-COLUMNS = ("seq", "kind", "prev_hash", "item_id", "content_hash", "chain_id", "from_address",
-           "to_address", "amount_text", "action", "rule", "reasons", "policy_name",
-           "policy_sha256", "mode", "decision_seq", "state", "api_code", "api_message",
-           "created_at", "record_hash")
 
 # Each migration takes the schema from version N-1 to N, in one transaction.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -625,7 +626,7 @@ class PostgresJournal:
                     "AND d.item_id = ANY(%s) AND d.mode = ANY(%s) "
                     "ORDER BY d.item_id, d.seq DESC", (ids, mode_list)).fetchall()
                 for row in rows:
-                    record = self._record_from_row(row)
+                    record = record_from_row(row, self.where)
                     latest[record.item_id] = record
             return {item_id: ItemView(item_id, content, latest.get(item_id))
                     for item_id, content in firsts}
@@ -675,7 +676,7 @@ class PostgresJournal:
                 seq += 1
                 payload = decision_payload(seq, prev, d, created_at)
                 prev = entry_hash(payload)
-                rows.append(_row(payload, prev))
+                rows.append(entry_row(payload, prev))
                 records.append(build_record(payload, prev, None))
                 if d.mode == ENFORCE and d.action.value in _VERDICTS:
                     verdict_rows.append((d.item_id, seq))
@@ -711,7 +712,7 @@ class PostgresJournal:
                 seq += 1
                 payload = outcome_payload(seq, prev, outcome, created_at)
                 prev = entry_hash(payload)
-                rows.append(_row(payload, prev))
+                rows.append(entry_row(payload, prev))
             self._insert(conn, rows)
             self._set_head(conn, seq, prev)
 
@@ -837,7 +838,7 @@ class PostgresJournal:
                 return c.execute(query, values).fetchall()
 
             rows = self._read(fetch)
-            records = [self._record_from_row(row) for row in rows]
+            records = [record_from_row(row, self.where) for row in rows]
             yield from records
             if len(rows) < page:
                 return
@@ -892,7 +893,7 @@ class PostgresJournal:
                     raise StoreError(f"journal copy: entry seq {entry.seq} does not follow "
                                      f"seq {seq}")
                 seq, prev = entry.seq, entry.record_hash
-                batch.append(_row(dict(p), entry.record_hash))
+                batch.append(entry_row(dict(p), entry.record_hash))
                 if p["kind"] == DECISION and p["mode"] == ENFORCE and \
                         p["action"] in _VERDICTS:
                     verdict_rows.append((int(p["item_id"]), entry.seq))
@@ -1083,42 +1084,5 @@ class PostgresJournal:
                           decision_state(mode, outcome_state))
         return found
 
-    def _record_from_row(self, row: Sequence[Any]) -> DecisionRecord:
-        payload = dict(zip(DECISION_KEYS, row[:16], strict=True))
-        payload["reasons"] = _load_reasons(payload["reasons"])
-        outcome = None
-        if row[17] is not None:
-            outcome = {"state": row[17], "api_code": row[18], "api_message": row[19],
-                       "created_at": row[20]}
-        try:
-            return build_record(payload, row[16], outcome)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"journal {self.where}: record seq {row[0]} cannot be read "
-                             f"({exc}); run `cosigner audit verify`") from exc
 
 
-def _row(payload: dict[str, Any], record_hash: str) -> tuple[Any, ...]:
-    """The ``cosigner_entries`` row of an entry payload."""
-    values = dict.fromkeys(COLUMNS)
-    values.update(payload)
-    if payload["kind"] == DECISION:
-        values["reasons"] = json.dumps(payload["reasons"], ensure_ascii=False)
-    values["record_hash"] = record_hash
-    return tuple(values[c] for c in COLUMNS)
-
-
-def _load_reasons(text: Any) -> Any:
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        return text  # an edited row: it will not hash to its record_hash
-
-
-def stored_entry(row: Sequence[Any]) -> StoredEntry:
-    """A row in :data:`COLUMNS` order as the payload that was hashed."""
-    values = dict(zip(COLUMNS, row, strict=True))
-    keys = KEYS.get(values["kind"], DECISION_KEYS)  # an unknown kind will not hash
-    payload = {k: values[k] for k in keys}
-    if "reasons" in payload:
-        payload["reasons"] = _load_reasons(payload["reasons"])
-    return StoredEntry(values["seq"], values["item_id"], payload, values["record_hash"])

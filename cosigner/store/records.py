@@ -4,7 +4,8 @@ its :class:`DecisionRecord`, and which outcomes may follow which decisions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cosigner.errors import StoreError
@@ -18,7 +19,13 @@ from cosigner.store.base import (
     DecisionRecord,
     NewOutcome,
 )
-from cosigner.store.chain import parse_timestamp
+from cosigner.store.chain import (
+    DECISION,
+    DECISION_KEYS,
+    KEYS,
+    StoredEntry,
+    parse_timestamp,
+)
 
 
 def decision_state(mode: str, outcome_state: str | None) -> RecordState:
@@ -66,3 +73,56 @@ def check_outcome(outcome: NewOutcome, where: str, decision: Mapping[str, Any] |
         raise StoreError(f"{prefix}: a hold is never posted")
     if current_state == POSTED:
         raise StoreError(f"{prefix}: the decision is already posted")
+
+
+# -- the entries table (SQLite ``entries``, PostgreSQL ``cosigner_entries``) ------------
+
+#: The columns of an entry row: every hashed field of both kinds, then the record's hash.
+COLUMNS = ("seq", "kind", "prev_hash", "item_id", "content_hash", "chain_id", "from_address",
+           "to_address", "amount_text", "action", "rule", "reasons", "policy_name",
+           "policy_sha256", "mode", "decision_seq", "state", "api_code", "api_message",
+           "created_at", "record_hash")
+
+
+def entry_row(payload: dict[str, Any], record_hash: str) -> tuple[Any, ...]:
+    """The entries row (:data:`COLUMNS` order) of an entry payload."""
+    values = dict.fromkeys(COLUMNS)
+    values.update(payload)
+    if payload["kind"] == DECISION:
+        values["reasons"] = json.dumps(payload["reasons"], ensure_ascii=False)
+    values["record_hash"] = record_hash
+    return tuple(values[c] for c in COLUMNS)
+
+
+def load_reasons(text: Any) -> Any:
+    """A row's ``reasons`` as stored (JSON), or the text as is when it is not JSON."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text  # an edited row: it will not hash to its record_hash
+
+
+def stored_entry(row: Sequence[Any]) -> StoredEntry:
+    """A row in :data:`COLUMNS` order as the payload that was hashed, for verification."""
+    values = dict(zip(COLUMNS, row, strict=True))
+    keys = KEYS.get(values["kind"], DECISION_KEYS)  # an unknown kind is an edit: no hash
+    payload = {k: values[k] for k in keys}
+    if "reasons" in payload:
+        payload["reasons"] = load_reasons(payload["reasons"])
+    return StoredEntry(values["seq"], values["item_id"], payload, values["record_hash"])
+
+
+def record_from_row(row: Sequence[Any], where: str) -> DecisionRecord:
+    """A :class:`DecisionRecord` from a decision's 16 hashed fields, its record hash and its
+    latest outcome's state, code, message and time (None when it has none)."""
+    payload = dict(zip(DECISION_KEYS, row[:16], strict=True))
+    payload["reasons"] = load_reasons(payload["reasons"])
+    outcome = None
+    if row[17] is not None:
+        outcome = {"state": row[17], "api_code": row[18], "api_message": row[19],
+                   "created_at": row[20]}
+    try:
+        return build_record(payload, row[16], outcome)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"journal {where}: record seq {row[0]} cannot be read "
+                         f"({exc}); run `cosigner audit verify`") from exc

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import secrets
 import sqlite3
@@ -51,10 +50,6 @@ from cosigner.store.base import (
     utc_now,
 )
 from cosigner.store.chain import (
-    DECISION,
-    DECISION_KEYS,
-    KEYS,
-    StoredEntry,
     decision_payload,
     entry_hash,
     outcome_payload,
@@ -62,7 +57,15 @@ from cosigner.store.chain import (
     timestamp_text,
     verify_entries,
 )
-from cosigner.store.records import build_record, check_outcome, decision_state
+from cosigner.store.records import (
+    COLUMNS,
+    build_record,
+    check_outcome,
+    decision_state,
+    entry_row,
+    record_from_row,
+    stored_entry,
+)
 from cosigner.store.witness import Witness, check_head
 
 #: Called after every commit with the new head (metrics, the ``journal.committed`` log event).
@@ -75,10 +78,6 @@ _CHUNK = 500
 # Rows fetched per lock acquisition while iterating records().
 _PAGE = 1000
 
-_COLUMNS = ("seq", "kind", "prev_hash", "item_id", "content_hash", "chain_id", "from_address",
-            "to_address", "amount_text", "action", "rule", "reasons", "policy_name",
-            "policy_sha256", "mode", "decision_seq", "state", "api_code", "api_message",
-            "created_at", "record_hash")
 
 # Versioned migrations: _MIGRATIONS[v] takes a journal from schema v to v + 1.  ``journal
 # init`` applies the missing ones in one transaction under the writer lock.
@@ -541,7 +540,7 @@ class SqliteJournal:
         except (KeyError, ValueError):
             head = (-1, "")
         cursor = conn.execute(_SELECT_ALL_FROM, (start_seq,))
-        result = verify_entries((_stored(row) for row in cursor), head,
+        result = verify_entries((stored_entry(row) for row in cursor), head,
                                 start=(start_seq, start_hash))
         if result.ok and "verified_seq" in meta and head[0] > start_seq:
             conn.executemany("UPDATE meta SET value = ? WHERE key = ?",
@@ -606,7 +605,7 @@ class SqliteJournal:
                     f"WHERE kind = 'decision' AND item_id IN ({marks}) AND mode IN "
                     f"({mode_marks}) GROUP BY item_id)", [*chunk, *modes]).fetchall()
                 for row in rows:
-                    record = self._record_from_row(row)
+                    record = record_from_row(row, str(self.path))
                     latest[record.item_id] = record
             for item_id, content_hash, _ in firsts:
                 found[item_id] = ItemView(item_id, content_hash, latest.get(item_id))
@@ -634,7 +633,7 @@ class SqliteJournal:
                     seq += 1
                     payload = decision_payload(seq, prev, decision, created_at)
                     prev = entry_hash(payload)
-                    rows.append(_row(payload, prev))
+                    rows.append(entry_row(payload, prev))
                     records.append(build_record(payload, prev, None))
                 c.executemany(_INSERT, rows)
                 self._set_head(c, seq, prev)
@@ -726,7 +725,7 @@ class SqliteJournal:
         return rows
 
     def _approval_row(self, row: Sequence[Any]) -> tuple[int, ApprovalRow]:
-        entry = _stored(row)
+        entry = stored_entry(row)
         try:
             ok = entry_hash(entry.payload) == entry.record_hash
         except (TypeError, ValueError):
@@ -764,7 +763,7 @@ class SqliteJournal:
                     seq += 1
                     payload = outcome_payload(seq, prev, outcome, created_at)
                     prev = entry_hash(payload)
-                    rows.append(_row(payload, prev))
+                    rows.append(entry_row(payload, prev))
                 c.executemany(_INSERT, rows)
                 self._set_head(c, seq, prev)
                 return start, Head(seq, prev)
@@ -854,7 +853,7 @@ class SqliteJournal:
                 conn = self._connection()
                 sql = _SELECT_RECORDS + where + " AND d.seq > ? ORDER BY d.seq LIMIT ?"
                 rows = self._fetch(conn, sql, [*params, after, page])
-                records = [self._record_from_row(row) for row in rows]
+                records = [record_from_row(row, str(self.path)) for row in rows]
             yield from records
             if len(rows) < page:
                 return
@@ -875,7 +874,7 @@ class SqliteJournal:
                 except (KeyError, ValueError):
                     head = (-1, "")  # reported as a head mismatch below
                 cursor = c.execute(_SELECT_ALL_FROM, (0,))
-                return verify_entries((_stored(row) for row in cursor), head)
+                return verify_entries((stored_entry(row) for row in cursor), head)
 
             # One read transaction: the chain and its head are seen at one instant.
             return self._transaction(conn, walk, begin="BEGIN")
@@ -944,60 +943,22 @@ class SqliteJournal:
                               decision_state(mode, outcome_state))
         return found
 
-    def _record_from_row(self, row: Sequence[Any]) -> DecisionRecord:
-        payload = dict(zip(DECISION_KEYS, row[:16], strict=True))
-        payload["reasons"] = _load_reasons(payload["reasons"])
-        outcome = None
-        if row[17] is not None:
-            outcome = {"state": row[17], "api_code": row[18], "api_message": row[19],
-                       "created_at": row[20]}
-        try:
-            return build_record(payload, row[16], outcome)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"journal {self.path}: record seq {row[0]} cannot be read "
-                             f"({exc}); run `cosigner audit verify`") from exc
 
 
 # Built from constants only, never from input: the S608 warnings are false positives.
-_INSERT = (f"INSERT INTO entries ({', '.join(_COLUMNS)}) "  # noqa: S608
-           f"VALUES ({', '.join('?' * len(_COLUMNS))})")
-_SELECT_ALL_FROM = (f"SELECT {', '.join(_COLUMNS)} FROM entries "  # noqa: S608
+_INSERT = (f"INSERT INTO entries ({', '.join(COLUMNS)}) "  # noqa: S608
+           f"VALUES ({', '.join('?' * len(COLUMNS))})")
+_SELECT_ALL_FROM = (f"SELECT {', '.join(COLUMNS)} FROM entries "  # noqa: S608
                     "WHERE seq > ? ORDER BY seq")
-_SELECT_APPROVALS_AFTER = (f"SELECT {', '.join(_COLUMNS)} FROM entries "  # noqa: S608
+_SELECT_APPROVALS_AFTER = (f"SELECT {', '.join(COLUMNS)} FROM entries "  # noqa: S608
                            "WHERE kind = 'decision' AND mode = ? AND action = ? AND seq > ? "
                            "ORDER BY seq")
-_SELECT_APPROVALS_SINCE = (f"SELECT {', '.join(_COLUMNS)} FROM entries "  # noqa: S608
+_SELECT_APPROVALS_SINCE = (f"SELECT {', '.join(COLUMNS)} FROM entries "  # noqa: S608
                            "WHERE kind = 'decision' AND mode = ? AND action = ? "
                            "AND created_at >= ? ORDER BY seq")
 
 
-def _row(payload: dict[str, Any], record_hash: str) -> tuple[Any, ...]:
-    """The ``entries`` row of an entry payload."""
-    values = dict.fromkeys(_COLUMNS)
-    values.update(payload)
-    if payload["kind"] == DECISION:
-        values["reasons"] = json.dumps(payload["reasons"], ensure_ascii=False)
-    values["record_hash"] = record_hash
-    return tuple(values[c] for c in _COLUMNS)
 
-
-def _load_reasons(text: Any) -> Any:
-    try:
-        reasons = json.loads(text)
-    except (TypeError, ValueError):
-        return text  # an edited row: it will not hash to its record_hash
-    return reasons
-
-
-def _stored(row: Sequence[Any]) -> StoredEntry:
-    """An ``entries`` row as the payload that was hashed, for verification."""
-    values = dict(zip(_COLUMNS, row, strict=True))
-    kind = values["kind"]
-    keys = KEYS.get(kind, DECISION_KEYS)  # an unknown kind is an edit: it will not hash
-    payload = {k: values[k] for k in keys}
-    if "reasons" in payload:
-        payload["reasons"] = _load_reasons(payload["reasons"])
-    return StoredEntry(values["seq"], values["item_id"], payload, values["record_hash"])
 
 
 def _read_pid(fd: int) -> str:

@@ -15,7 +15,8 @@ import pytest
 from cosigner.errors import JournalUnavailableError, StoreError
 from cosigner.store import NewOutcome, SqliteJournal
 from cosigner.store.chain import entry_hash
-from cosigner.store.sqlite import _SELECT_ALL_FROM, SCHEMA_VERSION, _stored
+from cosigner.store.records import stored_entry as _stored
+from cosigner.store.sqlite import _SELECT_ALL_FROM, SCHEMA_VERSION
 from tests.store.conftest import FakeClock, decision
 
 
