@@ -35,7 +35,13 @@ from cosigner.store.chain import (
     timestamp_text,
     verify_entries,
 )
-from cosigner.store.records import build_record, check_outcome, decision_state
+from cosigner.store.records import (
+    batch_verdicts,
+    build_record,
+    check_outcome,
+    decision_state,
+    limit_violations,
+)
 
 
 class MemoryJournal:
@@ -155,20 +161,13 @@ class MemoryJournal:
 
     def _refuse_conflicts(self, decisions: Sequence[NewDecision], guard: LimitGuard | None,
                           now: datetime) -> None:
-        final = [d for d in decisions if d.mode == ENFORCE and d.action is not Action.HOLD]
-        conflicts: dict[int, str] = {}
-        seen: set[int] = set()
+        final, conflicts = batch_verdicts(decisions)
         for decision in final:
-            if decision.item_id in self._final or decision.item_id in seen:
+            if decision.item_id in self._final:
                 conflicts[decision.item_id] = "already_decided"
-            seen.add(decision.item_id)
         if guard is not None and any(d.action is Action.APPROVE for d in final):
             history = self._approvals_since(now - guard.window)
-            try:
-                conflicts.update(guard.violations(history, final, now))
-            except (ArithmeticError, ValueError) as exc:
-                raise StoreError(f"journal memory://: its approvals cannot be counted "
-                                 f"({type(exc).__name__})") from exc
+            conflicts.update(limit_violations(guard, history, final, now, "memory://"))
         if conflicts:
             raise JournalConflictError("memory://", conflicts)
 

@@ -86,10 +86,12 @@ from cosigner.store.chain import (
 )
 from cosigner.store.records import (
     COLUMNS,
+    batch_verdicts,
     build_record,
     check_outcome,
     decision_state,
     entry_row,
+    limit_violations,
     record_from_row,
     stored_entry,
 )
@@ -645,13 +647,8 @@ class PostgresJournal:
         created_at = timestamp_text(now)
 
         def write(conn: psycopg.Connection[Any], seq: int, prev: str) -> list[DecisionRecord]:
-            verdicts = [d for d in decisions if d.mode == ENFORCE and d.action.value in _VERDICTS]
-            conflicts: dict[int, str] = {}
-            seen: set[int] = set()
-            for d in verdicts:
-                if d.item_id in seen:
-                    conflicts[d.item_id] = "already_decided"
-                seen.add(d.item_id)
+            verdicts, conflicts = batch_verdicts(decisions)
+            seen = {d.item_id for d in verdicts}
             if seen:
                 for (item_id,) in conn.execute(
                         "SELECT item_id FROM cosigner_verdicts WHERE item_id = ANY(%s)",
@@ -661,12 +658,7 @@ class PostgresJournal:
             if guard is not None and approvals:
                 history = self._checked_approvals(conn, timestamp_text(now - guard.window)) \
                     if guard.window.total_seconds() > 0 else []
-                try:
-                    violations = guard.violations(history, approvals, now)
-                except (ArithmeticError, ValueError) as exc:
-                    raise StoreError(f"journal {self.where}: its approvals cannot be counted "
-                                     f"({type(exc).__name__}); run `cosigner audit verify`"
-                                     ) from exc
+                violations = limit_violations(guard, history, approvals, now, self.where)
                 for item_id, reason in violations.items():
                     conflicts.setdefault(item_id, reason)
             if conflicts:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from cosigner.errors import StoreError
@@ -13,10 +14,14 @@ from cosigner.journal import DECISION_FIELDS
 from cosigner.models import Action, Mode, RecordState
 from cosigner.store.base import (
     DECIDED,
+    ENFORCE,
     POSTED,
     SHADOW,
     SHADOW_STATE,
+    ApprovalRow,
     DecisionRecord,
+    LimitGuard,
+    NewDecision,
     NewOutcome,
 )
 from cosigner.store.chain import (
@@ -126,3 +131,29 @@ def record_from_row(row: Sequence[Any], where: str) -> DecisionRecord:
     except (KeyError, TypeError, ValueError) as exc:
         raise StoreError(f"journal {where}: record seq {row[0]} cannot be read "
                          f"({exc}); run `cosigner audit verify`") from exc
+
+
+# -- what every store re-checks inside its write transaction ---------------------------
+
+def batch_verdicts(decisions: Sequence[NewDecision]) -> tuple[list[NewDecision], dict[int, str]]:
+    """The enforced approve/reject decisions of a batch, and the ids it gives twice
+    (``already_decided``: twice in one batch is as bad as twice in the journal)."""
+    verdicts = [d for d in decisions if d.mode == ENFORCE and d.action is not Action.HOLD]
+    conflicts: dict[int, str] = {}
+    seen: set[int] = set()
+    for decision in verdicts:
+        if decision.item_id in seen:
+            conflicts[decision.item_id] = "already_decided"
+        seen.add(decision.item_id)
+    return verdicts, conflicts
+
+
+def limit_violations(guard: LimitGuard, history: Sequence[ApprovalRow],
+                     verdicts: Sequence[NewDecision], now: datetime,
+                     where: str) -> dict[int, str]:
+    """The guard's refusals; StoreError (nothing recorded) when it cannot count."""
+    try:
+        return guard.violations(history, verdicts, now)
+    except (ArithmeticError, ValueError) as exc:
+        raise StoreError(f"journal {where}: its approvals cannot be counted "
+                         f"({type(exc).__name__}); run `cosigner audit verify`") from exc

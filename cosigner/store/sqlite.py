@@ -59,10 +59,12 @@ from cosigner.store.chain import (
 )
 from cosigner.store.records import (
     COLUMNS,
+    batch_verdicts,
     build_record,
     check_outcome,
     decision_state,
     entry_row,
+    limit_violations,
     record_from_row,
     stored_entry,
 )
@@ -664,14 +666,8 @@ class SqliteJournal:
         if self.writer and not self.lock_held():
             raise LockLostError(f"journal {self.path}: this process no longer holds the "
                                 f"writer lock {self.lock_path}; nothing was recorded")
-        final = [d for d in decisions if d.mode == ENFORCE and d.action is not Action.HOLD]
-        conflicts: dict[int, str] = {}
-        seen: set[int] = set()
-        for decision in final:  # twice in one batch is as bad as twice in the journal
-            if decision.item_id in seen:
-                conflicts[decision.item_id] = "already_decided"
-            seen.add(decision.item_id)
-        ids = sorted(seen)
+        final, conflicts = batch_verdicts(decisions)
+        ids = sorted({d.item_id for d in final})
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start:start + _CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -682,12 +678,7 @@ class SqliteJournal:
                 conflicts[item_id] = "already_decided"
         if guard is not None and any(d.action is Action.APPROVE for d in final):
             history = self._approvals_in(conn, now - guard.window, head)
-            try:
-                conflicts.update(guard.violations(history, final, now))
-            except (ArithmeticError, ValueError) as exc:
-                raise StoreError(f"journal {self.path}: its approvals cannot be counted "
-                                 f"({type(exc).__name__}); run `cosigner audit verify`"
-                                 ) from exc
+            conflicts.update(limit_violations(guard, history, final, now, str(self.path)))
         if conflicts:
             raise JournalConflictError(str(self.path), conflicts)
 
