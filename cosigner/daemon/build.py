@@ -37,7 +37,7 @@ from .control import check_pause_location
 from .governed import Governance, load_governed, show, start_state
 from .leadership import ElectedLeader, LeaderGatedSource, Leadership, SoleLeader
 from .metrics import Metrics
-from .pipeline import DecisionEvent, Pipeline, PolicyState, ledger_from_journal
+from .pipeline import DecisionEvent, Pipeline, PolicyState, ledger_from_journal, rebuild_ledgers
 from .service import Daemon, DaemonConfig
 
 if TYPE_CHECKING:
@@ -286,5 +286,4 @@ def _open_journal(spec: DaemonSpec, *, policy_clock: Clock, metrics: Metrics,
 
 def _rebuild_ledger(pipeline: Pipeline, journal: Journal) -> None:
     """A new leader counts the limits from the journal: the former leader approved too."""
-    pipeline.state.ledger = ledger_from_journal(pipeline.state.policy, journal,
-                                                pipeline.clock())
+    rebuild_ledgers(pipeline.state, journal, pipeline.clock())

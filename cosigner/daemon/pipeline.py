@@ -123,6 +123,17 @@ class PolicyState:
         self.pending: Pending | None = None
 
 
+def rebuild_ledgers(state: PolicyState, journal: Journal, now: datetime) -> None:
+    """The ledgers of *state* counted from the journal again: the one in force and the
+    pending bundle's (the same object when the policy in force is unknown)."""
+    pending = state.pending
+    shared = pending is not None and pending.ledger is state.ledger
+    state.ledger = ledger_from_journal(state.policy, journal, now)
+    if pending is not None:
+        pending.ledger = state.ledger if shared else ledger_from_journal(
+            pending.policy, journal, now)
+
+
 def ledger_from_journal(policy: CompiledPolicy, journal: Journal, now: datetime) -> Ledger:
     """Rebuild the limits' usage from the journal's approvals (limits persist across restarts)."""
     longest = max((lim.window for lim in policy.limits), default=timedelta(0))
@@ -448,7 +459,7 @@ class Pipeline:
             except JournalConflictError as exc:
                 self.log.error("journal.conflict", error=str(exc), items=len(new),
                                refused=len(exc.conflicts), retry=retry)
-                await self._rebuild_ledger(policy, now)
+                await self._rebuild_ledger(now)
                 if retry:
                     seen.clear()
                     seen.update(seen_before)
@@ -535,17 +546,16 @@ class Pipeline:
             result.ok = False
             result.errors.append(f"journal: {exc}")
             self.log.error("journal.write_failed", error=str(exc), items=len(new))
-            await self._rebuild_ledger(policy, now)
+            await self._rebuild_ledger(now)
             result.held += len(new)
             return []
         self.journal_ok = True
         return records
 
-    async def _rebuild_ledger(self, policy: CompiledPolicy, now: datetime) -> None:
-        """The ledger from the journal again, after a write that recorded nothing."""
+    async def _rebuild_ledger(self, now: datetime) -> None:
+        """The ledgers from the journal again, after a write that recorded nothing."""
         try:
-            self.state.ledger = await asyncio.to_thread(ledger_from_journal, policy,
-                                                        self.journal, now)
+            await asyncio.to_thread(rebuild_ledgers, self.state, self.journal, now)
         except Exception:
             # Keeping the ledger with the unrecorded approvals only over-counts
             # the limits: stricter, never looser.

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +346,26 @@ class TestJournalBeforePost:
         assert calls == 3
         assert len(world.api.posts()) == 2 * CHUNK
         assert (result.decided, result.posted) == (2 * CHUNK, 2 * CHUNK)
+
+    async def test_a_rebuild_recounts_the_pending_bundles_ledger_too(
+            self, make_world: Callable[..., World]) -> None:
+        """Regression: after a write that recorded nothing (or a failover), only the
+        ledger in force was counted again; the pending bundle's kept the approvals that
+        were never recorded.  Both are recounted; a shared one stays shared."""
+        from cosigner.daemon.pipeline import rebuild_ledgers
+        from cosigner.policy.governance import Pending
+        from cosigner.policy.ledger import Approval
+
+        world = make_world()
+        state = world.pipeline.state
+        ghost = Approval("56", HOT, address(0x22), Decimal(5), world.clock())
+        state.pending = Pending(state.policy, Ledger(state.policy, [ghost]), world.clock(),
+                                world.clock() + timedelta(hours=1))
+        rebuild_ledgers(state, world.journal, world.clock())
+        assert state.pending.ledger.usage(LIMIT, "56", world.clock()) == (0, 0)
+        state.pending.ledger = state.ledger
+        rebuild_ledgers(state, world.journal, world.clock())
+        assert state.pending.ledger is state.ledger
 
     async def test_a_hook_between_journal_and_post_sees_the_records(
             self, make_world: Callable[..., World]) -> None:
