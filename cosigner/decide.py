@@ -31,7 +31,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, tzinfo
+from functools import lru_cache
 from typing import Final, Protocol
 
 from cosigner.durations import format_duration
@@ -136,6 +137,14 @@ def _hold(step: Step, rule: str, reasons: tuple[str, ...], trace: list[str],
     return Outcome(step, Action.HOLD, rule, reasons, tuple(trace), invalid_reason=invalid)
 
 
+@lru_cache(maxsize=8)  # one line per chunk (same policy, mode and clock reading), not per item
+def _header(name: str, sha256: str, mode: Mode, paused: bool, now: datetime,
+            zone: tzinfo | None) -> str:
+    # ``zone`` is part of the key: equal instants in two zones print differently.
+    return (f"policy {name} ({sha256[:12]}), mode {mode.value}"
+            f"{', paused' if paused else ''}, now {now.isoformat()}")
+
+
 def decide(item: PendingItem, history: History | None, policy: CompiledPolicy, ledger: Ledger,
            now: datetime, *, paused: bool = False, mode: Mode = Mode.ENFORCE,
            conflicting: bool = False, explain: bool = False,
@@ -150,8 +159,7 @@ def decide(item: PendingItem, history: History | None, policy: CompiledPolicy, l
     (:meth:`Pending.evaluate`).  The ledger is read, never changed: the
     caller counts ``outcome.approval`` once the outcome is recorded.
     """
-    trace: list[str] = [f"policy {policy.name} ({policy.sha256[:12]}), mode {mode.value}"
-                        f"{', paused' if paused else ''}, now {now.isoformat()}"]
+    trace: list[str] = [_header(policy.name, policy.sha256, mode, paused, now, now.tzinfo)]
     item_id = item.id
     if item_id is None:
         trace.append("item: no integer id")

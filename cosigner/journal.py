@@ -71,6 +71,8 @@ def _check_text(name: str, value: object, *, optional: bool = False) -> None:
         return
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a str, not {type(value).__name__}")
+    if value.isascii():  # O(1) in CPython: ASCII text holds no surrogate
+        return
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate would fail half-way through a write
@@ -111,17 +113,20 @@ class NewDecision:
         for name in ("chain_id", "from_address", "to_address", "amount_text"):
             _check_text(name, getattr(self, name), optional=True)
         # Accept the action's text ("approve") as well as the enum member.
-        object.__setattr__(self, "action", Action(self.action))
+        if type(self.action) is not Action:
+            object.__setattr__(self, "action", Action(self.action))
         for name in ("rule", "policy_name", "policy_sha256", "mode"):
             _check_text(name, getattr(self, name))
         if isinstance(self.reasons, str):
             raise ValueError("reasons must be a sequence of str, not a str")
-        object.__setattr__(self, "reasons", tuple(self.reasons))
+        if type(self.reasons) is not tuple:
+            object.__setattr__(self, "reasons", tuple(self.reasons))
         for reason in self.reasons:
             _check_text("reasons[]", reason)
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        object.__setattr__(self, "mode", Mode(self.mode))
+        if type(self.mode) is not Mode:
+            if self.mode not in MODES:
+                raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+            object.__setattr__(self, "mode", Mode(self.mode))
         if self.action is Action.APPROVE and None in (
                 self.chain_id, self.from_address, self.to_address, self.amount_text):
             raise ValueError(f"item {self.item_id}: an approve needs chain, from, to and amount")

@@ -161,3 +161,21 @@ def test_the_kept_decoders_read_as_json_loads(text: object) -> None:
         lambda v: json.loads(v, parse_float=JsonNumber), text)
     assert outcome(loads_checked, text) == outcome(
         lambda v: json.loads(v, parse_float=JsonNumber, object_pairs_hook=_object), text)
+
+
+class TestTraceHeader:
+    def test_the_header_line_follows_the_clock_zone_and_the_pause(
+            self, policy: CompiledPolicy) -> None:
+        """The trace's first line is kept per chunk, not per item: equal instants in two
+        zones, or paused and not, still print their own line."""
+        from datetime import timedelta, timezone
+        later_zone = NOW.astimezone(timezone(timedelta(hours=2)))
+        assert later_zone == NOW
+        item = PendingItem(raw())
+        first = decide(item, None, policy, Ledger(policy), NOW).trace[0]
+        zoned = decide(item, None, policy, Ledger(policy), later_zone).trace[0]
+        paused = decide(item, None, policy, Ledger(policy), NOW, paused=True).trace[0]
+        assert first.endswith(f"now {NOW.isoformat()}")
+        assert "paused" not in first
+        assert zoned.endswith(f"now {later_zone.isoformat()}")
+        assert ", paused," in paused

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+import pytest
+
 from cosigner.journal import DECISION_FIELDS, OUTCOME_FIELDS, DecisionRecord
 from cosigner.store.audit import EXPORT_COLUMNS
 from cosigner.store.chain import DECISION_KEYS, OUTCOME_KEYS
@@ -22,3 +24,25 @@ class TestFieldsDefinedOnce:
     def test_the_export_has_every_record_field(self) -> None:
         """The export's stable column order names every field of a record, once."""
         assert sorted(EXPORT_COLUMNS) == sorted(f.name for f in fields(DecisionRecord))
+
+
+def test_new_decision_coerces_and_still_refuses_after_its_fast_paths() -> None:
+    """Text action and mode become members, a list of reasons a tuple; non-ASCII text is
+    kept, a lone surrogate anywhere is still refused."""
+    from cosigner.journal import NewDecision
+    from cosigner.models import Action, Mode
+
+    base = dict(item_id=1, content_hash="a" * 64, chain_id="56", from_address="0xa",
+                to_address="0xb", amount_text="1", action="approve", rule="r",
+                reasons=["ok", "é"], policy_name="pé", policy_sha256="b" * 64, mode="enforce")
+    made = NewDecision(**base)  # type: ignore[arg-type]
+    assert made.action is Action.APPROVE
+    assert made.mode is Mode.ENFORCE
+    assert made.reasons == ("ok", "é")
+    assert type(made.reasons) is tuple
+    for name, bad, why in (("rule", "x\ud800", "not valid Unicode"),
+                           ("reasons", ["\udfff"], "not valid Unicode"),
+                           ("mode", "other", "mode must be one of"),
+                           ("policy_name", 5, "must be a str")):
+        with pytest.raises(ValueError, match=why):
+            NewDecision(**{**base, name: bad})  # type: ignore[arg-type]

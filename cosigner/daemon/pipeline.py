@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +57,9 @@ from cosigner.store.base import DecisionRecord, ItemView, Journal, NewDecision, 
 
 from .guard import BothLimits, PolicyLimitGuard
 from .metrics import Metrics
+
+#: The errors for which ``Path.exists`` says "absent" (any other: the pause check fails).
+_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
 
 Signed = tuple[DecisionRecord, "str | SigningError"]
 
@@ -263,10 +268,16 @@ class Pipeline:
         A pause file that cannot be checked (EACCES, EIO) counts as paused."""
         if self._paused_hook is not None and self._paused_hook():
             return True
-        try:
-            return self.pause_file is not None and self.pause_file.exists()
-        except OSError:
-            return True
+        if self.pause_file is None:
+            return False
+        try:  # os.stat, not Path.exists: this runs before every post
+            os.stat(self.pause_file)
+        except OSError as exc:
+            # Path.exists's answer: absent (or an unusable path), else unknown: paused.
+            return exc.errno not in _ABSENT
+        except ValueError:  # a NUL in the path: no such file can exist
+            return False
+        return True
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -686,25 +697,35 @@ class Pipeline:
                         result: PollResult, semaphore: asyncio.Semaphore) -> None:
 
         async def one(signed: Signed) -> None:
-            async with semaphore:
-                if self.stopping.is_set():
-                    return  # post nothing new once asked to stop
-                if self.paused():
-                    # The kill switch stops every post from the moment the file exists;
-                    # the record stays decided and is posted once the pause ends.
-                    result.paused += 1
-                    self._emit_record(signed[0], EventState.PAUSED)
-                    return
-                self.in_flight += 1
-                try:
-                    outcome = await self._post_one(*signed, result)
-                finally:
-                    self.in_flight -= 1
-                if outcome is not None:
-                    self._settled(outcome)
-                    await writer.add(outcome)
+            if self.stopping.is_set():
+                return  # post nothing new once asked to stop
+            if self.paused():
+                # The kill switch stops every post from the moment the file exists;
+                # the record stays decided and is posted once the pause ends.
+                result.paused += 1
+                self._emit_record(signed[0], EventState.PAUSED)
+                return
+            self.in_flight += 1
+            try:
+                outcome = await self._post_one(*signed, result)
+            finally:
+                self.in_flight -= 1
+            if outcome is not None:
+                self._settled(outcome)
+                await writer.add(outcome)
 
-        tasks = [asyncio.create_task(one(r)) for r in records]
+        # A few workers taking the records in order, each post holding a slot: no task,
+        # and no waiter on the slots, per record (the slots are only contended while the
+        # chunk before this one posts its last records).
+        queue = iter(records)
+
+        async def worker() -> None:
+            for signed in queue:
+                async with semaphore:
+                    await one(signed)
+
+        tasks = [asyncio.create_task(worker())
+                 for _ in range(max(1, min(self.concurrency, len(records))))]
         try:
             await asyncio.gather(*tasks)
         except BaseException:  # one failing (or a cancel) stops its siblings: none posts
