@@ -20,7 +20,7 @@ import json
 import secrets
 import string
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -37,6 +37,9 @@ PUBLIC_HEADERS = ("Nonce", "TimeStamp", "MerchantNo", "SignType", "Lang", "ApiKe
 
 _NONCE_ALPHABET = string.ascii_letters + string.digits
 _NONCE_SPACE = len(_NONCE_ALPHABET) ** 8
+_NONCE_BASE2 = len(_NONCE_ALPHABET) ** 2
+#: Two base-62 digits ``lo + 62 * hi`` as their two characters, ``lo`` first.
+_NONCE_PAIRS = tuple(lo + hi for hi in _NONCE_ALPHABET for lo in _NONCE_ALPHABET)
 _SIGNED_LOWER = frozenset(h.lower().encode("ascii") for h in (*PUBLIC_HEADERS, "Sign"))
 
 #: Request extension carrying the fields a JSON body was encoded from (see :func:`signed_body`).
@@ -70,24 +73,54 @@ def _plain_decimal(value: Decimal, text: str) -> str:
     return format(value, "f")
 
 
+def _casefold_key(key: str) -> tuple[str, str]:
+    return key.casefold(), key
+
+
+def _ascii_key(key: str) -> bytes:
+    return key.encode("utf-8")
+
+
 def _sort_key(sort: SignSort) -> Callable[[str], Any]:
     if sort == "casefold":
-        return lambda k: (k.casefold(), k)
+        return _casefold_key
     if sort == "ascii":
-        return lambda k: k.encode("utf-8")
+        return _ascii_key
     raise ValueError(f"COSIGNER_SIGN_SORT must be casefold or ascii, not {sort!r}")
+
+
+_STR_ONLY = frozenset((str,))
+
+
+def _signing_order(params: Mapping[str, Any], sort: SignSort
+                   ) -> Iterable[tuple[object, str, Any]]:
+    """``(_, key, value)`` of every parameter, in signing order."""
+    if sort == "casefold" and _STR_ONLY.issuperset(map(type, params)):
+        # Plain str keys only: (casefold, key, value) built and sorted in C give the order
+        # of the key function (keys are unique: a comparison never reaches the value),
+        # without a Python call per key.
+        return sorted(zip(map(str.casefold, params), params, params.values(), strict=True))
+    return ((None, key, params[key]) for key in sorted(params, key=_sort_key(sort)))
 
 
 def canonical_string(params: Mapping[str, Any], sort: SignSort = "casefold", *,
                      skip: str | None = "Sign") -> str:
     """``k1=v1&k2=v2...`` over the non-empty parameters, ``skip`` (``Sign``) excluded, sorted."""
     pairs = []
-    for key in sorted(params, key=_sort_key(sort)):
+    for _, key, value in _signing_order(params, sort):
         if key == skip:
             continue
-        text = format_value(params[key])
-        if text is not None:
-            pairs.append(f"{key}={text}")
+        kind = type(value)
+        # Plain str and int (the common values) inline, written as format_value writes them.
+        if kind is str:
+            if value:
+                pairs.append(f"{key}={value}")
+        elif kind is int:
+            pairs.append(f"{key}={value}")
+        else:
+            text = format_value(value)
+            if text is not None:
+                pairs.append(f"{key}={text}")
     return "&".join(pairs)
 
 
@@ -146,13 +179,15 @@ def sign_callback(fields: Mapping[str, Any], secret: str, sort: SignSort = "case
 
 
 def new_nonce() -> str:
-    """8 random letters and digits (DESIGN section 1), uniform, from one ``secrets`` draw."""
+    """8 random letters and digits (DESIGN section 1), uniform, from one ``secrets`` draw.
+
+    The draw's base-62 digits, least significant first, taken two at a time.
+    """
     n = secrets.randbelow(_NONCE_SPACE)
-    chars = []
-    for _ in range(8):
-        n, digit = divmod(n, 62)
-        chars.append(_NONCE_ALPHABET[digit])
-    return "".join(chars)
+    n, first = divmod(n, _NONCE_BASE2)
+    n, second = divmod(n, _NONCE_BASE2)
+    n, third = divmod(n, _NONCE_BASE2)
+    return _NONCE_PAIRS[first] + _NONCE_PAIRS[second] + _NONCE_PAIRS[third] + _NONCE_PAIRS[n]
 
 
 def timestamp_ms() -> int:
@@ -192,25 +227,25 @@ class SignAuth(httpx.Auth):
         self._sort: SignSort = sort
         self._clock = clock
         self._nonce = nonce
+        # The four public parameters that never change, and their header bytes (in order).
+        self._fixed = {"MerchantNo": merchant_no, "SignType": "1", "Lang": lang,
+                       "ApiKey": api_key}
+        self._fixed_wire = [(k.encode("ascii"), v.encode("utf-8"))
+                            for k, v in self._fixed.items()]
 
     def __repr__(self) -> str:
         return f"SignAuth(merchant_no={self._merchant_no!r}, secret=**********)"
 
     def public_params(self) -> dict[str, str]:
-        return {
-            "Nonce": self._nonce(),
-            "TimeStamp": str(self._clock()),
-            "MerchantNo": self._merchant_no,
-            "SignType": "1",
-            "Lang": self._lang,
-            "ApiKey": self._api_key,
-        }
+        return {"Nonce": self._nonce(), "TimeStamp": str(self._clock()), **self._fixed}
 
     def signed_headers(self, fields: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
         """The six public headers and the ``Sign`` for a body made of ``fields``."""
-        headers = self.public_params()
-        headers["Sign"] = compute_sign({**fields, **headers}, self._secret, self._sort)
-        return [(k.encode("ascii"), v.encode("utf-8")) for k, v in headers.items()]
+        nonce, stamp = self._nonce(), str(self._clock())
+        headers = {"Nonce": nonce, "TimeStamp": stamp, **self._fixed}
+        sign = compute_sign({**fields, **headers}, self._secret, self._sort)
+        return [(b"Nonce", nonce.encode("utf-8")), (b"TimeStamp", stamp.encode("utf-8")),
+                *self._fixed_wire, (b"Sign", sign.encode("utf-8"))]
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         fields = request.extensions.get(SIGN_FIELDS)
@@ -226,14 +261,16 @@ class SignAuth(httpx.Auth):
 
 
 _PLAIN_TYPES = frozenset((str, int, bool, type(None)))
+#: What ``json.dumps(..., separators=(",", ":"), ensure_ascii=False)`` builds on every call.
+_PLAIN_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def encode_body(fields: Mapping[str, Any]) -> bytes:
     """The JSON request body for ``fields`` (Decimals as plain strings, exact numbers kept)."""
-    if all(type(v) in _PLAIN_TYPES for v in fields.values()):
+    if _PLAIN_TYPES.issuperset(map(type, fields.values())):
         # Only plain strings, integers, booleans and nulls (an approve): nothing to keep
         # exact, so the stdlib encoder alone gives the same bytes, faster.
-        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return _PLAIN_ENCODER.encode(fields).encode("utf-8")
     return dumps_exact(fields).encode("utf-8")
 
 

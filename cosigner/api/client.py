@@ -303,6 +303,14 @@ class ApiClient:
             self._observer.observe(endpoint, self._clock() - started, kind)
 
     def _envelope(self, endpoint: str, status: int, content: bytes) -> Any:
+        if 200 <= status < 300 and _SUCCESS_NO_DATA.fullmatch(content) is not None:
+            # Exactly what the full reading below gives for these bytes (ASCII, so UTF-8;
+            # three distinct keys; code the integer 200): the data, null.
+            return None
+        return self._read_envelope(endpoint, status, content)
+
+    def _read_envelope(self, endpoint: str, status: int, content: bytes) -> Any:
+        """The envelope read in full: parsed, every check made, its data or the error."""
         try:
             body = loads_checked(content) if content else None
         except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
@@ -436,6 +444,11 @@ class ApiClient:
         """Trigger fund collection for ``isMain`` with the signed ``{"isMain":..}``."""
         await self._call("collect", {"isMain": is_main, "data": data}, read=False)
 
+
+#: The usual success answer without data, byte for byte: no whitespace, the three keys
+#: once each in this order, a message of printable ASCII without quote or backslash
+#: (so no escape).  Anything else, however close, is read in full.
+_SUCCESS_NO_DATA = re.compile(rb'\{"code":200,"message":"[ !#-\[\]-~]*","data":null\}')
 
 _DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 

@@ -99,14 +99,14 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
         waiter = self._waiter
         if waiter is None or waiter.done():
             # Bytes nobody asked for: this connection can no longer be trusted.
+            self._buffer += data
             self.close()
             return
         try:
-            answer = self._parse()
+            answer = self._parse_new(data) if not self._buffer else self._parse_more(data)
         except _ProtocolError as exc:
             self.close()
             waiter.set_exception(httpx.RemoteProtocolError(str(exc)))
@@ -177,6 +177,24 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     # -- parsing ---------------------------------------------------------------------
+
+    def _parse_more(self, data: bytes) -> Answer | None:
+        self._buffer += data
+        return self._parse()
+
+    def _parse_new(self, data: bytes) -> Answer | None:
+        """:meth:`_parse_more` for ``data`` arriving on an empty buffer, without copying it
+        through the buffer when it holds a whole head and exactly the body it announces
+        (the usual small answer); any other case goes on as ``_parse_more`` would."""
+        if self._head_done or type(data) is not bytes:
+            return self._parse_more(data)
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return self._parse_more(data)
+        self._read_head(data[:end])
+        if self._head_done and self._length is not None and len(data) - end - 4 == self._length:
+            return self._answer(data[end + 4:])
+        return self._parse_more(data[end + 4:])
 
     def _parse(self) -> Answer | None:
         buffer = self._buffer

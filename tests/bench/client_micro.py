@@ -1,0 +1,176 @@
+"""Micro-benchmark of the API client's per-post CPU: never a pass/fail test.
+
+    python -m tests.bench.client_micro [--runs 7] [--approves 2000] [--no-sandbox]
+
+Prints the median (and min/max) µs per call, over ``--runs`` runs, of each piece of
+an approve's post (``encode_body``, ``SignAuth.signed_headers``, ``compute_sign``,
+the wire message, parsing a uvicorn answer in the lean transport, ``_envelope`` of
+the success answer), then the client CPU per whole ``ApiClient.approve`` against a
+sandbox process on 127.0.0.1 (items pre-signed, so only the post is measured;
+CPU of this process only, the sandbox runs in its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cosigner.api.auth import SignAuth, compute_sign, encode_body
+from cosigner.api.client import ApiClient
+from cosigner.api.transport import Answer, _Connection
+from cosigner.models import loads_checked
+
+FIELDS: dict[str, Any] = {
+    "id": 123456, "from": "0x52908400098527886E0F7030069857D2E4169EE7",
+    "to": "0x8617E340B3D01FA5F11F306F4090FD50E238070D", "value": "1250.5",
+    "chainId": "56", "status": 1, "data": "A" * 344,
+}
+SUCCESS = b'{"code":200,"message":"Success","data":null}'
+#: What uvicorn (h11, no server header) sends for the success envelope.
+UVICORN_ANSWER = (b"HTTP/1.1 200 OK\r\ndate: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
+                  b"content-length: %d\r\ncontent-type: application/json\r\n\r\n%s"
+                  % (len(SUCCESS), SUCCESS))
+
+
+def _per_call(fn: Callable[[], object], number: int, runs: int) -> list[float]:
+    return [t / number * 1e6 for t in timeit.repeat(fn, number=number, repeat=runs)]
+
+
+class _Waiter:
+    """A done-never future stand-in: the connection hands it the parsed answer."""
+
+    __slots__ = ("answer",)
+
+    def __init__(self) -> None:
+        self.answer: Answer | None = None
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, answer: Answer) -> None:
+        self.answer = answer
+
+    def set_exception(self, exc: BaseException) -> None:  # pragma: no cover
+        raise exc
+
+
+def _parse_once(connection: _Connection, waiter: _Waiter) -> None:
+    connection._reset()
+    connection._waiter = waiter  # type: ignore[assignment]
+    connection.data_received(UVICORN_ANSWER)
+
+
+def micro(runs: int) -> dict[str, list[float]]:
+    auth = SignAuth("M-BENCH-0001", "ak-bench", "s3cr3t-s3cr3t-s3cr3t")
+    client = ApiClient("http://127.0.0.1:9", "M-BENCH-0001", "ak-bench", "s3cr3t")
+    wire = client._wire["approve"]
+    body = encode_body(FIELDS)
+    signed = auth.signed_headers(FIELDS)
+    params = {**FIELDS, **{k.decode(): v.decode() for k, v in signed if k != b"Sign"}}
+    connection = _Connection(("http", "127.0.0.1", 9))
+    waiter = _Waiter()
+    _parse_once(connection, waiter)
+    assert waiter.answer is not None
+    assert waiter.answer.body == SUCCESS
+    return {
+        "encode_body": _per_call(lambda: encode_body(FIELDS), 20000, runs),
+        "signed_headers": _per_call(lambda: auth.signed_headers(FIELDS), 20000, runs),
+        "compute_sign": _per_call(lambda: compute_sign(params, "s3cr3t"), 20000, runs),
+        "wire.message": _per_call(lambda: wire.message(body, signed), 50000, runs),
+        "transport parse": _per_call(lambda: _parse_once(connection, waiter), 20000, runs),
+        "loads_checked": _per_call(lambda: loads_checked(SUCCESS), 50000, runs),
+        "_envelope": _per_call(lambda: client._envelope("approve", 200, SUCCESS), 50000, runs),
+    }
+
+
+# -- a whole approve against a sandbox process ------------------------------------------
+
+async def _sandbox_approves(runs: int, count: int) -> list[float]:
+    from cosigner.sandbox import SandboxAdmin
+    from cosigner.signing import load_shard
+    from cosigner.signing.objects import approval_sign_object
+    from cosigner.signing.pool import BatchSigner
+    from cosigner.signing.throwaway import make_throwaway_shard
+    from cosigner.tools.bench import (
+        API_KEY,
+        MERCHANT_NO,
+        SEED,
+        _free_port,
+        _generate,
+        _stop_sandbox,
+        _wait_ready,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="cosigner-micro-") as tmp:
+        work = Path(tmp)
+        secret = secrets.token_urlsafe(24)
+        password = "1bitpay" + MERCHANT_NO
+        make_throwaway_shard(work / "shard.pfx", password, common_name="micro")
+        port = _free_port()
+        env = {**os.environ, "COSIGNER_MERCHANT_NO": MERCHANT_NO, "COSIGNER_API_KEY": API_KEY,
+               "COSIGNER_API_SECRET": secret, "COSIGNER_PFX_PATH": str(work / "shard.pfx"),
+               "COSIGNER_PFX_PASSWORD": password, "COSIGNER_LOG_LEVEL": "warning"}
+        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measured part
+            [sys.executable, "-m", "cosigner", "sandbox", "--port", str(port),
+             "--seed-items", str(count), "--seed", str(SEED)],
+            env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        url = f"http://127.0.0.1:{port}"
+        figures: list[float] = []
+        try:
+            await _wait_ready(url, proc)
+            async with ApiClient(url, MERCHANT_NO, API_KEY, secret, max_connections=1,
+                                 timeout=30) as client, SandboxAdmin(url, timeout=120) as admin:
+                items = (await client.pending()).items
+                signer = BatchSigner(load_shard(work / "shard.pfx", password))
+                datas = signer.sign_inline([approval_sign_object(
+                    i.id or 0, i.from_address or "", i.to_address or "", i.amount_text or "",
+                    i.chain_id or "", 1) for i in items])
+                posts = [({"id": i.id, "from": i.from_address, "to": i.to_address,
+                           "value": i.amount_text, "chainId": i.chain_id, "status": 1}, d)
+                         for i, d in zip(items, datas, strict=True) if isinstance(d, str)]
+                for run in range(runs):
+                    if run:
+                        await admin.reset()
+                        await _generate(url, count)
+                    cpu0 = time.process_time()
+                    for fields, data in posts:
+                        await client.approve(fields, data)
+                    figures.append((time.process_time() - cpu0) / len(posts) * 1e6)
+                decisions = await admin.decisions()
+                assert all(d["verified"] for d in decisions), "a post was not verified"
+        finally:
+            _stop_sandbox(proc)
+    return figures
+
+
+def _line(name: str, values: list[float]) -> str:
+    return (f"{name:<22} median {statistics.median(values):8.2f} µs   "
+            f"(min {min(values):.2f}, max {max(values):.2f}, n={len(values)})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--approves", type=int, default=2000)
+    parser.add_argument("--no-sandbox", action="store_true")
+    args = parser.parse_args(argv)
+    for name, values in micro(args.runs).items():
+        print(_line(name, values))
+    if not args.no_sandbox:
+        values = asyncio.run(_sandbox_approves(args.runs, args.approves))
+        print(_line("approve (client CPU)", values))
+
+
+if __name__ == "__main__":
+    main()
