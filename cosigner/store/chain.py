@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from cosigner.journal import DECISION_FIELDS, OUTCOME_FIELDS, plain
@@ -45,20 +46,40 @@ def parse_timestamp(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
+# Values plain() returns as they are: the usual types of a field skip the call.
+_AS_IS = frozenset({str, int, type(None)})
+_DECISION_FIELDS_OF = attrgetter(*DECISION_FIELDS)
+_OUTCOME_FIELDS_OF = attrgetter(*OUTCOME_FIELDS)
+
+
+def decision_values(seq: int, prev_hash: str, decision: NewDecision,
+                    created_at: str) -> tuple[Any, ...]:
+    """The hashed fields of a decision entry, in :data:`DECISION_KEYS` order."""
+    return (seq, DECISION, prev_hash,
+            *[v if type(v) in _AS_IS else plain(v) for v in _DECISION_FIELDS_OF(decision)],
+            created_at)
+
+
+def outcome_values(seq: int, prev_hash: str, outcome: NewOutcome,
+                   created_at: str) -> tuple[Any, ...]:
+    """The hashed fields of an outcome entry, in :data:`OUTCOME_KEYS` order."""
+    return (seq, OUTCOME, prev_hash,
+            *[v if type(v) in _AS_IS else plain(v) for v in _OUTCOME_FIELDS_OF(outcome)],
+            created_at)
+
+
 def decision_payload(seq: int, prev_hash: str, decision: NewDecision,
                      created_at: str) -> dict[str, Any]:
     """The hashed fields of a decision entry."""
-    return {"seq": seq, "kind": DECISION, "prev_hash": prev_hash,
-            **{name: plain(getattr(decision, name)) for name in DECISION_FIELDS},
-            "created_at": created_at}
+    return dict(zip(DECISION_KEYS, decision_values(seq, prev_hash, decision, created_at),
+                    strict=True))
 
 
 def outcome_payload(seq: int, prev_hash: str, outcome: NewOutcome,
                     created_at: str) -> dict[str, Any]:
     """The hashed fields of an outcome entry."""
-    return {"seq": seq, "kind": OUTCOME, "prev_hash": prev_hash,
-            **{name: plain(getattr(outcome, name)) for name in OUTCOME_FIELDS},
-            "created_at": created_at}
+    return dict(zip(OUTCOME_KEYS, outcome_values(seq, prev_hash, outcome, created_at),
+                    strict=True))
 
 
 def entry_hash(payload: Mapping[str, Any]) -> str:
@@ -67,9 +88,27 @@ def entry_hash(payload: Mapping[str, Any]) -> str:
     Raises:
         ValueError: the payload holds something JSON cannot represent exactly.
     """
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"),
-                           ensure_ascii=False, allow_nan=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical(payload).encode("utf-8")).hexdigest()
+
+
+#: The canonical JSON: ``json.dumps(payload, sort_keys=True, separators=(",", ":"),
+#: ensure_ascii=False, allow_nan=False)``, with its encoder made once.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
+# JSONEncoder.iterencode's C encoder (None without the C accelerator; not in the type stubs)
+# and what it hands it for _CANONICAL (ensure_ascii=False).
+_C_MAKE_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODER_ARGS = (_CANONICAL.default, json.encoder.encode_basestring, _CANONICAL.indent,
+                   _CANONICAL.key_separator, _CANONICAL.item_separator, _CANONICAL.sort_keys,
+                   _CANONICAL.skipkeys, _CANONICAL.allow_nan)
+
+
+def _canonical(payload: Mapping[str, Any]) -> str:
+    """``_CANONICAL.encode(payload)``: for a dict, its one-shot path (the C encoder with a fresh
+    circular-reference memo) without what ``encode`` and ``iterencode`` rebuild per call."""
+    if _C_MAKE_ENCODER is None or not isinstance(payload, dict):
+        return _CANONICAL.encode(payload)
+    return "".join(_C_MAKE_ENCODER({}, *_C_ENCODER_ARGS)(payload, 0))
 
 
 @dataclass(frozen=True, slots=True)

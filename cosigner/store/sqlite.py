@@ -50,9 +50,7 @@ from cosigner.store.base import (
     utc_now,
 )
 from cosigner.store.chain import (
-    decision_payload,
     entry_hash,
-    outcome_payload,
     parse_timestamp,
     timestamp_text,
     verify_entries,
@@ -60,11 +58,11 @@ from cosigner.store.chain import (
 from cosigner.store.records import (
     COLUMNS,
     batch_verdicts,
-    build_record,
     check_outcome,
+    decision_entries,
     decision_state,
-    entry_row,
     limit_violations,
+    outcome_entry,
     record_from_row,
     stored_entry,
 )
@@ -630,15 +628,9 @@ class SqliteJournal:
                 seq, prev = self._head(c)
                 start = seq
                 self._refuse_conflicts(c, decisions, guard, now, seq)
-                rows, records = [], []
-                for decision in decisions:
-                    seq += 1
-                    payload = decision_payload(seq, prev, decision, created_at)
-                    prev = entry_hash(payload)
-                    rows.append(entry_row(payload, prev))
-                    records.append(build_record(payload, prev, None))
+                rows, records = decision_entries(decisions, (seq, prev), created_at)
                 c.executemany(_INSERT, rows)
-                self._set_head(c, seq, prev)
+                self._set_head(c, records[-1].seq, records[-1].record_hash)
                 return start, records
 
             start, records = self._transaction(conn, write)
@@ -747,14 +739,14 @@ class SqliteJournal:
                 start = seq
                 states = self._decisions_for(c, {o.decision_seq for o in outcomes})
                 rows = []
+                where = str(self.path)
                 for outcome in outcomes:
                     decision, state = states.get(outcome.decision_seq) or (None, None)
-                    check_outcome(outcome, str(self.path), decision, state)
+                    check_outcome(outcome, where, decision, state)
                     states[outcome.decision_seq] = (decision, outcome.state)
                     seq += 1
-                    payload = outcome_payload(seq, prev, outcome, created_at)
-                    prev = entry_hash(payload)
-                    rows.append(entry_row(payload, prev))
+                    prev, row = outcome_entry(seq, prev, outcome, created_at)
+                    rows.append(row)
                 c.executemany(_INSERT, rows)
                 self._set_head(c, seq, prev)
                 return start, Head(seq, prev)
