@@ -184,12 +184,14 @@ LEFT JOIN entries AS o ON o.seq = (
 WHERE d.kind = 'decision'
 """
 
-# What an outcome needs to know of its decision.
+# What an outcome needs to know of its decision; callers add "AND d.seq IN (...)".  NOT
+# INDEXED: the decisions are found by seq (the rowid), never by scanning every decision
+# through entries_by_time's kind (which SQLite's planner picks otherwise).
 _SELECT_STATES = """
 SELECT d.seq, d.item_id, d.mode, d.action,
        (SELECT o.state FROM entries AS o WHERE o.decision_seq = d.seq AND o.kind = 'outcome'
         ORDER BY o.seq DESC LIMIT 1)
-FROM entries AS d WHERE d.kind = 'decision'
+FROM entries AS d NOT INDEXED WHERE d.kind = 'decision'
 """
 
 _STATE_SQL = """
@@ -663,9 +665,11 @@ class SqliteJournal:
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start:start + _CHUNK]
             marks = ",".join("?" * len(chunk))
+            # +action: looked up by item id in entries_by_item, not by scanning every
+            # verdict through entries_by_action (which SQLite's planner picks otherwise)
             for (item_id,) in conn.execute(
                     f"SELECT DISTINCT item_id FROM entries WHERE kind = 'decision' "  # noqa: S608
-                    f"AND mode = ? AND action IN (?, ?) AND item_id IN ({marks})",
+                    f"AND mode = ? AND +action IN (?, ?) AND item_id IN ({marks})",
                     [ENFORCE, Action.APPROVE.value, Action.REJECT.value, *chunk]):
                 conflicts[item_id] = "already_decided"
         if guard is not None and any(d.action is Action.APPROVE for d in final):
