@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -91,24 +91,33 @@ def entry_hash(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical(payload).encode("utf-8")).hexdigest()
 
 
-#: The canonical JSON: ``json.dumps(payload, sort_keys=True, separators=(",", ":"),
-#: ensure_ascii=False, allow_nan=False)``, with its encoder made once.
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                              allow_nan=False)
-# JSONEncoder.iterencode's C encoder (None without the C accelerator; not in the type stubs)
-# and what it hands it for _CANONICAL (ensure_ascii=False).
+# JSONEncoder.iterencode's C encoder (None without the C accelerator; not in the type stubs).
 _C_MAKE_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
-_C_ENCODER_ARGS = (_CANONICAL.default, json.encoder.encode_basestring, _CANONICAL.indent,
-                   _CANONICAL.key_separator, _CANONICAL.item_separator, _CANONICAL.sort_keys,
-                   _CANONICAL.skipkeys, _CANONICAL.allow_nan)
 
 
-def _canonical(payload: Mapping[str, Any]) -> str:
-    """``_CANONICAL.encode(payload)``: for a dict, its one-shot path (the C encoder with a fresh
-    circular-reference memo) without what ``encode`` and ``iterencode`` rebuild per call."""
-    if _C_MAKE_ENCODER is None or not isinstance(payload, dict):
-        return _CANONICAL.encode(payload)
-    return "".join(_C_MAKE_ENCODER({}, *_C_ENCODER_ARGS)(payload, 0))
+def one_shot(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """``encoder.encode``: for anything but a str, the path it takes (the C encoder, with a
+    fresh circular-reference memo when it checks them), without rebuilding per call what
+    ``encode`` and ``iterencode`` rebuild."""
+    if _C_MAKE_ENCODER is None or encoder.indent is not None:
+        return encoder.encode
+    args = (encoder.default, json.encoder.encode_basestring_ascii if encoder.ensure_ascii
+            else json.encoder.encode_basestring, encoder.indent, encoder.key_separator,
+            encoder.item_separator, encoder.sort_keys, encoder.skipkeys, encoder.allow_nan)
+    circular = encoder.check_circular
+
+    def encode(o: Any) -> str:
+        if isinstance(o, str):
+            return encoder.encode(o)
+        return "".join(_C_MAKE_ENCODER({} if circular else None, *args)(o, 0))
+
+    return encode
+
+
+#: The canonical JSON of a payload: ``json.dumps(payload, sort_keys=True,
+#: separators=(",", ":"), ensure_ascii=False, allow_nan=False)``.
+_canonical = one_shot(json.JSONEncoder(sort_keys=True, separators=(",", ":"),
+                                       ensure_ascii=False, allow_nan=False))
 
 
 @dataclass(frozen=True, slots=True)

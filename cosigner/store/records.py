@@ -34,6 +34,7 @@ from cosigner.store.chain import (
     StoredEntry,
     decision_values,
     entry_hash,
+    one_shot,
     outcome_values,
     parse_timestamp,
 )
@@ -102,9 +103,8 @@ RECORD_FIELDS = ("seq", *DECISION_FIELDS, "created_at", "state", "outcome_code",
 _new_record: Callable[..., DecisionRecord] = DecisionRecord
 _ACTION, _REASONS, _MODE = (DECISION_FIELDS.index(k) for k in ("action", "reasons", "mode"))
 
-# ``json.dumps(reasons, ensure_ascii=False)`` (the stored text of a decision's reasons),
-# with its encoder made once.
-_REASONS_JSON = json.JSONEncoder(ensure_ascii=False)
+# ``json.dumps(reasons, ensure_ascii=False)``: the stored text of a decision's reasons.
+_reasons_text = one_shot(json.JSONEncoder(ensure_ascii=False))
 
 
 def _row_getter(kind: str) -> itemgetter[tuple[Any, ...]]:
@@ -133,7 +133,7 @@ def entry_row(payload: dict[str, Any], record_hash: str) -> tuple[Any, ...]:
         except KeyError:
             pass  # other keys: the general case below
         else:
-            reasons = _REASONS_JSON.encode(payload["reasons"]) if kind == DECISION else None
+            reasons = _reasons_text(payload["reasons"]) if kind == DECISION else None
             row: tuple[Any, ...] = _ROWS[kind]((*values, None, reasons, record_hash))
             return row
     values = dict.fromkeys(COLUMNS)
@@ -160,7 +160,7 @@ def decision_entries(decisions: Iterable[NewDecision], head: tuple[int, str],
         record_hash = entry_hash(dict(zip(DECISION_KEYS, values, strict=True)))
         fields = list(values[3:-1])  # DECISION_FIELDS
         reasons, action, mode = fields[_REASONS], decision.action, decision.mode
-        rows.append(row_of((*values, None, _REASONS_JSON.encode(reasons), record_hash)))
+        rows.append(row_of((*values, None, _reasons_text(reasons), record_hash)))
         # build_record's Action(...) and Mode(...) of the stored text are these members
         fields[_ACTION] = action if type(action) is Action else Action(fields[_ACTION])
         fields[_MODE] = mode if type(mode) is Mode else Mode(fields[_MODE])

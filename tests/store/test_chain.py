@@ -22,6 +22,7 @@ from cosigner.store.chain import (
     StoredEntry,
     decision_payload,
     entry_hash,
+    one_shot,
     outcome_payload,
     timestamp_text,
     verify_entries,
@@ -223,6 +224,20 @@ class TestWritePath:
         except (TypeError, ValueError) as exc:
             got = type(exc)
         assert got == expected
+
+    @given(value=_json, ascii_=st.booleans(), circular=st.booleans(), sort=st.booleans())
+    def test_one_shot_is_the_encoders_encode(self, value: Any, ascii_: bool, circular: bool,
+                                             sort: bool) -> None:
+        """one_shot(encoder) writes what encoder.encode writes, or fails as it does."""
+        encoder = json.JSONEncoder(ensure_ascii=ascii_, check_circular=circular,
+                                   sort_keys=sort, allow_nan=ascii_)
+        outcomes = []
+        for encode in (encoder.encode, one_shot(encoder)):
+            try:
+                outcomes.append(encode(value))
+            except (TypeError, ValueError) as exc:
+                outcomes.append(type(exc).__name__)
+        assert outcomes[0] == outcomes[1]
 
     def test_entry_hash_of_a_circular_payload_fails_as_json_does(self) -> None:
         """A circular payload is a ValueError, as with json.dumps (and the next hash works)."""
