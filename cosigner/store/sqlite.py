@@ -172,17 +172,22 @@ CREATE INDEX order_outbox_pending ON order_outbox (delivered_at, order_no, seq)
 _MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-# A decision with its latest outcome (o.* NULL when there is none).
-_SELECT_RECORDS = """
+# A decision with its latest outcome (o.* NULL when there is none).  _SELECT_RECORDS_BY_SEQ
+# is for callers that add "AND d.seq IN (...)": NOT INDEXED finds those decisions by seq
+# (the rowid), never by scanning every decision through entries_by_time's kind (which
+# SQLite's planner picks otherwise).
+_RECORDS_SQL = """
 SELECT d.seq, d.kind, d.prev_hash, d.item_id, d.content_hash, d.chain_id, d.from_address,
        d.to_address, d.amount_text, d.action, d.rule, d.reasons, d.policy_name,
        d.policy_sha256, d.mode, d.created_at, d.record_hash,
        o.state, o.api_code, o.api_message, o.created_at
-FROM entries AS d
+FROM entries AS d{hint}
 LEFT JOIN entries AS o ON o.seq = (
     SELECT max(x.seq) FROM entries AS x WHERE x.decision_seq = d.seq AND x.kind = 'outcome')
 WHERE d.kind = 'decision'
 """
+_SELECT_RECORDS = _RECORDS_SQL.format(hint="")
+_SELECT_RECORDS_BY_SEQ = _RECORDS_SQL.format(hint=" NOT INDEXED")
 
 # What an outcome needs to know of its decision; callers add "AND d.seq IN (...)".  NOT
 # INDEXED: the decisions are found by seq (the rowid), never by scanning every decision
@@ -603,7 +608,7 @@ class SqliteJournal:
             latest: dict[int, DecisionRecord] = {}
             if modes and firsts:
                 rows = conn.execute(
-                    _SELECT_RECORDS + f" AND d.seq IN (SELECT max(seq) FROM entries "  # noqa: S608
+                    _SELECT_RECORDS_BY_SEQ + f" AND d.seq IN (SELECT max(seq) FROM entries "  # noqa: S608
                     f"WHERE kind = 'decision' AND item_id IN ({marks}) AND mode IN "
                     f"({mode_marks}) GROUP BY item_id)", [*chunk, *modes]).fetchall()
                 for row in rows:

@@ -351,9 +351,9 @@ class TestTamperDetection:
 
 
 class TestQueryPlans:
-    def test_writes_read_by_key_not_by_kind(self, journal: SqliteJournal, db_path: Path) -> None:
-        """The write transactions' reads find rows by seq or item id: none walks every
-        decision (or every verdict) of an index on kind, which costs the journal's size."""
+    def test_reads_by_key_not_by_kind(self, journal: SqliteJournal, db_path: Path) -> None:
+        """The lookup's and the write transactions' reads find rows by seq or item id: none
+        walks every decision (or every verdict) of an index on kind (the journal's size)."""
         class NoLimits:
             window = timedelta(hours=1)
 
@@ -366,6 +366,7 @@ class TestQueryPlans:
         assert conn is not None
         conn.set_trace_callback(statements.append)
         try:
+            journal.lookup([1000, 1001, 2000], ["enforce"])
             records = journal.record_decisions([decision(2000 + i) for i in range(3)],
                                                NoLimits())
             journal.record_outcomes([NewOutcome(r.seq, r.item_id, "posted", 200, "ok")
@@ -373,7 +374,8 @@ class TestQueryPlans:
         finally:
             conn.set_trace_callback(None)
         selects = [s for s in statements if "FROM entries" in s and "item_id" in s]
-        assert len(selects) >= 3  # the verdicts, the approvals, the outcomes' decisions
+        # the lookup (2), the verdicts, the approvals, the outcomes' decisions
+        assert len(selects) >= 5
         kind_only = re.compile(r"USING (COVERING )?INDEX entries_by_\w+ "
                                r"\(kind=\?( AND mode=\?)?( AND action=\?)?\)$")
         reader = sqlite3.connect(db_path)
