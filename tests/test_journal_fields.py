@@ -9,6 +9,7 @@ import pytest
 from cosigner.journal import DECISION_FIELDS, OUTCOME_FIELDS, DecisionRecord
 from cosigner.store.audit import EXPORT_COLUMNS
 from cosigner.store.chain import DECISION_KEYS, OUTCOME_KEYS
+from cosigner.store.records import RECORD_FIELDS
 
 
 class TestFieldsDefinedOnce:
@@ -20,6 +21,12 @@ class TestFieldsDefinedOnce:
     def test_a_record_holds_every_decision_field(self) -> None:
         """A DecisionRecord carries every field of the decision it records."""
         assert set(DECISION_FIELDS) <= {f.name for f in fields(DecisionRecord)}
+
+    def test_a_new_record_takes_its_fields_in_their_order(self) -> None:
+        """The write path builds a record positionally: its first fields, in their order."""
+        names = tuple(f.name for f in fields(DecisionRecord))
+        assert names[:len(RECORD_FIELDS)] == RECORD_FIELDS
+        assert all(f.default is None for f in fields(DecisionRecord)[len(RECORD_FIELDS):])
 
     def test_the_export_has_every_record_field(self) -> None:
         """The export's stable column order names every field of a record, once."""

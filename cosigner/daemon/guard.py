@@ -24,7 +24,7 @@ from decimal import Decimal, InvalidOperation
 
 from cosigner.models import Action
 from cosigner.policy import addresses
-from cosigner.policy.engine import limit_check
+from cosigner.policy.engine import limit_exceeded
 from cosigner.policy.ledger import Approval, Ledger, Stacked, Usage
 from cosigner.policy.model import CompiledPolicy, Limit
 from cosigner.store.base import ENFORCE, ApprovalRow, NewDecision
@@ -104,16 +104,18 @@ class PolicyLimitGuard:
         return None
 
     def _first_broken(self, ledger: Usage, approval: Approval, now: datetime) -> Limit | None:
-        chain = self.policy.chains.get(approval.chain_id)
+        chain_id = approval.chain_id
+        chain = self.policy.chains.get(chain_id)
         fmt = chain.address if chain is not None else "other"
         to_key = addresses.key(approval.to_address, fmt)
         from_key = addresses.key(approval.from_address, fmt)
         for limit in self.policy.limits:
-            if not limit.scope.holds(approval.chain_id, fmt, to_key, from_key):
+            if not limit.scope.holds(chain_id, fmt, to_key, from_key):
                 continue
-            # The evaluation's own limit arithmetic (one definition).
-            if limit_check(limit, approval.chain_id, to_key, from_key, approval.amount,
-                           ledger, now).would_exceed:
+            # The evaluation's own limit arithmetic (one definition), as limit_check does it.
+            used_amount, used_count = ledger.usage(
+                limit.name, limit.bucket(chain_id, to_key, from_key), now)
+            if limit_exceeded(limit, used_amount, used_count, approval.amount):
                 return limit
         return None
 

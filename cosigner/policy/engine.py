@@ -237,17 +237,23 @@ def limit_effect(limit: Limit, facts: ItemFacts, ledger: Ledger, now: datetime) 
                          facts.amount, ledger, now)
 
 
+def limit_exceeded(limit: Limit, used_amount: Decimal, used_count: int,
+                   amount: Decimal) -> bool:
+    """The one definition of a limit's arithmetic: whether adding *amount* (one more
+    approval) to the usage of its bucket would break ``max_amount`` or ``max_count``."""
+    return ((limit.max_amount is not None
+             and MONEY.add(used_amount, amount) > limit.max_amount)
+            or (limit.max_count is not None and used_count + 1 > limit.max_count))
+
+
 def limit_check(limit: Limit, chain_id: str, to_key: str, from_key: str, amount: Decimal,
                 ledger: Usage, now: datetime) -> LimitEffect:
-    """The one definition of a limit's arithmetic: usage in the bucket of the approval, and
-    whether adding *amount* (one more approval) would break ``max_amount`` or ``max_count``."""
+    """Usage in the bucket of the approval, and whether adding *amount* would break the limit
+    (:func:`limit_exceeded`)."""
     bucket = limit.bucket(chain_id, to_key, from_key)
     used_amount, used_count = ledger.usage(limit.name, bucket, now)
-    exceed = ((limit.max_amount is not None
-               and MONEY.add(used_amount, amount) > limit.max_amount)
-              or (limit.max_count is not None and used_count + 1 > limit.max_count))
     return LimitEffect(limit.name, bucket, used_amount, used_count, limit.max_amount,
-                       limit.max_count, exceed)
+                       limit.max_count, limit_exceeded(limit, used_amount, used_count, amount))
 
 
 # Decisions without limit effects depend only on (action, rule or reason code);

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from cosigner.journal import DECISION_FIELDS, OUTCOME_FIELDS, plain
@@ -45,20 +46,40 @@ def parse_timestamp(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
+# Values plain() returns as they are: the usual types of a field skip the call.
+_AS_IS = frozenset({str, int, type(None)})
+_DECISION_FIELDS_OF = attrgetter(*DECISION_FIELDS)
+_OUTCOME_FIELDS_OF = attrgetter(*OUTCOME_FIELDS)
+
+
+def decision_values(seq: int, prev_hash: str, decision: NewDecision,
+                    created_at: str) -> tuple[Any, ...]:
+    """The hashed fields of a decision entry, in :data:`DECISION_KEYS` order."""
+    return (seq, DECISION, prev_hash,
+            *[v if type(v) in _AS_IS else plain(v) for v in _DECISION_FIELDS_OF(decision)],
+            created_at)
+
+
+def outcome_values(seq: int, prev_hash: str, outcome: NewOutcome,
+                   created_at: str) -> tuple[Any, ...]:
+    """The hashed fields of an outcome entry, in :data:`OUTCOME_KEYS` order."""
+    return (seq, OUTCOME, prev_hash,
+            *[v if type(v) in _AS_IS else plain(v) for v in _OUTCOME_FIELDS_OF(outcome)],
+            created_at)
+
+
 def decision_payload(seq: int, prev_hash: str, decision: NewDecision,
                      created_at: str) -> dict[str, Any]:
     """The hashed fields of a decision entry."""
-    return {"seq": seq, "kind": DECISION, "prev_hash": prev_hash,
-            **{name: plain(getattr(decision, name)) for name in DECISION_FIELDS},
-            "created_at": created_at}
+    return dict(zip(DECISION_KEYS, decision_values(seq, prev_hash, decision, created_at),
+                    strict=True))
 
 
 def outcome_payload(seq: int, prev_hash: str, outcome: NewOutcome,
                     created_at: str) -> dict[str, Any]:
     """The hashed fields of an outcome entry."""
-    return {"seq": seq, "kind": OUTCOME, "prev_hash": prev_hash,
-            **{name: plain(getattr(outcome, name)) for name in OUTCOME_FIELDS},
-            "created_at": created_at}
+    return dict(zip(OUTCOME_KEYS, outcome_values(seq, prev_hash, outcome, created_at),
+                    strict=True))
 
 
 def entry_hash(payload: Mapping[str, Any]) -> str:
@@ -67,9 +88,36 @@ def entry_hash(payload: Mapping[str, Any]) -> str:
     Raises:
         ValueError: the payload holds something JSON cannot represent exactly.
     """
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"),
-                           ensure_ascii=False, allow_nan=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical(payload).encode("utf-8")).hexdigest()
+
+
+# JSONEncoder.iterencode's C encoder (None without the C accelerator; not in the type stubs).
+_C_MAKE_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
+
+
+def one_shot(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """``encoder.encode``: for anything but a str, the path it takes (the C encoder, with a
+    fresh circular-reference memo when it checks them), without rebuilding per call what
+    ``encode`` and ``iterencode`` rebuild."""
+    if _C_MAKE_ENCODER is None or encoder.indent is not None:
+        return encoder.encode
+    args = (encoder.default, json.encoder.encode_basestring_ascii if encoder.ensure_ascii
+            else json.encoder.encode_basestring, encoder.indent, encoder.key_separator,
+            encoder.item_separator, encoder.sort_keys, encoder.skipkeys, encoder.allow_nan)
+    circular = encoder.check_circular
+
+    def encode(o: Any) -> str:
+        if isinstance(o, str):
+            return encoder.encode(o)
+        return "".join(_C_MAKE_ENCODER({} if circular else None, *args)(o, 0))
+
+    return encode
+
+
+#: The canonical JSON of a payload: ``json.dumps(payload, sort_keys=True,
+#: separators=(",", ":"), ensure_ascii=False, allow_nan=False)``.
+_canonical = one_shot(json.JSONEncoder(sort_keys=True, separators=(",", ":"),
+                                       ensure_ascii=False, allow_nan=False))
 
 
 @dataclass(frozen=True, slots=True)

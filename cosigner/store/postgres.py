@@ -77,9 +77,7 @@ from cosigner.store.base import (
 from cosigner.store.chain import (
     DECISION,
     StoredEntry,
-    decision_payload,
     entry_hash,
-    outcome_payload,
     parse_timestamp,
     timestamp_text,
     verify_entries,
@@ -87,11 +85,12 @@ from cosigner.store.chain import (
 from cosigner.store.records import (
     COLUMNS,
     batch_verdicts,
-    build_record,
     check_outcome,
+    decision_entries,
     decision_state,
     entry_row,
     limit_violations,
+    outcome_entry,
     record_from_row,
     stored_entry,
 )
@@ -663,15 +662,10 @@ class PostgresJournal:
                     conflicts.setdefault(item_id, reason)
             if conflicts:
                 raise JournalConflictError(self.where, conflicts)
-            rows, records, verdict_rows = [], [], []
-            for d in decisions:
-                seq += 1
-                payload = decision_payload(seq, prev, d, created_at)
-                prev = entry_hash(payload)
-                rows.append(entry_row(payload, prev))
-                records.append(build_record(payload, prev, None))
-                if d.mode == ENFORCE and d.action.value in _VERDICTS:
-                    verdict_rows.append((d.item_id, seq))
+            rows, records = decision_entries(decisions, (seq, prev), created_at)
+            verdict_rows = [(d.item_id, r.seq) for d, r in zip(decisions, records, strict=True)
+                            if d.mode == ENFORCE and d.action.value in _VERDICTS]
+            seq, prev = records[-1].seq, records[-1].record_hash
             self._insert(conn, rows)
             if verdict_rows:
                 with conn.cursor() as cur:
@@ -702,9 +696,8 @@ class PostgresJournal:
                 check_outcome(outcome, self.where, decision, state)
                 states[outcome.decision_seq] = (decision, outcome.state)
                 seq += 1
-                payload = outcome_payload(seq, prev, outcome, created_at)
-                prev = entry_hash(payload)
-                rows.append(entry_row(payload, prev))
+                prev, row = outcome_entry(seq, prev, outcome, created_at)
+                rows.append(row)
             self._insert(conn, rows)
             self._set_head(conn, seq, prev)
 

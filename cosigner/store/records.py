@@ -5,8 +5,9 @@ its :class:`DecisionRecord`, and which outcomes may follow which decisions.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from cosigner.errors import StoreError
@@ -28,7 +29,13 @@ from cosigner.store.chain import (
     DECISION,
     DECISION_KEYS,
     KEYS,
+    OUTCOME,
+    OUTCOME_KEYS,
     StoredEntry,
+    decision_values,
+    entry_hash,
+    one_shot,
+    outcome_values,
     parse_timestamp,
 )
 
@@ -89,14 +96,88 @@ COLUMNS = ("seq", "kind", "prev_hash", "item_id", "content_hash", "chain_id", "f
            "created_at", "record_hash")
 
 
+#: The fields of a :class:`DecisionRecord` as :func:`decision_entries` passes them, by
+#: position (tests/test_journal_fields.py checks that they are its first fields, in order).
+RECORD_FIELDS = ("seq", *DECISION_FIELDS, "created_at", "state", "outcome_code",
+                 "outcome_message", "prev_hash", "record_hash")
+_new_record: Callable[..., DecisionRecord] = DecisionRecord
+_ACTION, _REASONS, _MODE = (DECISION_FIELDS.index(k) for k in ("action", "reasons", "mode"))
+
+# ``json.dumps(reasons, ensure_ascii=False)``: the stored text of a decision's reasons.
+_reasons_text = one_shot(json.JSONEncoder(ensure_ascii=False))
+
+
+def _row_getter(kind: str) -> itemgetter[tuple[Any, ...]]:
+    """The entries row of an entry of ``kind`` from its payload values (:data:`KEYS` order)
+    followed by None, the stored reasons and the record hash."""
+    keys = KEYS[kind]
+    none, reasons, record_hash = len(keys), len(keys) + 1, len(keys) + 2
+    at = {key: i for i, key in enumerate(keys)}
+    at.update(record_hash=record_hash)
+    if kind == DECISION:
+        at.update(reasons=reasons)
+    return itemgetter(*(at.get(column, none) for column in COLUMNS))
+
+
+_ROWS = {kind: _row_getter(kind) for kind in KEYS}
+_PAYLOAD_VALUES = {kind: itemgetter(*keys) for kind, keys in KEYS.items()}
+
+
 def entry_row(payload: dict[str, Any], record_hash: str) -> tuple[Any, ...]:
     """The entries row (:data:`COLUMNS` order) of an entry payload."""
+    kind = payload["kind"]
+    keys = KEYS.get(kind) if type(kind) is str else None
+    if keys is not None and len(payload) == len(keys):
+        try:
+            values = _PAYLOAD_VALUES[kind](payload)
+        except KeyError:
+            pass  # other keys: the general case below
+        else:
+            reasons = _reasons_text(payload["reasons"]) if kind == DECISION else None
+            row: tuple[Any, ...] = _ROWS[kind]((*values, None, reasons, record_hash))
+            return row
     values = dict.fromkeys(COLUMNS)
     values.update(payload)
     if payload["kind"] == DECISION:
         values["reasons"] = json.dumps(payload["reasons"], ensure_ascii=False)
     values["record_hash"] = record_hash
     return tuple(values[c] for c in COLUMNS)
+
+
+def decision_entries(decisions: Iterable[NewDecision], head: tuple[int, str],
+                     created_at: str) -> tuple[list[tuple[Any, ...]], list[DecisionRecord]]:
+    """The entries rows and the records of ``decisions`` appended after ``head`` (its seq
+    and hash) at ``created_at``: one decision at a time, what :func:`decision_payload`,
+    :func:`entry_hash`, :func:`entry_row` and ``build_record(payload, hash, None)`` give."""
+    seq, prev = head
+    at = parse_timestamp(created_at)  # the same for every record of the batch
+    row_of = _ROWS[DECISION]
+    rows: list[tuple[Any, ...]] = []
+    records: list[DecisionRecord] = []
+    for decision in decisions:
+        seq += 1
+        values = decision_values(seq, prev, decision, created_at)
+        record_hash = entry_hash(dict(zip(DECISION_KEYS, values, strict=True)))
+        fields = list(values[3:-1])  # DECISION_FIELDS
+        reasons, action, mode = fields[_REASONS], decision.action, decision.mode
+        rows.append(row_of((*values, None, _reasons_text(reasons), record_hash)))
+        # build_record's Action(...) and Mode(...) of the stored text are these members
+        fields[_ACTION] = action if type(action) is Action else Action(fields[_ACTION])
+        fields[_MODE] = mode if type(mode) is Mode else Mode(fields[_MODE])
+        fields[_REASONS] = tuple(reasons)
+        records.append(_new_record(seq, *fields, at, decision_state(fields[_MODE], None),
+                                   None, None, prev, record_hash))
+        prev = record_hash
+    return rows, records
+
+
+def outcome_entry(seq: int, prev_hash: str, outcome: NewOutcome,
+                  created_at: str) -> tuple[str, tuple[Any, ...]]:
+    """The record hash and the entries row of an outcome entry: what :func:`outcome_payload`,
+    :func:`entry_hash` and :func:`entry_row` give."""
+    values = outcome_values(seq, prev_hash, outcome, created_at)
+    record_hash = entry_hash(dict(zip(OUTCOME_KEYS, values, strict=True)))
+    return record_hash, _ROWS[OUTCOME]((*values, None, None, record_hash))
 
 
 def load_reasons(text: Any) -> Any:

@@ -50,9 +50,7 @@ from cosigner.store.base import (
     utc_now,
 )
 from cosigner.store.chain import (
-    decision_payload,
     entry_hash,
-    outcome_payload,
     parse_timestamp,
     timestamp_text,
     verify_entries,
@@ -60,11 +58,11 @@ from cosigner.store.chain import (
 from cosigner.store.records import (
     COLUMNS,
     batch_verdicts,
-    build_record,
     check_outcome,
+    decision_entries,
     decision_state,
-    entry_row,
     limit_violations,
+    outcome_entry,
     record_from_row,
     stored_entry,
 )
@@ -174,24 +172,31 @@ CREATE INDEX order_outbox_pending ON order_outbox (delivered_at, order_no, seq)
 _MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-# A decision with its latest outcome (o.* NULL when there is none).
-_SELECT_RECORDS = """
+# A decision with its latest outcome (o.* NULL when there is none).  _SELECT_RECORDS_BY_SEQ
+# is for callers that add "AND d.seq IN (...)": NOT INDEXED finds those decisions by seq
+# (the rowid), never by scanning every decision through entries_by_time's kind (which
+# SQLite's planner picks otherwise).
+_RECORDS_SQL = """
 SELECT d.seq, d.kind, d.prev_hash, d.item_id, d.content_hash, d.chain_id, d.from_address,
        d.to_address, d.amount_text, d.action, d.rule, d.reasons, d.policy_name,
        d.policy_sha256, d.mode, d.created_at, d.record_hash,
        o.state, o.api_code, o.api_message, o.created_at
-FROM entries AS d
+FROM entries AS d{hint}
 LEFT JOIN entries AS o ON o.seq = (
     SELECT max(x.seq) FROM entries AS x WHERE x.decision_seq = d.seq AND x.kind = 'outcome')
 WHERE d.kind = 'decision'
 """
+_SELECT_RECORDS = _RECORDS_SQL.format(hint="")
+_SELECT_RECORDS_BY_SEQ = _RECORDS_SQL.format(hint=" NOT INDEXED")
 
-# What an outcome needs to know of its decision.
+# What an outcome needs to know of its decision; callers add "AND d.seq IN (...)".  NOT
+# INDEXED: the decisions are found by seq (the rowid), never by scanning every decision
+# through entries_by_time's kind (which SQLite's planner picks otherwise).
 _SELECT_STATES = """
 SELECT d.seq, d.item_id, d.mode, d.action,
        (SELECT o.state FROM entries AS o WHERE o.decision_seq = d.seq AND o.kind = 'outcome'
         ORDER BY o.seq DESC LIMIT 1)
-FROM entries AS d WHERE d.kind = 'decision'
+FROM entries AS d NOT INDEXED WHERE d.kind = 'decision'
 """
 
 _STATE_SQL = """
@@ -603,7 +608,7 @@ class SqliteJournal:
             latest: dict[int, DecisionRecord] = {}
             if modes and firsts:
                 rows = conn.execute(
-                    _SELECT_RECORDS + f" AND d.seq IN (SELECT max(seq) FROM entries "  # noqa: S608
+                    _SELECT_RECORDS_BY_SEQ + f" AND d.seq IN (SELECT max(seq) FROM entries "  # noqa: S608
                     f"WHERE kind = 'decision' AND item_id IN ({marks}) AND mode IN "
                     f"({mode_marks}) GROUP BY item_id)", [*chunk, *modes]).fetchall()
                 for row in rows:
@@ -630,15 +635,9 @@ class SqliteJournal:
                 seq, prev = self._head(c)
                 start = seq
                 self._refuse_conflicts(c, decisions, guard, now, seq)
-                rows, records = [], []
-                for decision in decisions:
-                    seq += 1
-                    payload = decision_payload(seq, prev, decision, created_at)
-                    prev = entry_hash(payload)
-                    rows.append(entry_row(payload, prev))
-                    records.append(build_record(payload, prev, None))
+                rows, records = decision_entries(decisions, (seq, prev), created_at)
                 c.executemany(_INSERT, rows)
-                self._set_head(c, seq, prev)
+                self._set_head(c, records[-1].seq, records[-1].record_hash)
                 return start, records
 
             start, records = self._transaction(conn, write)
@@ -671,9 +670,11 @@ class SqliteJournal:
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start:start + _CHUNK]
             marks = ",".join("?" * len(chunk))
+            # +action: looked up by item id in entries_by_item, not by scanning every
+            # verdict through entries_by_action (which SQLite's planner picks otherwise)
             for (item_id,) in conn.execute(
                     f"SELECT DISTINCT item_id FROM entries WHERE kind = 'decision' "  # noqa: S608
-                    f"AND mode = ? AND action IN (?, ?) AND item_id IN ({marks})",
+                    f"AND mode = ? AND +action IN (?, ?) AND item_id IN ({marks})",
                     [ENFORCE, Action.APPROVE.value, Action.REJECT.value, *chunk]):
                 conflicts[item_id] = "already_decided"
         if guard is not None and any(d.action is Action.APPROVE for d in final):
@@ -747,14 +748,14 @@ class SqliteJournal:
                 start = seq
                 states = self._decisions_for(c, {o.decision_seq for o in outcomes})
                 rows = []
+                where = str(self.path)
                 for outcome in outcomes:
                     decision, state = states.get(outcome.decision_seq) or (None, None)
-                    check_outcome(outcome, str(self.path), decision, state)
+                    check_outcome(outcome, where, decision, state)
                     states[outcome.decision_seq] = (decision, outcome.state)
                     seq += 1
-                    payload = outcome_payload(seq, prev, outcome, created_at)
-                    prev = entry_hash(payload)
-                    rows.append(entry_row(payload, prev))
+                    prev, row = outcome_entry(seq, prev, outcome, created_at)
+                    rows.append(row)
                 c.executemany(_INSERT, rows)
                 self._set_head(c, seq, prev)
                 return start, Head(seq, prev)

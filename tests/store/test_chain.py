@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+import enum
+import hashlib
+import json
+from dataclasses import fields
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cosigner.models import Action
+from cosigner.models import Action, Mode, RecordState
 from cosigner.store import NewOutcome, VerifyResult
-from cosigner.store.base import GENESIS_HASH
+from cosigner.store.base import GENESIS_HASH, DecisionRecord, NewDecision
 from cosigner.store.chain import (
+    DECISION,
+    KEYS,
+    OUTCOME,
     StoredEntry,
     decision_payload,
     entry_hash,
+    one_shot,
     outcome_payload,
     timestamp_text,
     verify_entries,
+)
+from cosigner.store.records import (
+    COLUMNS,
+    build_record,
+    decision_entries,
+    entry_row,
+    outcome_entry,
 )
 from tests.store.conftest import T0, decision
 
@@ -142,3 +157,146 @@ class TestVerifyEntries:
         result = verify_entries(entries)
         assert (result.first_bad_seq, result.problem) == (
             index + 1, f"record seq {index + 1} is missing")
+
+
+# -- the write path builds what the one-entry-at-a-time rules give ---------------------
+
+class _Code(enum.StrEnum):
+    BSC = "56"
+
+
+class _Id(enum.IntEnum):
+    ONE = 77
+
+
+def _reference_row(payload: dict[str, Any], record_hash: str) -> tuple[Any, ...]:
+    """entry_row as first written: every column from the payload, None where it has none."""
+    values: dict[str, Any] = dict.fromkeys(COLUMNS)
+    values.update(payload)
+    if payload["kind"] == DECISION:
+        values["reasons"] = json.dumps(payload["reasons"], ensure_ascii=False)
+    values["record_hash"] = record_hash
+    return tuple(values[c] for c in COLUMNS)
+
+
+def _reference_hash(payload: Any) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+_texts = st.text(max_size=6)
+_decisions = st.builds(
+    decision, st.one_of(st.integers(-(2**63), 2**63 - 1), st.just(_Id.ONE)),
+    st.sampled_from(["approve", Action.REJECT, Action.HOLD]),
+    mode=st.sampled_from(["enforce", Mode.SHADOW]),
+    content=_texts,
+    chain_id=st.one_of(_texts, st.just(_Code.BSC)), amount_text=_texts,
+    rule=_texts, reasons=st.lists(st.one_of(_texts, st.just(_Code.BSC)), max_size=3))
+_json = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), _texts,
+              st.just(_Code.BSC), st.just(_Id.ONE), st.just(b"x")),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(_texts, inner, max_size=3)), max_leaves=8)
+
+
+def _outcome(seq: int, item: int, state: str, code: int | None, message: str) -> NewOutcome:
+    return NewOutcome(seq, item, state, code, message)
+
+
+_outcomes = st.builds(_outcome, st.integers(1, 2**63 - 1), st.one_of(st.integers(0, 9),
+                                                                       st.just(_Id.ONE)),
+                      st.sampled_from(["posted", RecordState.FAILED, "gone"]),
+                      st.one_of(st.none(), st.integers(-5, 5)), _texts)
+
+
+class TestWritePath:
+    @given(payload=st.dictionaries(_texts, _json, max_size=5))
+    def test_entry_hash_is_the_canonical_json_sha256(self, payload: dict[str, Any]) -> None:
+        """entry_hash hashes json.dumps(sorted keys, no spaces, UTF-8, no NaN), and fails
+        the same way where that fails."""
+        try:
+            expected: str | type[BaseException] = _reference_hash(payload)
+        except (TypeError, ValueError) as exc:
+            expected = type(exc)
+        try:
+            got: str | type[BaseException] = entry_hash(payload)
+        except (TypeError, ValueError) as exc:
+            got = type(exc)
+        assert got == expected
+
+    @given(value=_json, ascii_=st.booleans(), circular=st.booleans(), sort=st.booleans())
+    def test_one_shot_is_the_encoders_encode(self, value: Any, ascii_: bool, circular: bool,
+                                             sort: bool) -> None:
+        """one_shot(encoder) writes what encoder.encode writes, or fails as it does."""
+        encoder = json.JSONEncoder(ensure_ascii=ascii_, check_circular=circular,
+                                   sort_keys=sort, allow_nan=ascii_)
+        outcomes = []
+        for encode in (encoder.encode, one_shot(encoder)):
+            try:
+                outcomes.append(encode(value))
+            except (TypeError, ValueError) as exc:
+                outcomes.append(type(exc).__name__)
+        assert outcomes[0] == outcomes[1]
+
+    def test_entry_hash_of_a_circular_payload_fails_as_json_does(self) -> None:
+        """A circular payload is a ValueError, as with json.dumps (and the next hash works)."""
+        payload: dict[str, Any] = {"a": []}
+        payload["a"].append(payload)
+        with pytest.raises(ValueError, match="Circular reference"):
+            entry_hash(payload)
+        assert entry_hash({"a": [1]}) == _reference_hash({"a": [1]})
+
+    @given(decisions=st.lists(_decisions, min_size=1, max_size=4), seq=st.integers(0, 99))
+    def test_decision_entries_are_the_rules_one_at_a_time(
+            self, decisions: list[NewDecision], seq: int) -> None:
+        """decision_entries gives the rows and records of decision_payload, entry_hash,
+        entry_row and build_record applied one decision at a time."""
+        created_at = timestamp_text(T0)
+        rows, records = decision_entries(decisions, (seq, GENESIS_HASH), created_at)
+        prev = GENESIS_HASH
+        for decision_, row, record in zip(decisions, rows, records, strict=True):
+            seq += 1
+            payload = decision_payload(seq, prev, decision_, created_at)
+            prev = _reference_hash(payload)
+            assert row == _reference_row(payload, prev) == entry_row(payload, prev)
+            assert [type(v) for v in row] == [type(v) for v in _reference_row(payload, prev)]
+            expected = build_record(payload, prev, None)
+            assert record == expected
+            assert [type(getattr(record, f.name)) for f in fields(DecisionRecord)] == [
+                type(getattr(expected, f.name)) for f in fields(DecisionRecord)]
+
+    @given(outcome=_outcomes, seq=st.integers(1, 99))
+    def test_outcome_entry_is_the_rules(self, outcome: NewOutcome, seq: int) -> None:
+        """outcome_entry gives the hash and row of outcome_payload, entry_hash and entry_row."""
+        payload = outcome_payload(seq, GENESIS_HASH, outcome, timestamp_text(T0))
+        record_hash = _reference_hash(payload)
+        row = _reference_row(payload, record_hash)
+        assert outcome_entry(seq, GENESIS_HASH, outcome, timestamp_text(T0)) == (
+            record_hash, row)
+        assert [type(v) for v in outcome_entry(seq, GENESIS_HASH, outcome,
+                                               timestamp_text(T0))[1]] == [type(v) for v in row]
+
+    @given(payload=st.dictionaries(st.sampled_from([*COLUMNS, "other"]), _json),
+           kind=st.sampled_from([DECISION, OUTCOME, "other", _Code.BSC]),
+           data=st.data())
+    def test_entry_row_of_any_payload(self, payload: dict[str, Any], kind: str,
+                                      data: st.DataObject) -> None:
+        """entry_row of any payload (an entry of either kind, missing or extra keys, another
+        kind) is the first definition's row, or fails as it did."""
+        payload["kind"] = kind
+        if data.draw(st.booleans()):  # all the keys of its kind, and maybe one more
+            keys = KEYS.get(kind, ())
+            payload = {k: payload.get(k, data.draw(_json)) for k in keys} | {"kind": kind}
+            extra = data.draw(st.sampled_from([None, "state", "reasons", "other"]))
+            if extra is not None and extra not in payload:
+                payload[extra] = data.draw(_json)
+        try:
+            expected: Any = _reference_row(payload, "h")
+        except (KeyError, TypeError, ValueError) as exc:
+            expected = type(exc)
+        try:
+            got: Any = entry_row(payload, "h")
+        except (KeyError, TypeError, ValueError) as exc:
+            got = type(exc)
+        assert got == expected

@@ -8,6 +8,7 @@ import re
 import sqlite3
 import stat
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -347,3 +348,40 @@ class TestTamperDetection:
         """reasons that are no longer JSON are reported as an edit, not a crash."""
         tamper(db_path, "UPDATE entries SET reasons = '[not json' WHERE seq = 3")
         assert reopened(db_path).verify().first_bad_seq == 3
+
+
+class TestQueryPlans:
+    def test_reads_by_key_not_by_kind(self, journal: SqliteJournal, db_path: Path) -> None:
+        """The lookup's and the write transactions' reads find rows by seq or item id: none
+        walks every decision (or every verdict) of an index on kind (the journal's size)."""
+        class NoLimits:
+            window = timedelta(hours=1)
+
+            def violations(self, history: object, approvals: object, now: object) -> dict[
+                    int, str]:
+                return {}
+
+        statements: list[str] = []
+        conn = journal._conn
+        assert conn is not None
+        conn.set_trace_callback(statements.append)
+        try:
+            journal.lookup([1000, 1001, 2000], ["enforce"])
+            records = journal.record_decisions([decision(2000 + i) for i in range(3)],
+                                               NoLimits())
+            journal.record_outcomes([NewOutcome(r.seq, r.item_id, "posted", 200, "ok")
+                                     for r in records])
+        finally:
+            conn.set_trace_callback(None)
+        selects = [s for s in statements if "FROM entries" in s and "item_id" in s]
+        # the lookup (2), the verdicts, the approvals, the outcomes' decisions
+        assert len(selects) >= 5
+        kind_only = re.compile(r"USING (COVERING )?INDEX entries_by_\w+ "
+                               r"\(kind=\?( AND mode=\?)?( AND action=\?)?\)$")
+        reader = sqlite3.connect(db_path)
+        try:
+            for sql in selects:
+                steps = [row[3] for row in reader.execute("EXPLAIN QUERY PLAN " + sql)]
+                assert not [s for s in steps if kind_only.search(s)], (sql, steps)
+        finally:
+            reader.close()
