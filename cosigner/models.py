@@ -251,9 +251,13 @@ def item_content_hash(raw: Mapping[str, Any], dupes: tuple[str, ...] = ()) -> st
     content: Any = dict(raw)
     if dupes:
         content = {"duplicate_keys": list(dupes), "pairs": _pairs_of(raw)}
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"),
-                           ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_CANONICAL.encode(content).encode("utf-8")).hexdigest()
+
+
+# What json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+# would build on every call (one per listed item).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              default=str)
 
 
 def _pairs_of(value: Any) -> Any:
