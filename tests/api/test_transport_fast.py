@@ -55,8 +55,8 @@ def _read(pieces: list[bytes], *, no_body: bool = False,
              connection._length, connection._chunked, connection._until_close,
              connection._keep_alive, connection.closed)
     # What is still buffered matters only while the exchange goes on.
-    buffered = bytes(connection._buffer) if waiter.outcome is None else None
-    return waiter.outcome, state, buffered
+    leftover = bytes(connection._buffer) if waiter.outcome is None else None
+    return waiter.outcome, state, leftover
 
 
 def _agree(raw: bytes, *, no_body: bool = False, cut: int | None = None) -> tuple[Any, ...]:
