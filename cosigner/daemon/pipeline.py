@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cosigner.abc import Clock, LimitGuard, PendingSource, utc_now
 from cosigner.decide import Outcome, Step, decide
@@ -70,9 +70,11 @@ OUTCOME_DELAY = 0.1  # ... or after this many seconds, whichever comes first
 GONE_SHOWN_FOR = timedelta(days=1)
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionEvent:
-    """What happened to one item in a cycle (for the demo's live table and for tests)."""
+class DecisionEvent(NamedTuple):
+    """What happened to one item in a cycle (for the demo's live table and for tests).
+
+    A named tuple: immutable as a frozen dataclass, built for ~1/5 of its cost (two
+    per item while anyone listens)."""
 
     item_id: int | None
     chain: str
