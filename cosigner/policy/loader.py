@@ -316,23 +316,21 @@ class _Loader:
         # (a big list would only flush the evaluation cache).
         is_evm = addresses.evm_validator(addresses.checksum_checker())
         is_tron = addresses.tron_validator(addresses.tron_checksum_ok)
-        # What _classify does for a valid evm or tron entry, inlined (a list file is
+        # What _classify does for a valid evm or tron entry, in one call (a list file is
         # mostly those, 100,000 of them); anything else goes through _classify itself.
-        evm_keys, tron_keys, other = keys["evm"], keys["tron"], keys["other"]
+        entry_key = addresses.list_entry_key
         exact = self._has_other
         for number, raw in enumerate(text.splitlines(), start=1):
             entry = (raw.split("#", 1)[0] if "#" in raw else raw).strip()
             if not entry:
                 continue
-            if is_evm(entry):
-                evm_keys.add(addresses.key(entry, "evm"))
-            elif is_tron(entry):
-                tron_keys.add(entry)
-            else:
+            found = entry_key(entry)
+            if found is None:
                 self._classify(reader, number, entry, keys, is_evm=is_evm, is_tron=is_tron)
                 continue
+            keys[found[0]].add(found[1])
             if exact:
-                other.add(entry)
+                keys["other"].add(entry)
 
     # -- conditions --------------------------------------------------------
 

@@ -98,8 +98,11 @@ def _world(work: Path, policy: Path, poll_interval: float) -> Iterator[dict[str,
         yield env
 
 
-def startup(runs: int) -> dict[str, object]:
-    """Seconds from starting ``cosigner run`` to its first 200 on /readyz (big policy)."""
+def startup(runs: int, python: str = sys.executable) -> dict[str, object]:
+    """Seconds from starting ``cosigner run`` to its first 200 on /readyz (big policy).
+
+    ``python``: the interpreter that runs the daemon, e.g. a venv holding only the
+    image's locked runtime dependencies and cosigner's wheel (no test or lint tools)."""
     with tempfile.TemporaryDirectory(prefix="cosigner-measure-") as tmp:
         work = Path(tmp)
         policy = write_big_policy(work)
@@ -110,7 +113,7 @@ def startup(runs: int) -> dict[str, object]:
                 http_port = _port()
                 run_env = {**env, "COSIGNER_HTTP_ADDR": f"127.0.0.1:{http_port}"}
                 started = time.perf_counter()
-                with _process([sys.executable, "-m", "cosigner", "run"], run_env, work) as proc:
+                with _process([python, "-m", "cosigner", "run"], run_env, work) as proc:
                     ready = _wait(f"http://127.0.0.1:{http_port}/readyz", started + 120)
                     cpus.append(_cpu_seconds(proc.pid))
                 times.append(ready - started)
@@ -160,10 +163,13 @@ def idle(polls: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.measure")
     sub = parser.add_subparsers(dest="what", required=True)
-    sub.add_parser("startup").add_argument("--runs", type=int, default=5)
+    start = sub.add_parser("startup")
+    start.add_argument("--runs", type=int, default=5)
+    start.add_argument("--python", default=sys.executable,
+                       help="interpreter running the daemon (default: this one)")
     sub.add_parser("idle").add_argument("--polls", type=int, default=1000)
     args = parser.parse_args()
-    result = startup(args.runs) if args.what == "startup" else idle(args.polls)
+    result = startup(args.runs, args.python) if args.what == "startup" else idle(args.polls)
     print(json.dumps(result))
 
 

@@ -143,6 +143,69 @@ class TestEvmChecksum:
         addr._check_known_answers()
 
 
+class TestListEntryKey:
+    """``list_entry_key`` (the list file's one-call check) gives the verdicts and keys of
+    ``is_evm`` / ``is_tron`` and ``key``."""
+
+    @staticmethod
+    def _plain(entry: str) -> tuple[str, str] | None:
+        if addr.evm_validator(addr.checksum_checker())(entry):
+            return "evm", addr.key(entry, "evm")
+        if addr.tron_validator(addr.tron_checksum_ok)(entry):
+            return "tron", addr.key(entry, "tron")
+        return None
+
+    @given(st.binary(min_size=20, max_size=20), st.randoms(use_true_random=False),
+           st.sampled_from(["as is", "lower", "upper", "0X", "short", "long", "space", "g"]))
+    @settings(max_examples=400, deadline=None)
+    def test_evm_entries(self, payload: bytes, rnd: random.Random, how: str) -> None:
+        good = addr.eip55("0x" + payload.hex())
+        flipped = "0x" + "".join(c.swapcase() if rnd.random() < 0.2 else c for c in good[2:])
+        for entry in (good, flipped):
+            entry = {"lower": entry.lower(), "upper": "0x" + entry[2:].upper(),
+                     "0X": "0X" + entry[2:], "short": entry[:-1], "long": entry + "a",
+                     "space": entry + " ", "g": entry[:-1] + "g"}.get(how, entry)
+            assert addr.list_entry_key(entry) == self._plain(entry), entry
+
+    @pytest.mark.parametrize("seed", range(8))
+    def test_every_single_case_flip_is_refused(self, seed: int) -> None:
+        """Each letter of a checksummed address flipped alone breaks its checksum."""
+        good = addr.eip55("0x" + random.Random(seed).randbytes(20).hex())
+        assert addr.list_entry_key(good) == ("evm", good.lower())
+        for at in range(2, 42):
+            if good[at].isalpha():
+                entry = good[:at] + good[at].swapcase() + good[at + 1:]
+                assert addr.list_entry_key(entry) is None, entry
+                assert self._plain(entry) is None
+
+    @given(st.binary(min_size=20, max_size=20), st.integers(0, 33), st.sampled_from(B58),
+           st.booleans())
+    @settings(max_examples=300, deadline=None)
+    def test_tron_entries(self, payload: bytes, at: int, char: str, change: bool) -> None:
+        good = addr.tron_from_bytes(payload)
+        entry = good[:at] + char + good[at + 1:] if change else good
+        assert addr.list_entry_key(entry) == self._plain(entry), entry
+
+    @given(st.integers(0, 255), st.binary(min_size=19, max_size=22))
+    @settings(max_examples=300, deadline=None)
+    def test_base58check_of_any_version_and_length(self, version: int, payload: bytes) -> None:
+        """A valid base58check of another version byte or length is no tron address."""
+        entry = base58.b58encode_check(bytes([version]) + payload).decode("ascii")
+        assert addr.list_entry_key(entry) == self._plain(entry), entry
+
+    @pytest.mark.parametrize("version", [0x40, 0x42, 0x41])
+    def test_tron_version_byte(self, version: int) -> None:
+        entry = base58.b58encode_check(bytes([version]) + bytes(range(20))).decode("ascii")
+        want = ("tron", entry) if version == 0x41 else None
+        assert addr.list_entry_key(entry) == self._plain(entry) == want
+
+    @pytest.mark.parametrize("entry", ["", "0x" + "0" * 40, "0x" + "A" * 40, "0x" + "1" * 39,
+                                       "T" * 34, "T" + "1" * 33, "bc1qxyz", "١" * 42,
+                                       "0x" + "a" * 40 + "\n"])
+    def test_other_entries(self, entry: str) -> None:
+        assert addr.list_entry_key(entry) == self._plain(entry)
+
+
 class TestListFile:
     @pytest.fixture
     def load(self, tmp_path: Path) -> Callable[[str, str], CompiledPolicy]:
