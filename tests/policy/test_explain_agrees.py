@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from cosigner.cli import main
 from cosigner.decide import decide
-from cosigner.models import Action, PendingItem
+from cosigner.models import Action, PendingItem, loads_checked
 from cosigner.policy import CompiledPolicy, Ledger, try_load_policy
 
 from .test_properties import EVM_POOL, POLICIES, TRON_POOL, _deny_rule, structured_items, times
@@ -67,7 +67,10 @@ class TestExplainIsTheDaemon:
             assert isinstance(policy, CompiledPolicy)
             for raw in raws:
                 shown = _explain_json(path, raw, now)
-                daemon = decide(PendingItem(raw), None, policy, Ledger(policy), now)
+                # The daemon reads items from the API's JSON, as explain reads its argument
+                # (a float such as 0.0 comes back as the exact number text "0.0").
+                item = PendingItem(loads_checked(json.dumps(raw)))
+                daemon = decide(item, None, policy, Ledger(policy), now)
                 assert (shown["action"], shown["rule"]) == (daemon.action.value, daemon.rule)
                 assert shown["reasons"] == list(daemon.reasons)
                 assert isinstance(shown["trace"], list)
