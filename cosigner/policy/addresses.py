@@ -228,6 +228,19 @@ def list_entry_key(entry: str) -> tuple[Format, str] | None:
     return None
 
 
+#: :func:`list_entry_verdict`'s answers: a valid evm address, a valid tron one, neither.
+VERDICTS: Final = b"et-"
+
+
+def list_entry_verdict(entry: str) -> bytes:
+    """:func:`list_entry_key` as one byte of :data:`VERDICTS` (what a forked checker
+    sends back: the key is the entry itself, lower-cased for evm)."""
+    found = list_entry_key(entry)
+    if found is None:
+        return b"-"
+    return b"e" if found[0] == "evm" else b"t"
+
+
 def tron_from_bytes(payload20: bytes) -> str:
     """The tron address of a 20-byte account id (used to build examples and tests)."""
     return base58.b58encode_check(bytes([_TRON_VERSION]) + payload20).decode("ascii")
