@@ -32,7 +32,15 @@ SERIAL = b"".join(addresses.list_entry_verdict(e) for e in ENTRIES)
 
 
 @pytest.fixture
-def forks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+def alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads other tests left in this process (executors, servers) would stop the fork,
+    as they should in a daemon: here only the threads a test starts itself count."""
+    baseline = threading.active_count()
+    monkeypatch.setattr(parallel, "_threads", lambda: threading.active_count() - baseline + 1)
+
+
+@pytest.fixture
+def forks(monkeypatch: pytest.MonkeyPatch, alone: None) -> Iterator[list[int]]:
     """The pids of the children forked meanwhile (each must be gone at the end)."""
     made: list[int] = []
     real_fork = os.fork
@@ -83,13 +91,17 @@ def test_no_fork_while_another_thread_runs(forks: list[int]) -> None:
     assert forks == []
 
 
-def test_a_refused_fork_costs_time_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_refused_fork_costs_time_only(monkeypatch: pytest.MonkeyPatch, alone: None) -> None:
+    tried: list[bool] = []
+
     def refuse() -> int:
+        tried.append(True)
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
     monkeypatch.setattr(os, "fork", refuse)
     assert parallel.verdicts(addresses.list_entry_verdict, ENTRIES, ALPHABET,
                              min_entries=100) == SERIAL
+    assert tried == [True]
 
 
 def _crashes_in_child(entry: str) -> bytes:
