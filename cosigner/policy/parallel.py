@@ -90,9 +90,11 @@ def _collect(read_end: int, expected: int, timeout: float) -> bytes | None:
     chunks: list[bytes] = []
     received = 0
     deadline = time.monotonic() + timeout
+    poller = select.poll()  # not select.select: no limit on the descriptor's number
+    poller.register(read_end, select.POLLIN)
     while True:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([read_end], [], [], left)[0]:
+        if left <= 0 or not poller.poll(left * 1000):
             return None
         chunk = os.read(read_end, max(65536, expected - received + 1))
         if not chunk:  # the child closed its end (done, or dead)
