@@ -120,26 +120,15 @@ def _row_getter(kind: str) -> itemgetter[tuple[Any, ...]]:
 
 
 _ROWS = {kind: _row_getter(kind) for kind in KEYS}
-_PAYLOAD_VALUES = {kind: itemgetter(*keys) for kind, keys in KEYS.items()}
 
 
 def entry_row(payload: dict[str, Any], record_hash: str) -> tuple[Any, ...]:
-    """The entries row (:data:`COLUMNS` order) of an entry payload."""
-    kind = payload["kind"]
-    keys = KEYS.get(kind) if type(kind) is str else None
-    if keys is not None and len(payload) == len(keys):
-        try:
-            values = _PAYLOAD_VALUES[kind](payload)
-        except KeyError:
-            pass  # other keys: the general case below
-        else:
-            reasons = _reasons_text(payload["reasons"]) if kind == DECISION else None
-            row: tuple[Any, ...] = _ROWS[kind]((*values, None, reasons, record_hash))
-            return row
+    """The entries row (:data:`COLUMNS` order) of an entry payload (a journal copy; the
+    write paths build their rows with :func:`decision_entries` and :func:`outcome_entry`)."""
     values = dict.fromkeys(COLUMNS)
     values.update(payload)
     if payload["kind"] == DECISION:
-        values["reasons"] = json.dumps(payload["reasons"], ensure_ascii=False)
+        values["reasons"] = _reasons_text(payload["reasons"])
     values["record_hash"] = record_hash
     return tuple(values[c] for c in COLUMNS)
 
