@@ -232,23 +232,10 @@ async def bench(items: int, concurrency: int | None = None, *, ceiling: bool = T
         _require_empty_journal(database_url)
     with tempfile.TemporaryDirectory(prefix="cosigner-bench-") as tmp:
         work = Path(tmp)
-        secret = secrets.token_urlsafe(24)
-        password = "1bitpay" + MERCHANT_NO
-        make_throwaway_shard(work / "shard.pfx", password, common_name="cosigner bench shard")
         policy = work / "bench.yaml"
         policy.write_text(BENCH_POLICY.format(sanctioned=eip55_address(b"\x01" * 20)),
                           encoding="utf-8")
-        port = _free_port()
-        env = {**os.environ, "COSIGNER_MERCHANT_NO": MERCHANT_NO, "COSIGNER_API_KEY": API_KEY,
-               "COSIGNER_API_SECRET": secret, "COSIGNER_PFX_PATH": str(work / "shard.pfx"),
-               "COSIGNER_PFX_PASSWORD": password, "COSIGNER_LOG_LEVEL": "warning"}
-        # The sandbox seeds the items itself: the bench process never holds them, so its
-        # peak RSS is the daemon's own.
-        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measured part
-            [sys.executable, "-m", "cosigner", "sandbox", "--port", str(port),
-             "--seed-items", str(items), "--seed", str(SEED)],
-            env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        url = f"http://127.0.0.1:{port}"
+        secret, password, proc, url = start_sandbox(work, items, "cosigner bench shard")
         load = [round(os.getloadavg()[0], 2)]
         ceiling_figures: _CeilingFigures | None = None
         try:
@@ -313,6 +300,26 @@ def _require_empty_journal(database_url: str) -> None:
                               "not empty; bench needs an empty one")
     finally:
         journal.close()
+
+
+def start_sandbox(work: Path, items: int, common_name: str
+                  ) -> tuple[str, str, subprocess.Popen[bytes], str]:
+    """A throwaway shard in ``work`` and a sandbox process seeded with ``items`` items:
+    the API secret, the shard's password, the process (stop it with :func:`_stop_sandbox`)
+    and its URL.  The sandbox seeds the items itself: the caller's process never holds
+    them, so its peak RSS is its own."""
+    secret = secrets.token_urlsafe(24)
+    password = "1bitpay" + MERCHANT_NO
+    make_throwaway_shard(work / "shard.pfx", password, common_name=common_name)
+    port = _free_port()
+    env = {**os.environ, "COSIGNER_MERCHANT_NO": MERCHANT_NO, "COSIGNER_API_KEY": API_KEY,
+           "COSIGNER_API_SECRET": secret, "COSIGNER_PFX_PATH": str(work / "shard.pfx"),
+           "COSIGNER_PFX_PASSWORD": password, "COSIGNER_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cosigner", "sandbox", "--port", str(port),
+         "--seed-items", str(items), "--seed", str(SEED)],
+        env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return secret, password, proc, f"http://127.0.0.1:{port}"
 
 
 def _stop_sandbox(proc: subprocess.Popen[bytes]) -> None:

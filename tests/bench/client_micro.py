@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import secrets
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import timeit
@@ -101,31 +97,18 @@ async def _sandbox_approves(runs: int, count: int) -> list[float]:
     from cosigner.signing import load_shard
     from cosigner.signing.objects import approval_sign_object
     from cosigner.signing.pool import BatchSigner
-    from cosigner.signing.throwaway import make_throwaway_shard
     from cosigner.tools.bench import (
         API_KEY,
         MERCHANT_NO,
-        SEED,
-        _free_port,
         _generate,
         _stop_sandbox,
         _wait_ready,
+        start_sandbox,
     )
 
     with tempfile.TemporaryDirectory(prefix="cosigner-micro-") as tmp:
         work = Path(tmp)
-        secret = secrets.token_urlsafe(24)
-        password = "1bitpay" + MERCHANT_NO
-        make_throwaway_shard(work / "shard.pfx", password, common_name="micro")
-        port = _free_port()
-        env = {**os.environ, "COSIGNER_MERCHANT_NO": MERCHANT_NO, "COSIGNER_API_KEY": API_KEY,
-               "COSIGNER_API_SECRET": secret, "COSIGNER_PFX_PATH": str(work / "shard.pfx"),
-               "COSIGNER_PFX_PASSWORD": password, "COSIGNER_LOG_LEVEL": "warning"}
-        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measured part
-            [sys.executable, "-m", "cosigner", "sandbox", "--port", str(port),
-             "--seed-items", str(count), "--seed", str(SEED)],
-            env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        url = f"http://127.0.0.1:{port}"
+        secret, password, proc, url = start_sandbox(work, count, "micro")
         figures: list[float] = []
         try:
             await _wait_ready(url, proc)
