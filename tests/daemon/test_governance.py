@@ -106,6 +106,22 @@ def governed(rig: Rig, approvers: Approvers, delay: timedelta = timedelta(0)) ->
     return rig.build(settings, watch_interval=0)
 
 
+async def _p1_then_p2(rig: Rig, approvers: Approvers, bundle: Bundle,
+                      clock: time_machine.Coordinates) -> tuple[Daemon, str, str]:
+    """A daemon (delay DELAY) that had P1 (allowlists CUSTOMER) in force, then P2 (which
+    removes it and sanctions one more address): the daemon and the two digests."""
+    daemon = governed(rig, approvers, DELAY)
+    p1 = bundle.write([SANCTIONED], [CUSTOMER], "alice", "bob")
+    assert await daemon.reload_policy("test") is True
+    clock.shift(DELAY * 2)
+    assert daemon.pipeline.activate_due()
+    p2 = bundle.write([SANCTIONED, NEWLY_SANCTIONED], [], "alice", "bob")
+    assert await daemon.reload_policy("test") is True
+    clock.shift(DELAY * 2)
+    assert daemon.pipeline.activate_due()
+    return daemon, p1, p2
+
+
 def reloads(daemon: Daemon, outcome: str) -> float:
     return daemon.metrics.registry.get_sample_value(
         "cosigner_policy_reloads_total", {"outcome": outcome}) or 0
@@ -321,15 +337,7 @@ class TestLoosenDelay:
             clock: time_machine.Coordinates) -> None:
         """P1 (allowlists CUSTOMER) was in force, P2 removed it; putting P1's files and
         signatures back is a loosening like any other: it waits, also across a restart."""
-        daemon = governed(rig, approvers, DELAY)
-        p1 = bundle.write([SANCTIONED], [CUSTOMER], "alice", "bob")
-        assert await daemon.reload_policy("test") is True
-        clock.shift(DELAY * 2)
-        assert daemon.pipeline.activate_due()
-        p2 = bundle.write([SANCTIONED, NEWLY_SANCTIONED], [], "alice", "bob")
-        assert await daemon.reload_policy("test") is True
-        clock.shift(DELAY * 2)
-        assert daemon.pipeline.activate_due()
+        daemon, p1, p2 = await _p1_then_p2(rig, approvers, bundle, clock)
         assert daemon.pipeline.state.policy.sha256 == p2
         (big,) = await rig.add(item("500", to=CUSTOMER))
         assert await daemon.poll_job()
@@ -362,15 +370,7 @@ class TestLoosenDelay:
         delay; after a quiet spell longer than that, an older, looser bundle put back
         while the daemon was down found its first sighting long past and was in force at
         once.  It waits the delay like any change."""
-        daemon = governed(rig, approvers, DELAY)
-        p1 = bundle.write([SANCTIONED], [CUSTOMER], "alice", "bob")
-        assert await daemon.reload_policy("test") is True
-        clock.shift(DELAY * 2)
-        assert daemon.pipeline.activate_due()
-        p2 = bundle.write([SANCTIONED, NEWLY_SANCTIONED], [], "alice", "bob")
-        assert await daemon.reload_policy("test") is True
-        clock.shift(DELAY * 2)
-        assert daemon.pipeline.activate_due()
+        daemon, p1, p2 = await _p1_then_p2(rig, approvers, bundle, clock)
         (big,) = await rig.add(item("500", to=CUSTOMER))
         assert await daemon.poll_job()
         assert rig.latest()[big].policy_sha256 == p2
