@@ -58,8 +58,10 @@ from cosigner.store.base import DecisionRecord, ItemView, Journal, NewDecision, 
 from .guard import BothLimits, PolicyLimitGuard
 from .metrics import Metrics
 
-#: The errors for which ``Path.exists`` says "absent" (any other: the pause check fails).
-_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+#: The errors that mean "no pause file" (no such file, or a path component is no
+#: directory); any other (EACCES, EIO, ELOOP: a symlink loop sits at the path) counts
+#: as paused.
+_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR})
 
 Signed = tuple[DecisionRecord, "str | SigningError"]
 
@@ -272,13 +274,12 @@ class Pipeline:
             return True
         if self.pause_file is None:
             return False
-        try:  # os.stat, not Path.exists: this runs before every post
+        try:  # one os.stat: this runs before every post
             os.stat(self.pause_file)
         except OSError as exc:
-            # Path.exists's answer: absent (or an unusable path), else unknown: paused.
             return exc.errno not in _ABSENT
-        except ValueError:  # a NUL in the path: no such file can exist
-            return False
+        except ValueError:  # a NUL in the path: the switch cannot be checked
+            return True
         return True
 
     @property

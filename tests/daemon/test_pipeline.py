@@ -576,22 +576,48 @@ class TestIssue10Defects:
         assert world.api.posts() == [1, 2, 3]
 
     async def test_a_pause_file_that_cannot_be_checked_counts_as_paused(
-            self, make_world: Callable[..., World]) -> None:
+            self, make_world: Callable[..., World], tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> None:
         """Regression: a pause check raising (EACCES, EIO on Python 3.11) killed the poster
         task and the decider then blocked on the full queue forever.  It counts as
         paused now: the poll ends, nothing is posted, the records stay decided."""
         import asyncio
+        import os
 
-        class Unreadable:
-            def exists(self) -> bool:
+        from cosigner.daemon import pipeline as pipeline_module
+
+        pause = tmp_path / "guarded" / "pause"
+        real_stat = os.stat
+
+        def stat(path: object, *args: object, **kwargs: object) -> object:
+            if str(path) == str(pause):
                 raise PermissionError(13, "Permission denied")
+            return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
 
+        monkeypatch.setattr(pipeline_module.os, "stat", stat)
         world = make_world([raw(i, "1") for i in range(1, CHUNK + 11)])
-        world.pipeline.pause_file = Unreadable()  # type: ignore[assignment]
+        world.pipeline.pause_file = pause
         result = await asyncio.wait_for(world.pipeline.poll(), timeout=20)
+        assert result.ok is True  # not a failing poster: paused, as the file might say
         assert world.api.posts() == []
         assert result.posted == 0
+        assert result.held == CHUNK + 10  # decided while "paused": recorded as holds
         assert {r.state for r in world.latest().values()} <= {"decided"}
+
+    def test_the_pause_check_fails_closed(self, make_world: Callable[..., World],
+                                          tmp_path: Path) -> None:
+        """Only "no such file" (or a path through a file) means not paused; a symlink loop
+        at the path or a path that cannot be checked at all means paused."""
+        pipeline = make_world([]).pipeline
+        cases = {tmp_path / "absent": False, tmp_path / "file" / "pause": False,
+                 tmp_path / "loop": True, tmp_path / "present": True,
+                 Path(str(tmp_path) + "/nul\x00pause"): True}
+        (tmp_path / "file").write_text("")
+        (tmp_path / "present").write_text("")
+        (tmp_path / "loop").symlink_to(tmp_path / "loop")
+        for path, paused in cases.items():
+            pipeline.pause_file = path
+            assert pipeline.paused() is paused, path
 
     async def test_a_poster_that_fails_does_not_block_the_decider(
             self, make_world: Callable[..., World], tmp_path: Path) -> None:
