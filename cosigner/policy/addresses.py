@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Final, Literal
 
@@ -239,6 +239,97 @@ def list_entry_verdict(entry: str) -> bytes:
     if found is None:
         return b"-"
     return b"e" if found[0] == "evm" else b"t"
+
+
+#: How many entries of one format a bulk check takes at once (a failed bulk check
+#: costs this many one-by-one checks).
+BULK: Final = 256
+_EVM_LINES = re.compile(r"(?:0x[0-9a-fA-F]{40}\n)*")
+_TRON_LINES = re.compile(r"(?:T[1-9A-HJ-NP-Za-km-z]{33}\n)*")
+#: ``base58 digit -> that digit in the last byte of a 25-byte lane`` is done by slicing.
+_LANE: Final = 25
+
+
+def list_verdicts(entries: Sequence[str]) -> bytes:
+    """``b"".join(map(list_entry_verdict, entries))``, for the entries of a big list file.
+
+    The same verdicts, checked :data:`BULK` entries of one format at a time with
+    arithmetic over all of them at once (C-level string, bytes and integer work in
+    place of a Python call per entry): :func:`_evm_bulk` and :func:`_tron_bulk` only
+    ever answer "every entry of this group is valid", and that answer is exact (each
+    entry's own check holds).  A group they do not vouch for, and every entry of
+    another shape, gets :func:`list_entry_verdict` one by one.  ~3x faster for a
+    100,000-entry file (docs/performance.md); a test pins it to the one-by-one verdicts.
+    """
+    out = bytearray(b"-" * len(entries))
+    evm = [i for i, entry in enumerate(entries) if entry[:2] == "0x"]
+    tron = [i for i, entry in enumerate(entries) if entry[:1] == "T"]
+    for at, bulk, verdict in ((evm, _evm_bulk, 101), (tron, _tron_bulk, 116)):
+        for start in range(0, len(at), BULK):
+            group = at[start:start + BULK]
+            members = [entries[i] for i in group]
+            if bulk(members):
+                for i in group:
+                    out[i] = verdict
+            else:
+                for i, entry in zip(group, members, strict=True):
+                    out[i] = list_entry_verdict(entry)[0]
+    for i, entry in enumerate(entries):  # the rest (neither prefix): anything at all
+        if entry[:2] != "0x" and entry[:1] != "T":
+            out[i] = list_entry_verdict(entry)[0]
+    return bytes(out)
+
+
+def _evm_bulk(entries: Sequence[str]) -> bool:
+    """True only when every entry is a valid evm address: ``0x`` + 40 hex digits, each
+    all lower-case or carrying its EIP-55 checksum.
+
+    The checksum test of :func:`_case_follows` on all of them at once: the 40 hex digits
+    of entry *k* are digits ``40k..40k+39`` of one long number, so "upper-case exactly
+    where a letter's keccak nibble is 8 or more" holds for the whole number exactly when
+    it holds for each entry (the masks are bitwise: no entry's bits reach another's).
+    """
+    count = len(entries)
+    text = "\n".join(entries) + "\n"
+    if len(text) != 43 * count or _EVM_LINES.fullmatch(text) is None:
+        return False  # exactly `count` lines of 0x + 40 hex digits, or not vouched for
+    digits = "".join(entries).replace("0x", "")  # hex digits hold no "x"
+    lower = digits.lower()
+    if lower == digits:
+        return True  # no upper-case letter: valid without a checksum
+    raw = digits.encode("ascii")
+    hashed = lower.encode("ascii")
+    keccak = _KECCAK256
+    high = int.from_bytes(b"".join([keccak(hashed[k:k + 40]).digest()[:20]
+                                    for k in range(0, 40 * count, 40)]), "big")
+    high &= int("8" * (40 * count), 16)
+    return int(raw.translate(_UPPER), 16) == high & int(raw.translate(_LETTER), 16)
+
+
+def _tron_bulk(entries: Sequence[str]) -> bool:
+    """True only when every entry is a valid tron address (:func:`tron_checksum_ok`).
+
+    The base58 decoding of all of them at once: entry *k* is a 25-byte lane of one long
+    number, built by Horner's rule over the 34 digit columns (``acc * 58 + column``);
+    a lane never overflows into the next (58**34 < 2**200), so each lane ends up
+    holding exactly its entry's number.  Then each lane's version byte and checksum.
+    """
+    count = len(entries)
+    text = "\n".join(entries) + "\n"
+    if len(text) != 35 * count or _TRON_LINES.fullmatch(text) is None:
+        return False
+    digits = "".join(entries).encode("ascii").translate(_B58_DIGITS)
+    number = 0
+    lane = bytearray(_LANE * count)
+    for column in range(34):
+        lane[_LANE - 1::_LANE] = digits[column::34]
+        number = number * 58 + int.from_bytes(lane, "big")
+    raw = number.to_bytes(_LANE * count, "big")
+    if raw[::_LANE] != bytes([_TRON_VERSION]) * count:
+        return False  # a lane whose number is not 25 bytes starting with 0x41
+    sha256 = hashlib.sha256
+    return all([sha256(sha256(raw[k:k + 21]).digest()).digest()[:4] == raw[k + 21:k + 25]
+                for k in range(0, _LANE * count, _LANE)])
 
 
 def tron_from_bytes(payload20: bytes) -> str:

@@ -30,34 +30,36 @@ MIN_ENTRIES = 20_000
 CHILD_TIMEOUT = 60.0
 
 
-def verdicts(check: Callable[[str], bytes], entries: Sequence[str], alphabet: bytes, *,
-             min_entries: int = MIN_ENTRIES, timeout: float = CHILD_TIMEOUT) -> bytes:
-    """``b"".join(check(e) for e in entries)``, where ``check`` gives one byte of
-    ``alphabet`` per entry (the child's answer is refused unless it is exactly that)."""
+def verdicts(check: Callable[[Sequence[str]], bytes], entries: Sequence[str],
+             alphabet: bytes, *, min_entries: int = MIN_ENTRIES,
+             timeout: float = CHILD_TIMEOUT) -> bytes:
+    """``check(entries)``, where ``check`` gives one byte of ``alphabet`` per entry and
+    the verdict on an entry does not depend on the others (the child's answer is
+    refused unless it is exactly one byte of ``alphabet`` per entry of its half)."""
     if len(entries) < min_entries or not _can_fork():
-        return _serial(check, entries)
+        return check(entries)
     half = len(entries) // 2
     try:
         read_end, write_end = os.pipe()
     except OSError:
-        return _serial(check, entries)
+        return check(entries)
     try:
         pid = os.fork()
     except OSError:  # a pids limit, no memory: the same work, on one core
         os.close(read_end)
         os.close(write_end)
-        return _serial(check, entries)
+        return check(entries)
     if pid == 0:  # pragma: no cover - the child (its work is checked by the parent's use)
         _child(check, entries[half:], read_end, write_end)
     os.close(write_end)
     try:
-        first = _serial(check, entries[:half])
+        first = check(entries[:half])
         second = _collect(read_end, len(entries) - half, timeout)
     finally:
         os.close(read_end)
         _reap(pid)
     if second is None or not _well_formed(second, len(entries) - half, alphabet):
-        second = _serial(check, entries[half:])
+        second = check(entries[half:])
     return first + second
 
 
@@ -68,16 +70,12 @@ def _can_fork() -> bool:
 _threads = threading.active_count  # the threads of this process (tests count their own)
 
 
-def _serial(check: Callable[[str], bytes], entries: Sequence[str]) -> bytes:
-    return b"".join([check(entry) for entry in entries])
-
-
-def _child(check: Callable[[str], bytes], entries: Sequence[str], read_end: int,
+def _child(check: Callable[[Sequence[str]], bytes], entries: Sequence[str], read_end: int,
            write_end: int) -> None:  # pragma: no cover - runs in the forked child
     code = 1
     try:
         os.close(read_end)
-        data = memoryview(_serial(check, entries))
+        data = memoryview(check(entries))
         while data:
             data = data[os.write(write_end, data):]
         code = 0

@@ -206,6 +206,95 @@ class TestListEntryKey:
         assert addr.list_entry_key(entry) == self._plain(entry)
 
 
+def _listed(payload: bytes, kind: str, at: int) -> str:
+    """One list entry of *kind*, made from 20 bytes (*at* picks what a typo changes)."""
+    good = addr.eip55("0x" + payload.hex())
+    tron_good = addr.tron_from_bytes(payload)
+    return {"eip55": good, "lower": good.lower(), "upper": "0x" + good[2:].upper(),
+            "flip": good[:2 + at] + good[2 + at].swapcase() + good[3 + at:],
+            "evm-typo": good[:2 + at] + "%x" % ((int(good[2 + at], 16) + 1) % 16) + good[3 + at:],
+            "tron": tron_good,
+            "tron-typo": _typo(tron_good, 1 + at % 33), "max-tron": "T" + "z" * 33,
+            "two-lines": good + "\n" + good, "short": good[:-1], "other": "bc1q" + payload.hex(),
+            "empty": "", "0X": "0X" + good[2:]}[kind]
+
+
+KINDS = ["eip55", "lower", "upper", "flip", "evm-typo", "tron", "tron-typo", "max-tron",
+         "two-lines", "short", "other", "empty", "0X"]
+
+
+class TestListVerdicts:
+    """``list_verdicts`` (a list file's entries checked in bulk) gives, entry by entry,
+    the verdicts of ``list_entry_verdict``; its bulk checks vouch only for groups that
+    are valid through and through."""
+
+    @staticmethod
+    def _one_by_one(entries: list[str]) -> bytes:
+        return b"".join(addr.list_entry_verdict(entry) for entry in entries)
+
+    @given(st.lists(st.tuples(st.binary(min_size=20, max_size=20), st.sampled_from(KINDS),
+                              st.integers(0, 39)), max_size=40),
+           st.sampled_from(["eip55", "tron", "lower"]), st.integers(0, 700))
+    @settings(max_examples=60, deadline=None)
+    def test_same_verdicts_as_one_by_one(self, odd: list[tuple[bytes, str, int]],
+                                         common: str, count: int) -> None:
+        """Many entries of one common kind (whole bulk groups) with odd ones strewn among
+        them (groups the bulk checks must refuse), in any order."""
+        entries = [_listed(i.to_bytes(20, "big"), common, 0) for i in range(count)]
+        for n, (payload, kind, at) in enumerate(odd):
+            entries.insert((n * 7919 + at) % (len(entries) + 1), _listed(payload, kind, at))
+        assert addr.list_verdicts(entries) == self._one_by_one(entries)
+
+    def test_bulk_checks_vouch_for_valid_groups(self) -> None:
+        payloads = [bytes([i]) * 20 for i in range(1, 200)]
+        assert addr._evm_bulk([_listed(p, "eip55", 0) for p in payloads])
+        assert addr._evm_bulk([_listed(p, "lower", 0) for p in payloads])
+        assert addr._tron_bulk([_listed(p, "tron", 0) for p in payloads])
+
+    @pytest.mark.parametrize("seed", range(4))
+    def test_one_bad_entry_fails_its_group(self, seed: int) -> None:
+        """Every single case flip of any letter, and every tron typo, in a group of valid
+        entries: the bulk check refuses the group (the entry is then checked alone)."""
+        rnd = random.Random(seed)
+        evms = [addr.eip55("0x" + rnd.randbytes(20).hex()) for _ in range(64)]
+        trons = [addr.tron_from_bytes(rnd.randbytes(20)) for _ in range(64)]
+        victim = rnd.randrange(64)
+        good = evms[victim]
+        for at in range(2, 42):
+            if good[at].isalpha():
+                evms[victim] = good[:at] + good[at].swapcase() + good[at + 1:]
+                assert not addr._evm_bulk(evms), evms[victim]
+        evms[victim] = good[:-1] + ("0" if good[-1] != "0" else "1")
+        assert not addr._evm_bulk(evms)
+        good = trons[victim]
+        for at in range(1, 34):
+            trons[victim] = _typo(good, at)
+            if not _reference_tron(trons[victim]):
+                assert not addr._tron_bulk(trons), trons[victim]
+
+    def test_mixed_case_styles_in_one_group_are_not_vouched_for(self) -> None:
+        """A lower-case entry among checksummed ones: valid alone, but not by the bulk
+        checksum test (it then gets the one-by-one check, which accepts it)."""
+        rnd = random.Random(7)
+        evms = [addr.eip55("0x" + rnd.randbytes(20).hex()) for _ in range(60)]
+        evms.append(next(e for e in evms if not e[2:].islower()).lower())
+        assert not addr._evm_bulk(evms)
+        assert addr.list_verdicts(evms) == b"e" * len(evms)
+
+    @pytest.mark.parametrize("bad", ["two-lines", "max-tron", "short", "0X", "empty"])
+    def test_shapes_the_bulk_checks_refuse(self, bad: str) -> None:
+        """An entry holding a line break (two valid lines in one entry), a tron shape too
+        large for 25 bytes, a short or 0X one: refused in bulk, and alone."""
+        payloads = [bytes([i]) * 20 for i in range(1, 40)]
+        for kind, bulk in (("eip55", addr._evm_bulk), ("tron", addr._tron_bulk)):
+            group = [_listed(p, kind, 0) for p in payloads]
+            group.insert(17, _listed(payloads[3], bad, 0) if bad != "two-lines"
+                         else _listed(payloads[3], kind, 0) + "\n" + group[0])
+            assert not bulk(group)
+            assert addr.list_verdicts(group) == self._one_by_one(group)
+            assert addr.list_verdicts(group)[17:18] == b"-"
+
+
 class TestListFile:
     @pytest.fixture
     def load(self, tmp_path: Path) -> Callable[[str, str], CompiledPolicy]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
@@ -29,6 +29,7 @@ def _entries(n: int) -> list[str]:
 
 ENTRIES = _entries(4000)
 SERIAL = b"".join(addresses.list_entry_verdict(e) for e in ENTRIES)
+CHECK = addresses.list_verdicts
 
 
 @pytest.fixture
@@ -64,13 +65,13 @@ def _in_child() -> bool:
 
 def test_two_cores_give_the_one_core_verdicts(forks: list[int]) -> None:
     assert SERIAL.count(b"-") > 10  # the typos
-    got = parallel.verdicts(addresses.list_entry_verdict, ENTRIES, ALPHABET, min_entries=100)
+    got = parallel.verdicts(CHECK, ENTRIES, ALPHABET, min_entries=100)
     assert got == SERIAL
     assert len(forks) == 1
 
 
 def test_a_small_file_is_checked_here(forks: list[int]) -> None:
-    got = parallel.verdicts(addresses.list_entry_verdict, ENTRIES[:50], ALPHABET,
+    got = parallel.verdicts(CHECK, ENTRIES[:50], ALPHABET,
                             min_entries=100)
     assert got == SERIAL[:50]
     assert forks == []
@@ -82,7 +83,7 @@ def test_no_fork_while_another_thread_runs(forks: list[int]) -> None:
     thread = threading.Thread(target=stop.wait)
     thread.start()
     try:
-        got = parallel.verdicts(addresses.list_entry_verdict, ENTRIES, ALPHABET,
+        got = parallel.verdicts(CHECK, ENTRIES, ALPHABET,
                                 min_entries=100)
     finally:
         stop.set()
@@ -99,9 +100,14 @@ def test_a_refused_fork_costs_time_only(monkeypatch: pytest.MonkeyPatch, alone: 
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
     monkeypatch.setattr(os, "fork", refuse)
-    assert parallel.verdicts(addresses.list_entry_verdict, ENTRIES, ALPHABET,
+    assert parallel.verdicts(CHECK, ENTRIES, ALPHABET,
                              min_entries=100) == SERIAL
     assert tried == [True]
+
+
+def _each(check: Callable[[str], bytes]) -> Callable[[Sequence[str]], bytes]:
+    """A check of all entries made of a check of one."""
+    return lambda entries: b"".join(check(entry) for entry in entries)
 
 
 def _crashes_in_child(entry: str) -> bytes:
@@ -123,10 +129,11 @@ def _short_in_child(entry: str) -> bytes:
 
 
 @pytest.mark.parametrize("check", [_crashes_in_child, _garbles_in_child, _short_in_child])
-def test_a_failing_child_is_replaced_by_the_parent(forks: list[int], check: object) -> None:
+def test_a_failing_child_is_replaced_by_the_parent(forks: list[int],
+                                                    check: Callable[[str], bytes]) -> None:
     """A child that dies, sends a byte outside the alphabet or too few bytes: its half is
     checked here, and the answer is the one-core answer."""
-    got = parallel.verdicts(check, ENTRIES, ALPHABET, min_entries=100)  # type: ignore[arg-type]
+    got = parallel.verdicts(_each(check), ENTRIES, ALPHABET, min_entries=100)
     assert got == SERIAL
     assert len(forks) == 1
 
@@ -134,7 +141,7 @@ def test_a_failing_child_is_replaced_by_the_parent(forks: list[int], check: obje
 def test_the_child_is_trusted_only_with_well_formed_verdicts(forks: list[int]) -> None:
     """What the child says is taken as its check's result (it is this process, forked):
     the guarantee is the form, checked here (a lying check is not a failing child)."""
-    got = parallel.verdicts(_lies_in_child, ENTRIES, ALPHABET, min_entries=100)
+    got = parallel.verdicts(_each(_lies_in_child), ENTRIES, ALPHABET, min_entries=100)
     half = len(ENTRIES) // 2
     assert got == SERIAL[:half] + b"e" * (len(ENTRIES) - half)
 
@@ -147,7 +154,7 @@ def _stalls_in_child(entry: str) -> bytes:
 
 def test_a_stalled_child_is_killed_and_its_half_checked_here(forks: list[int]) -> None:
     started = time.monotonic()
-    got = parallel.verdicts(_stalls_in_child, ENTRIES, ALPHABET, min_entries=100,
+    got = parallel.verdicts(_each(_stalls_in_child), ENTRIES, ALPHABET, min_entries=100,
                             timeout=0.5)
     assert got == SERIAL
     assert time.monotonic() - started < 20
