@@ -28,13 +28,8 @@ from cosigner.store import journal_from_url
 from cosigner.store.base import Head, Journal
 from cosigner.store.chain import StoredEntry, parse_timestamp
 from cosigner.store.orders import CALLBACK_COLUMNS, LATE
-from cosigner.store.orders_postgres import (
-    EVENT_COLUMNS,
-    STATE_COLUMNS,
-    OrderRows,
-    PostgresOrderJournal,
-    import_order_rows,
-)
+from cosigner.store.orders_postgres import OrderRows, PostgresOrderJournal, import_order_rows
+from cosigner.store.orders_sql import EVENT_COLUMNS, STATE_COLUMNS
 from cosigner.store.postgres import PostgresJournal
 from cosigner.store.records import COLUMNS, stored_entry
 from cosigner.store.sqlite import SqliteJournal

@@ -24,40 +24,27 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
 
 from cosigner.errors import JournalUnavailableError, LockLostError, StoreError
 from cosigner.store.base import Clock, VerifyResult, utc_now
-from cosigner.store.chain import (
-    entry_hash,
-    parse_timestamp,
-    timestamp_text,
-    verify_entries,
-)
+from cosigner.store.chain import verify_entries
 from cosigner.store.orders import (
-    APPLIED,
-    CALLBACK_COLUMNS,
-    CALLBACK_KEYS,
-    CallbackRecord,
     NewCallback,
-    OrderState,
-    OutboxEvent,
     RecordResult,
     Transition,
-    callback_from_row,
-    callback_payload,
-    chain_head,
-    event_body,
-    new_event_id,
-    order_state,
-    outbox_event,
-    record_from_payload,
     stored_callback,
+)
+from cosigner.store.orders_sql import (
+    EVENT_COLUMNS,
+    STATE_COLUMNS,
+    SqlOrderJournal,
+    order_sql,
+    write_callback,
 )
 from cosigner.store.postgres import SCHEMA_VERSION, PostgresJournal, mask_url
 
@@ -65,32 +52,10 @@ _T = TypeVar("_T")
 
 ORDER_TABLES = ("cosigner_order_callbacks", "cosigner_order_head", "cosigner_order_state",
                 "cosigner_order_outbox")
-
-# The SQL below is built from constants only, never from input (S608 is a false positive).
-_INSERT_CALLBACK = ("INSERT INTO cosigner_order_callbacks "  # noqa: S608
-                    f"({', '.join(CALLBACK_COLUMNS)}) "
-                    f"VALUES ({', '.join(['%s'] * len(CALLBACK_COLUMNS))})")
-_SELECT_CALLBACKS = (f"SELECT {', '.join(CALLBACK_COLUMNS)} "  # noqa: S608
-                     "FROM cosigner_order_callbacks")
-EVENT_COLUMNS = _EVENT_COLUMNS = ("event_id", "seq", "order_no", "body", "created_at",
-                                  "attempts", "next_attempt_at", "last_attempt_at",
-                                  "last_error", "delivered_at")
-_SELECT_EVENTS = f"SELECT {', '.join(_EVENT_COLUMNS)} FROM cosigner_order_outbox"  # noqa: S608
-# Due events, an event waiting while an older one of its order is undelivered.
-_SELECT_DUE = (_SELECT_EVENTS + " AS o WHERE o.delivered_at IS NULL "  # noqa: S608
-               "AND o.next_attempt_at <= %s AND NOT EXISTS (SELECT 1 FROM "
-               "cosigner_order_outbox AS p WHERE p.order_no = o.order_no "
-               "AND p.delivered_at IS NULL AND p.seq < o.seq) ORDER BY o.seq LIMIT %s")
-_SELECT_NEXT_DUE = ("SELECT min(o.next_attempt_at) FROM cosigner_order_outbox AS o "
-                    "WHERE o.delivered_at IS NULL AND NOT EXISTS (SELECT 1 FROM "
-                    "cosigner_order_outbox AS p WHERE p.order_no = o.order_no "
-                    "AND p.delivered_at IS NULL AND p.seq < o.seq)")
-STATE_COLUMNS = _STATE_COLUMNS = ("order_no", "merchant_order_no", "status", "deal_amount",
-                                  "order_type", "first_seen", "updated_at", "callbacks")
-_SELECT_STATES = f"SELECT {', '.join(_STATE_COLUMNS)} FROM cosigner_order_state"  # noqa: S608
+_SQL = order_sql(*ORDER_TABLES, mark="%s", lock_head=" FOR UPDATE")
 
 
-class PostgresOrderJournal:
+class PostgresOrderJournal(SqlOrderJournal):
     """An :class:`~cosigner.store.orders.OrderJournal` in the PostgreSQL journal ``url``.
 
     ``writer``: the daemon's instance, which verifies the callback chain when it opens;
@@ -99,6 +64,8 @@ class PostgresOrderJournal:
     and tests).  One connection of its own (autocommit, explicit transactions), guarded
     by a lock; a broken one is replaced at the next call.
     """
+
+    SQL = _SQL
 
     def __init__(self, url: str, transition: Transition, *, writer: bool = False,
                  fence: PostgresJournal | None = None, clock: Clock = utc_now,
@@ -192,58 +159,10 @@ class PostgresOrderJournal:
 
     def record(self, callback: NewCallback, *, forward: bool) -> RecordResult:
         now = self._clock()
-        at = timestamp_text(now)
-
-        def write(c: psycopg.Connection[Any]) -> RecordResult:
-            seq, prev = self._lock_head(c)
-            if c.execute("SELECT 1 FROM cosigner_order_callbacks WHERE content_hash = %s",
-                         (callback.content_hash,)).fetchone():
-                return RecordResult(duplicate=True, record=None)
-            state = c.execute("SELECT status FROM cosigner_order_state WHERE order_no = %s",
-                              (callback.order_no,)).fetchone()
-            previous = int(state[0]) if state else None
-            outcome = str(self._transition(previous, callback.status))
-            event_id = new_event_id() if forward and outcome == APPLIED else None
-            seq += 1
-            payload = callback_payload(seq, prev, callback, outcome, previous, event_id, at)
-            record_hash = entry_hash(payload)
-            c.execute(_INSERT_CALLBACK, (*(payload[k] for k in CALLBACK_KEYS), record_hash))
-            c.execute("UPDATE cosigner_order_head SET seq = %s, hash = %s WHERE id = 1",
-                      (seq, record_hash))
-            if outcome == APPLIED:
-                c.execute(
-                    "INSERT INTO cosigner_order_state (order_no, merchant_order_no, status, "
-                    "deal_amount, order_type, first_seen, updated_at, callbacks) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, 1) ON CONFLICT (order_no) DO UPDATE "
-                    "SET merchant_order_no = excluded.merchant_order_no, "
-                    "status = excluded.status, deal_amount = excluded.deal_amount, "
-                    "order_type = excluded.order_type, updated_at = excluded.updated_at, "
-                    "callbacks = cosigner_order_state.callbacks + 1",
-                    (callback.order_no, callback.merchant_order_no, callback.status,
-                     callback.deal_amount, callback.order_type, at, at))
-            if event_id is not None:
-                c.execute(
-                    "INSERT INTO cosigner_order_outbox (event_id, seq, order_no, body, "
-                    "created_at, next_attempt_at) VALUES (%s, %s, %s, %s, %s, %s)",
-                    (event_id, seq, callback.order_no, event_body(event_id, callback, at),
-                     at, at))
-            return RecordResult(duplicate=False,
-                                record=record_from_payload(payload, record_hash, now))
-
-        return self._transaction(write, fenced=True)
-
-    def delivered(self, event_id: str, at: datetime) -> None:
-        self._update_event(
-            "UPDATE cosigner_order_outbox SET delivered_at = %s, last_attempt_at = %s, "
-            "attempts = attempts + 1 WHERE event_id = %s",
-            (timestamp_text(at), timestamp_text(at), event_id), event_id)
-
-    def attempt_failed(self, event_id: str, at: datetime, retry_at: datetime,
-                       error: str) -> None:
-        self._update_event(
-            "UPDATE cosigner_order_outbox SET last_attempt_at = %s, next_attempt_at = %s, "
-            "last_error = %s, attempts = attempts + 1 WHERE event_id = %s",
-            (timestamp_text(at), timestamp_text(retry_at), error[:500], event_id), event_id)
+        # The chain head is read FOR UPDATE first: replicas recording at once serialise.
+        return self._transaction(lambda c: write_callback(
+            c, self.SQL, self._transition, callback, forward=forward, now=now, where=self.where),
+            fenced=True)
 
     def _update_event(self, sql: str, params: Sequence[Any], event_id: str) -> None:
         def write(c: psycopg.Connection[Any]) -> None:
@@ -255,53 +174,15 @@ class PostgresOrderJournal:
 
     # -- reading -----------------------------------------------------------------------
 
-    def due_events(self, now: datetime, limit: int) -> list[OutboxEvent]:
-        return [outbox_event(r) for r in self._fetch(_SELECT_DUE, (timestamp_text(now), limit))]
-
-    def next_due(self) -> datetime | None:
-        rows = self._fetch(_SELECT_NEXT_DUE)
-        return parse_timestamp(rows[0][0]) if rows and rows[0][0] else None
-
-    def queue_size(self) -> int:
-        rows = self._fetch("SELECT count(*) FROM cosigner_order_outbox "
-                           "WHERE delivered_at IS NULL")
-        return int(rows[0][0])
-
-    def orders(self, since: datetime | None = None,
-               statuses: Collection[int] | None = None) -> list[OrderState]:
-        where, params = " WHERE true", list[Any]()
-        if since is not None:
-            where += " AND updated_at >= %s"
-            params.append(timestamp_text(since))
-        if statuses is not None:
-            where += " AND status = ANY(%s)"
-            params.append(sorted(set(statuses)))
-        rows = self._fetch(_SELECT_STATES + where + " ORDER BY updated_at, order_no", params)
-        return [order_state(r) for r in rows]
-
-    def order(self, order_no: str) -> OrderState | None:
-        rows = self._fetch(_SELECT_STATES + " WHERE order_no = %s", (order_no,))
-        return order_state(rows[0]) if rows else None
-
-    def history(self, order_no: str) -> list[CallbackRecord]:
-        rows = self._fetch(_SELECT_CALLBACKS + " WHERE order_no = %s ORDER BY seq",
-                           (order_no,))
-        return [callback_from_row(r, self.where) for r in rows]
-
-    def events(self, order_no: str) -> list[OutboxEvent]:
-        rows = self._fetch(_SELECT_EVENTS + " WHERE order_no = %s ORDER BY seq", (order_no,))
-        return [outbox_event(r) for r in rows]
-
     def verify(self) -> VerifyResult:
         """Walk the callback chain in one repeatable-read snapshot."""
         def walk(c: psycopg.Connection[Any]) -> VerifyResult:
             with c.transaction():
                 c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                head = c.execute("SELECT seq, hash FROM cosigner_order_head WHERE id = 1"
-                                 ).fetchone()
+                head = c.execute(self.SQL.head).fetchone()
                 with c.cursor(name=f"cosigner_orders_{secrets.token_hex(4)}") as cur:
                     cur.itersize = 2000
-                    cur.execute(_SELECT_CALLBACKS + " ORDER BY seq")
+                    cur.execute(self.SQL.select_callbacks + " ORDER BY seq")
                     return verify_entries((stored_callback(r) for r in cur),
                                           (int(head[0]), str(head[1])) if head else (-1, ""))
 
@@ -365,18 +246,6 @@ class PostgresOrderJournal:
                                 f"{held if held is not None else 'none'}); the order "
                                 "callback was not recorded")
 
-    def _lock_head(self, conn: psycopg.Connection[Any]) -> tuple[int, str]:
-        head = conn.execute("SELECT seq, hash FROM cosigner_order_head WHERE id = 1 "
-                            "FOR UPDATE").fetchone()
-        last = conn.execute("SELECT seq, record_hash FROM cosigner_order_callbacks "
-                            "ORDER BY seq DESC LIMIT 1").fetchone()
-        return chain_head(head, last, self.where)
-
-
-
-
-
-
 
 @dataclass(frozen=True, slots=True)
 class OrderRows:
@@ -405,13 +274,12 @@ def import_order_rows(conn: psycopg.Connection[Any], rows: OrderRows, where: str
             "SELECT 1 FROM cosigner_order_callbacks LIMIT 1").fetchone():
         raise StoreError(f"journal {where} already has order callbacks; copy only into an "
                          "empty journal")
-    state_columns = ", ".join(_STATE_COLUMNS)
-    event_columns = ", ".join(_EVENT_COLUMNS)
+    _, _, state, outbox = ORDER_TABLES
     with conn.cursor() as cur:
-        cur.executemany(_INSERT_CALLBACK, rows.callbacks)
-        cur.executemany(f"INSERT INTO cosigner_order_state ({state_columns}) "  # noqa: S608
-                        f"VALUES ({', '.join(['%s'] * len(_STATE_COLUMNS))})", rows.states)
-        cur.executemany(f"INSERT INTO cosigner_order_outbox ({event_columns}) "  # noqa: S608
-                        f"VALUES ({', '.join(['%s'] * len(_EVENT_COLUMNS))})",
+        cur.executemany(_SQL.insert_callback, rows.callbacks)
+        cur.executemany(f"INSERT INTO {state} ({', '.join(STATE_COLUMNS)}) "  # noqa: S608
+                        f"VALUES ({_SQL.marks(len(STATE_COLUMNS))})", rows.states)
+        cur.executemany(f"INSERT INTO {outbox} ({', '.join(EVENT_COLUMNS)}) "  # noqa: S608
+                        f"VALUES ({_SQL.marks(len(EVENT_COLUMNS))})",
                         [(*r[:3], bytes(r[3]), *r[4:]) for r in rows.events])
-    conn.execute("UPDATE cosigner_order_head SET seq = %s, hash = %s WHERE id = 1", rows.head)
+    conn.execute(_SQL.update_head, rows.head)
