@@ -220,8 +220,7 @@ class Pipeline:
                  clock: Clock = utc_now,
                  listeners: Iterable[Callable[[DecisionEvent], None]] = (),
                  after_journal: Callable[[list[DecisionRecord]], None] | None = None,
-                 signer: BatchSigner | None = None,
-                 paused: Callable[[], bool] | None = None) -> None:
+                 signer: BatchSigner | None = None) -> None:
         self.client = client
         self.shard = shard
         self.signer = signer or BatchSigner(shard)
@@ -232,7 +231,6 @@ class Pipeline:
         self.mode = Mode(mode)
         self.concurrency = concurrency
         self.pause_file = pause_file
-        self._paused_hook = paused
         self.collect_is_main = tuple(collect_is_main)
         self.clock = clock
         self.listeners = list(listeners)
@@ -268,10 +266,8 @@ class Pipeline:
                 self.log.exception("listener.failed")
 
     def paused(self) -> bool:
-        """The kill switch: the pause file exists (or the injected pause check says so).
-        A pause file that cannot be checked (EACCES, EIO) counts as paused."""
-        if self._paused_hook is not None and self._paused_hook():
-            return True
+        """The kill switch: the pause file exists.  A pause file that cannot be checked
+        (EACCES, EIO, ELOOP, a NUL in its path) counts as paused."""
         if self.pause_file is None:
             return False
         try:  # one os.stat: this runs before every post
