@@ -163,7 +163,6 @@ class EventState(enum.StrEnum):
     FAILED = "failed"
     UNKNOWN = "unknown"
     MUTATED = "mutated"
-    SKIPPED = "skipped"
     SHADOW = "shadow"
     PAUSED = "paused"
     GONE = "gone"
