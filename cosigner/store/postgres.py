@@ -77,7 +77,6 @@ from cosigner.store.base import (
 from cosigner.store.chain import (
     DECISION,
     StoredEntry,
-    entry_hash,
     parse_timestamp,
     timestamp_text,
     verify_entries,
@@ -86,6 +85,7 @@ from cosigner.store.records import (
     COLUMNS,
     batch_verdicts,
     check_outcome,
+    checked_approval,
     decision_entries,
     decision_state,
     entry_row,
@@ -430,9 +430,16 @@ class PostgresJournal:
         self._verified = head
 
     def close(self) -> None:
-        """Close the connection, which releases the leader lock (idempotent)."""
+        """Release the leader lock and close the connection (idempotent).
+
+        The lock is released explicitly first: closing the connection alone frees it only
+        once the server has noticed the session end, and a standby trying to lead in the
+        meantime would be refused."""
         with self._lock:
             self._closed = True
+            if self._leading and self._conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.execute("SELECT pg_advisory_unlock(%s)", (LEADER_KEY,))
             self._drop_connection()
             if self.witness is not None:
                 self.witness.close()
@@ -744,7 +751,7 @@ class PostgresJournal:
         return [r[0] for r in rows]
 
     def approvals_since(self, since: datetime) -> list[ApprovalRow]:
-        """See :meth:`Journal.approvals_since`."""
+        """See :meth:`Journal.approvals_since`; every row is hash-checked."""
         cutoff = timestamp_text(since)
         return self._read(lambda conn: self._approvals(conn, cutoff))
 
@@ -763,20 +770,8 @@ class PostgresJournal:
             (ENFORCE, Action.APPROVE.value, self._approvals_seq, self._approvals_cover)
         ).fetchall()
         for row in rows:
-            entry = stored_entry(row)
-            try:
-                good = entry_hash(entry.payload) == entry.record_hash
-            except (TypeError, ValueError):
-                good = False
-            if not good:
-                raise StoreError(f"journal {self.where}: record seq {entry.seq} (item "
-                                 f"{entry.item_id}) was edited: hash mismatch; its approvals "
-                                 "cannot be counted; run `cosigner audit verify`")
-            p = entry.payload
-            self._approvals_cache.append((entry.seq, ApprovalRow(
-                p["chain_id"], p["from_address"], p["to_address"], p["amount_text"],
-                parse_timestamp(p["created_at"]))))
-            self._approvals_seq = entry.seq
+            self._approvals_cache.append(checked_approval(row, self.where))
+            self._approvals_seq = self._approvals_cache[-1][0]
         # Drop what the window left, from the front (the cache would otherwise grow for
         # as long as the daemon leads); the rest is the window, in seq order.
         cache, since = self._approvals_cache, parse_timestamp(cutoff)
@@ -786,14 +781,12 @@ class PostgresJournal:
         del cache[:cut]
         return [r for _, r in cache if r.created_at >= since]
 
-    @staticmethod
-    def _approvals(conn: psycopg.Connection[Any], cutoff: str) -> list[ApprovalRow]:
+    def _approvals(self, conn: psycopg.Connection[Any], cutoff: str) -> list[ApprovalRow]:
         rows = conn.execute(
-            "SELECT chain_id, from_address, to_address, amount_text, created_at "
-            "FROM cosigner_entries WHERE kind = 'decision' AND created_at >= %s "
-            "AND action = %s AND mode = %s ORDER BY seq",
-            (cutoff, Action.APPROVE.value, ENFORCE)).fetchall()
-        return [ApprovalRow(r[0], r[1], r[2], r[3], parse_timestamp(r[4])) for r in rows]
+            f"SELECT {', '.join(COLUMNS)} FROM cosigner_entries "  # noqa: S608 - constants
+            "WHERE kind = 'decision' AND created_at >= %s AND action = %s AND mode = %s "
+            "ORDER BY seq", (cutoff, Action.APPROVE.value, ENFORCE)).fetchall()
+        return [checked_approval(row, self.where)[1] for row in rows]
 
     def records(self, since: datetime | None = None, action: Action | None = None,
                 limit: int | None = None) -> Iterator[DecisionRecord]:

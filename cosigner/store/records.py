@@ -187,6 +187,27 @@ def stored_entry(row: Sequence[Any]) -> StoredEntry:
     return StoredEntry(values["seq"], values["item_id"], payload, values["record_hash"])
 
 
+def checked_approval(row: Sequence[Any], where: str) -> tuple[int, ApprovalRow]:
+    """``(seq, approval)`` of an approve decision's row in :data:`COLUMNS` order, once its
+    hash is checked: the limits never count an amount edited in the database.
+
+    Raises:
+        StoreError: the row does not hash to its ``record_hash``.
+    """
+    entry = stored_entry(row)
+    try:
+        good = entry_hash(entry.payload) == entry.record_hash
+    except (TypeError, ValueError):
+        good = False
+    if not good:
+        raise StoreError(f"journal {where}: record seq {entry.seq} (item {entry.item_id}) "
+                         "was edited: hash mismatch; its approvals cannot be counted; run "
+                         "`cosigner audit verify`")
+    p = entry.payload
+    return entry.seq, ApprovalRow(p["chain_id"], p["from_address"], p["to_address"],
+                                  p["amount_text"], parse_timestamp(p["created_at"]))
+
+
 def record_from_row(row: Sequence[Any], where: str) -> DecisionRecord:
     """A :class:`DecisionRecord` from a decision's 16 hashed fields, its record hash and its
     latest outcome's state, code, message and time (None when it has none)."""

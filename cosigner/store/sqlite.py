@@ -50,7 +50,6 @@ from cosigner.store.base import (
     utc_now,
 )
 from cosigner.store.chain import (
-    entry_hash,
     parse_timestamp,
     timestamp_text,
     verify_entries,
@@ -59,6 +58,7 @@ from cosigner.store.records import (
     COLUMNS,
     batch_verdicts,
     check_outcome,
+    checked_approval,
     decision_entries,
     decision_state,
     limit_violations,
@@ -717,18 +717,7 @@ class SqliteJournal:
         return rows
 
     def _approval_row(self, row: Sequence[Any]) -> tuple[int, ApprovalRow]:
-        entry = stored_entry(row)
-        try:
-            ok = entry_hash(entry.payload) == entry.record_hash
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise StoreError(f"journal {self.path}: record seq {entry.seq} (item "
-                             f"{entry.item_id}) was edited: hash mismatch; run "
-                             "`cosigner audit verify`")
-        p = entry.payload
-        return entry.seq, ApprovalRow(p["chain_id"], p["from_address"], p["to_address"],
-                                      p["amount_text"], parse_timestamp(p["created_at"]))
+        return checked_approval(row, str(self.path))
 
     def record_outcomes(self, outcomes: Sequence[NewOutcome]) -> None:
         """See :meth:`Journal.record_outcomes`."""

@@ -164,6 +164,24 @@ class TestLeaderLock:
         finally:
             standby.close()
 
+    def test_close_releases_the_lock_before_the_session_ends(
+            self, writer: PostgresJournal, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A closing leader unlocks explicitly: a standby leads at once, even while the
+        server has not yet noticed the closed session (here: a close that never reaches it,
+        as if the server were slow to see it)."""
+        standby = PostgresJournal(url, writer=True, election=True)
+        standby.open()
+        conn = writer._conn
+        assert conn is not None
+        monkeypatch.setattr(conn, "close", lambda: None)  # the session outlives close()
+        try:
+            writer.close()
+            assert standby.try_lead()
+        finally:
+            standby.close()
+            monkeypatch.undo()
+            conn.close()
+
     def test_leader_whose_connection_is_killed_cannot_record(self, writer: PostgresJournal,
                                                              url: str) -> None:
         """pg_terminate_backend of the lock's connection: the next write is LockLostError,
@@ -270,6 +288,20 @@ class TestAuthority:
             assert again.head().seq == 1
         finally:
             again.close()
+
+    def test_approvals_since_checks_each_row(self, writer: PostgresJournal, url: str) -> None:
+        """The approvals the pipeline's limits start from (``approvals_since``) are
+        hash-checked as they are read, as on SQLite: an amount lowered in the database
+        raises instead of loosening a limit."""
+        writer.record_decisions([decision(1), decision(2)])
+        since = datetime.fromisoformat("2000-01-01T00:00:00+00:00")
+        assert [row.amount_text for row in writer.approvals_since(since)] == ["4.10", "4.10"]
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE cosigner_entries DISABLE TRIGGER USER")
+            conn.execute("UPDATE cosigner_entries SET amount_text = '0.01' WHERE seq = 2")
+            conn.execute("ALTER TABLE cosigner_entries ENABLE TRIGGER USER")
+        with pytest.raises(StoreError, match=r"record seq 2 \(item 2\) was edited"):
+            writer.approvals_since(since)
 
     def test_post_claims(self, writer: PostgresJournal, url: str) -> None:
         """The recording session holds an item's claim; another live session cannot take
