@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cosigner.policy.bundle import read_manifest
+from cosigner.policy.bundle import read_manifest, signature_dir
 from cosigner.policy.loader import load_policy
-from cosigner.policy.signatures import NAMESPACE, signature_dir
+from cosigner.policy.signatures import NAMESPACE
 from tests.conftest import require_tool
 
 KEY_TYPES = {"alice": ("ed25519", []), "bob": ("ecdsa", ["-b", "256"]),

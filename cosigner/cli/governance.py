@@ -22,7 +22,7 @@ from typing import Any
 
 from cosigner.errors import ConfigError
 from cosigner.policy.backtest import backtest, render
-from cosigner.policy.bundle import digest, read_manifest
+from cosigner.policy.bundle import digest, read_manifest, signature_dir, signature_files
 from cosigner.policy.ledger import Approval
 from cosigner.policy.loader import load_policy
 from cosigner.policy.model import CompiledPolicy
@@ -31,8 +31,6 @@ from cosigner.policy.signatures import (
     SignatureReport,
     check_signatures,
     load_allowed_signers,
-    signature_dir,
-    signature_files,
 )
 from cosigner.settings import load_settings
 from cosigner.store import Journal, open_journal

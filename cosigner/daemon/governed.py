@@ -16,22 +16,19 @@ import hashlib
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cosigner.errors import ConfigError
 from cosigner.policy import CompiledPolicy, Ledger, load_policy
 from cosigner.policy.bundle import read_manifest
 from cosigner.policy.governance import Pending, PolicyMemory, pending_for
-from cosigner.policy.signatures import (
-    NAMESPACE,
-    AllowedSigners,
-    SignatureReport,
-    load_allowed_signers,
-    require_quorum,
-)
 from cosigner.store.base import Journal
 
 from .metrics import Metrics
 from .pipeline import PolicyState
+
+if TYPE_CHECKING:
+    from cosigner.policy.signatures import AllowedSigners, SignatureReport
 
 #: The first sighting recorded for a bundle put in force without waiting.
 IN_FORCE_SINCE = datetime(1970, 1, 1, tzinfo=UTC)
@@ -57,6 +54,8 @@ class Governance:
         """
         signers = None
         if signers_path is not None:
+            # Only with signers: the signature checks (and their imports) cost start-up time.
+            from cosigner.policy.signatures import NAMESPACE, load_allowed_signers
             signers = load_allowed_signers(signers_path)
             allowed = len(signers.principals(NAMESPACE))
             if quorum is None or quorum < 1:
@@ -98,6 +97,7 @@ def load_governed(path: Path, governance: Governance
     policy = load_policy(path)
     if governance.signers is None:
         return policy, None
+    from cosigner.policy.signatures import require_quorum  # imported only when signers are set
     manifest = read_manifest(path, policy.sources, policy.sha256)
     report = require_quorum(manifest, path, governance.signers, governance.quorum)
     return policy, report

@@ -35,7 +35,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from cosigner.errors import PolicyError, UnsignedPolicyError
-from cosigner.policy.signatures import signature_dir, signature_files
+from cosigner.policy.bundle import signature_dir, signature_files
 from cosigner.store.base import Journal
 
 from .governed import Governance, load_governed, next_state, show

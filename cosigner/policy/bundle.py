@@ -8,7 +8,7 @@ compiled policy's ``sha256`` with :func:`digest` over the very bytes it parsed:
 a verified signature over a manifest whose digest equals the compiled policy's
 ``sha256`` covers what is enforced, whatever happens to the files afterwards.
 
-Pure code except :func:`read_manifest`.
+Pure code except :func:`read_manifest` and :func:`signature_files`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cosigner.errors import PolicyError
+
+#: The signatures of ``<policy file>`` are in ``<policy file>.signatures/``
+#: (:mod:`cosigner.policy.signatures`).  Where they are is here, in the light module:
+#: the daemon watches that directory without importing the signature checks.
+SIGNATURE_SUFFIX = ".signatures"
 
 
 def relative_name(policy_path: Path, file_path: Path) -> str:
@@ -37,6 +42,19 @@ def manifest(files: Iterable[tuple[str, bytes]]) -> str:
 def digest(manifest_text: str) -> str:
     """The bundle digest: sha256 of the manifest's UTF-8 bytes."""
     return hashlib.sha256(manifest_text.encode("utf-8")).hexdigest()
+
+
+def signature_dir(policy_path: Path) -> Path:
+    """Where the bundle's signatures live: ``<policy file>.signatures/``."""
+    return policy_path.with_name(policy_path.name + SIGNATURE_SUFFIX)
+
+
+def signature_files(policy_path: Path) -> list[Path]:
+    """The ``*.sig`` files of the bundle, sorted (none when the directory is absent)."""
+    directory = signature_dir(policy_path)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob("*.sig") if p.is_file())
 
 
 def read_manifest(policy_path: Path, sources: Iterable[Path], expected_sha256: str) -> str:

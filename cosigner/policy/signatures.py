@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from cosigner.errors import ConfigError, UnsignedPolicyError
+from cosigner.policy.bundle import signature_dir, signature_files
 
 NAMESPACE = "cosigner-policy"
-SIGNATURE_SUFFIX = ".signatures"
 _MAGIC = b"SSHSIG"
 _ARMOR_BEGIN = "-----BEGIN SSH SIGNATURE-----"
 _ARMOR_END = "-----END SSH SIGNATURE-----"
@@ -54,19 +54,6 @@ _ECDSA_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 
 class SignatureFormatError(ValueError):
     """A signature file is not a well-formed armored SSHSIG."""
-
-
-def signature_dir(policy_path: Path) -> Path:
-    """Where the bundle's signatures live: ``<policy file>.signatures/``."""
-    return policy_path.with_name(policy_path.name + SIGNATURE_SUFFIX)
-
-
-def signature_files(policy_path: Path) -> list[Path]:
-    """The ``*.sig`` files of the bundle, sorted (none when the directory is absent)."""
-    directory = signature_dir(policy_path)
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.glob("*.sig") if p.is_file())
 
 
 # -- wire format -------------------------------------------------------------------

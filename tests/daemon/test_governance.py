@@ -23,10 +23,9 @@ from cosigner.cli import main
 from cosigner.daemon.service import Daemon
 from cosigner.errors import UnsignedPolicyError
 from cosigner.models import Action
-from cosigner.policy.bundle import read_manifest
+from cosigner.policy.bundle import read_manifest, signature_dir
 from cosigner.policy.governance import PENDING_REASON
 from cosigner.policy.loader import load_policy
-from cosigner.policy.signatures import signature_dir
 from tests.daemon.conftest import COSIGNER, SANCTIONED, Rig, address, item, wait_for
 from tests.daemon.test_service import running
 from tests.sshsig import Approvers, make_approvers
