@@ -77,7 +77,11 @@ class HttpServer:
             ConfigError: the address cannot be bound (in use, not local, ...).
         """
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only when
+        # the listening socket says TCP; without it every answer after the first on a
+        # kept-alive connection (a Prometheus scrape, a probe, a provider's callback)
+        # waits ~40 ms for the peer's delayed ACK (Nagle).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self._host, self._port))
