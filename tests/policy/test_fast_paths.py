@@ -281,6 +281,18 @@ class TestListVerdicts:
         assert not addr._evm_bulk(evms)
         assert addr.list_verdicts(evms) == b"e" * len(evms)
 
+    @pytest.mark.parametrize("version", [0x40, 0x42])
+    def test_a_tron_shape_of_another_version_fails_its_group(self, version: int) -> None:
+        """A valid base58check of version 0x40 or 0x42 that looks like a tron address (T
+        and 33 base58 digits): its checksum holds, its version byte does not."""
+        other = base58.b58encode_check(bytes([version]) + b"\xff" * 20).decode("ascii")
+        assert addr.TRON_SHAPE.fullmatch(other) is not None
+        group = [addr.tron_from_bytes(bytes([i]) * 20) for i in range(1, 40)]
+        group.insert(5, other)
+        assert not addr._tron_bulk(group)
+        assert addr.list_verdicts(group) == self._one_by_one(group)
+        assert addr.list_verdicts(group)[5:6] == b"-"
+
     @pytest.mark.parametrize("bad", ["two-lines", "max-tron", "short", "0X", "empty"])
     def test_shapes_the_bulk_checks_refuse(self, bad: str) -> None:
         """An entry holding a line break (two valid lines in one entry), a tron shape too
