@@ -202,29 +202,20 @@ def list_entry_key(entry: str) -> tuple[Format, str] | None:
     address, None for anything else (the loader then classifies it, errors included).
 
     The same verdicts as ``is_evm`` / ``is_tron`` and :func:`key` (a test checks it),
-    in one call and without caches, for the 100,000 entries of a big list file: what
-    ``evm_validator(checksum_checker())`` and ``tron_validator(tron_checksum_ok)`` do,
-    without their nested calls and repeated shape checks (~1 us an entry).
+    in one call and without caches (a big list file's entries would only flush them):
+    what ``evm_validator(checksum_checker())`` and ``tron_validator(tron_checksum_ok)``
+    do, with the evm shape checked once.  :func:`list_verdicts` calls it for the entries
+    its bulk checks do not vouch for.
     """
     if EVM_SHAPE.fullmatch(entry) is not None:
         hex_part = entry[2:]
         lower = hex_part.lower()
-        if lower == hex_part or hex_part.isupper() or hex_part.isdigit():
-            return "evm", "0x" + lower
-        raw = hex_part.encode("ascii")
-        high = int.from_bytes(_KECCAK256(lower.encode("ascii")).digest()[:20],
-                              "big") & _HIGH_BITS
-        if int(raw.translate(_UPPER), 16) == high & int(raw.translate(_LETTER), 16):
+        if lower == hex_part or hex_part.isupper() or hex_part.isdigit() or _case_follows(
+                hex_part.encode("ascii"), _KECCAK256(lower.encode("ascii")).digest()):
             return "evm", "0x" + lower
         return None
-    if TRON_SHAPE.fullmatch(entry) is not None:
-        number: int = sum(map(operator.mul, entry.encode("ascii").translate(_B58_DIGITS),
-                              _B58_WEIGHTS))
-        if number >> 192 != _TRON_VERSION:
-            return None
-        raw = number.to_bytes(25, "big")
-        if hashlib.sha256(hashlib.sha256(raw[:21]).digest()).digest()[:4] == raw[21:]:
-            return "tron", entry
+    if tron_checksum_ok(entry):
+        return "tron", entry
     return None
 
 
