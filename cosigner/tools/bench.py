@@ -283,7 +283,7 @@ async def bench(items: int, concurrency: int | None = None, *, ceiling: bool = T
                     finally:
                         await signer.aclose()
         finally:
-            _stop_sandbox(proc)
+            stop_sandbox(proc)
     load.append(round(os.getloadavg()[0], 2))
     return _bench_result(
         items, settings, result, received, latency, load, ceiling_figures,
@@ -305,7 +305,7 @@ def _require_empty_journal(database_url: str) -> None:
 def start_sandbox(work: Path, items: int, common_name: str
                   ) -> tuple[str, str, subprocess.Popen[bytes], str]:
     """A throwaway shard in ``work`` and a sandbox process seeded with ``items`` items:
-    the API secret, the shard's password, the process (stop it with :func:`_stop_sandbox`)
+    the API secret, the shard's password, the process (stop it with :func:`stop_sandbox`)
     and its URL.  The sandbox seeds the items itself: the caller's process never holds
     them, so its peak RSS is its own."""
     secret = secrets.token_urlsafe(24)
@@ -322,7 +322,7 @@ def start_sandbox(work: Path, items: int, common_name: str
     return secret, password, proc, f"http://127.0.0.1:{port}"
 
 
-def _stop_sandbox(proc: subprocess.Popen[bytes]) -> None:
+def stop_sandbox(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=10)

@@ -101,9 +101,9 @@ async def _sandbox_approves(runs: int, count: int) -> list[float]:
         API_KEY,
         MERCHANT_NO,
         _generate,
-        _stop_sandbox,
         _wait_ready,
         start_sandbox,
+        stop_sandbox,
     )
 
     with tempfile.TemporaryDirectory(prefix="cosigner-micro-") as tmp:
@@ -133,7 +133,7 @@ async def _sandbox_approves(runs: int, count: int) -> list[float]:
                 decisions = await admin.decisions()
                 assert all(d["verified"] for d in decisions), "a post was not verified"
         finally:
-            _stop_sandbox(proc)
+            stop_sandbox(proc)
     return figures
 
 
