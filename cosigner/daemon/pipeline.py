@@ -22,7 +22,7 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -658,80 +658,51 @@ class Pipeline:
                            writer: OutcomeWriter, result: PollResult) -> None:
         """Post each chunk as it comes, ``concurrency`` posts in flight in all.
 
-        A chunk's posts start while the last posts of the chunk before it are still in
-        flight (one pool of slots for both), so the number in flight does not fall to
-        zero at every chunk's end; at most two chunks post at once, so the deciding
-        runs at most one chunk ahead of the posting, as before.
+        ``concurrency`` workers for the whole cycle take the records in order, chunk
+        after chunk: a chunk's posts start while the last posts of the chunk before it
+        are still in flight, so the number in flight does not fall to zero at every
+        chunk's end, and a worker only takes the next chunk from the queue once every
+        record of the one before is taken, so the deciding runs at most one chunk ahead
+        of the posting.  A worker holds its post's place itself: no semaphore, no
+        waiter and no task per record.
         """
-        slots = asyncio.Semaphore(self.concurrency)
-        posting: list[asyncio.Task[None]] = []
-        records: list[Signed] | None = []
-        try:
-            while (records := await queue.get()) is not None:
-                if not records:
-                    continue
-                posting.append(asyncio.create_task(
-                    self._post_all(records, writer, result, slots)))
-                if len(posting) > 1:
-                    await posting.pop(0)  # the chunk before: its last posts are done
-            while posting:
-                await posting.pop(0)
-        except Exception:
-            # Post nothing more, but keep taking what the decider hands over (it would
-            # block on the full queue forever otherwise); those records stay decided.
-            for task in posting:
-                task.cancel()
-            await asyncio.gather(*posting, return_exceptions=True)
-            posting.clear()
-            while records is not None:
-                records = await queue.get()
-            raise
-        finally:
-            for task in posting:
-                task.cancel()
-            if posting:
-                await asyncio.gather(*posting, return_exceptions=True)
-
-    async def _post_all(self, records: list[Signed], writer: OutcomeWriter,
-                        result: PollResult, semaphore: asyncio.Semaphore) -> None:
-
-        async def one(signed: Signed) -> None:
-            if self.stopping.is_set():
-                return  # post nothing new once asked to stop
-            if self.paused():
-                # The kill switch stops every post from the moment the file exists;
-                # the record stays decided and is posted once the pause ends.
-                result.paused += 1
-                self._emit_record(signed[0], EventState.PAUSED)
-                return
-            self.in_flight += 1
-            try:
-                outcome = await self._post_one(*signed, result)
-            finally:
-                self.in_flight -= 1
-            if outcome is not None:
-                self._settled(outcome)
-                await writer.add(outcome)
-
-        # A few workers taking the records in order, each post holding a slot: no task,
-        # and no waiter on the slots, per record (the slots are only contended while the
-        # chunk before this one posts its last records).
-        queue = iter(records)
+        feed = _Feed(queue)
 
         async def worker() -> None:
-            for signed in queue:
-                async with semaphore:
-                    await one(signed)
+            while (signed := await feed.next()) is not None:
+                await self._post_signed(signed, writer, result)
 
-        tasks = [asyncio.create_task(worker())
-                 for _ in range(max(1, min(self.concurrency, len(records))))]
+        tasks = [asyncio.create_task(worker()) for _ in range(max(1, self.concurrency))]
         try:
             await asyncio.gather(*tasks)
-        except BaseException:  # one failing (or a cancel) stops its siblings: none posts
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        except Exception:
+            # One failing stops its siblings: nothing more is posted.  Keep taking what
+            # the decider hands over (it would block on the full queue forever
+            # otherwise); those records stay decided.
+            await _cancel_all(tasks)
+            await feed.drain()
             raise
+        finally:
+            await _cancel_all(tasks)  # a cancel of this task stops every worker
+
+    async def _post_signed(self, signed: Signed, writer: OutcomeWriter,
+                           result: PollResult) -> None:
+        if self.stopping.is_set():
+            return  # post nothing new once asked to stop
+        if self.paused():
+            # The kill switch stops every post from the moment the file exists;
+            # the record stays decided and is posted once the pause ends.
+            result.paused += 1
+            self._emit_record(signed[0], EventState.PAUSED)
+            return
+        self.in_flight += 1
+        try:
+            outcome = await self._post_one(*signed, result)
+        finally:
+            self.in_flight -= 1
+        if outcome is not None:
+            self._settled(outcome)
+            await writer.add(outcome)
 
     def _settled(self, outcome: NewOutcome) -> None:
         if self._unposted is not None and outcome.state == RecordState.POSTED:
@@ -819,6 +790,48 @@ class Pipeline:
         if ok:
             self.metrics.last_collect_success.set(self._now_ts())
         return ok
+
+
+class _Feed:
+    """The signed records of a cycle, in order, to the posting workers: chunk by chunk
+    from the decider's queue (None: no more), the next chunk taken only once every
+    record of the one before has been handed out."""
+
+    def __init__(self, queue: asyncio.Queue[list[Signed] | None]) -> None:
+        self._queue = queue
+        self._records: Iterator[Signed] = iter(())
+        self._lock = asyncio.Lock()  # one worker takes the next chunk; the others wait
+        self._done = False
+
+    async def next(self) -> Signed | None:
+        """The next record to post; None once the decider has said there are no more."""
+        for signed in self._records:
+            return signed
+        async with self._lock:
+            while not self._done:
+                for signed in self._records:  # another worker took a chunk meanwhile
+                    return signed
+                chunk = await self._queue.get()
+                if chunk is None:
+                    self._done = True
+                else:
+                    self._records = iter(chunk)
+        return None
+
+    async def drain(self) -> None:
+        """Take (and drop) every chunk still to come, up to the decider's end mark."""
+        self._records = iter(())
+        while not self._done:
+            self._done = await self._queue.get() is None
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks still running and wait for them all to end."""
+    running = [task for task in tasks if not task.done()]
+    for task in running:
+        task.cancel()
+    if running:
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 def _int(code: object) -> int | None:

@@ -44,7 +44,15 @@ from cosigner.store import (
     init_journal,
 )
 from tests.conftest import ThrowawayShard
-from tests.daemon.conftest import HOT, LIMIT, MAX_COUNT, POLICY, SANCTIONED, address
+from tests.daemon.conftest import (
+    HOT,
+    LIMIT,
+    MAX_COUNT,
+    POLICY,
+    SANCTIONED,
+    address,
+    wait_for,
+)
 
 T0 = datetime(2030, 1, 7, 12, 0, tzinfo=UTC)
 
@@ -321,6 +329,44 @@ class TestJournalBeforePost:
         assert most == 8
         assert len(at_second_chunk) == 1
         assert at_second_chunk[0] > 0
+
+    async def test_the_decider_runs_at_most_one_chunk_ahead_of_the_posting(
+            self, make_world: Callable[..., World], tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        """While the first chunk's posts hang, the second chunk waits in the queue and the
+        third is decided, signed and held by the decider: no more is journaled ahead (the
+        poster took the second chunk from the queue as soon as it came, so a fourth was
+        journaled, and the posts of two chunks contended for the same slots).  Once the
+        posts go on, everything is posted, in order within each worker."""
+        import asyncio
+
+        import cosigner.daemon.pipeline as pipeline_module
+
+        monkeypatch.setattr(pipeline_module, "CHUNK", 10)
+        world = make_world([raw(i, "1") for i in range(1, 61)], concurrency=3)
+        _unlimited(world, tmp_path)
+        approve = world.api.approve
+        release = asyncio.Event()
+        journaled: list[int] = []
+
+        async def held(fields: dict[str, Any], data: str) -> None:
+            await release.wait()
+            await approve(fields, data)
+
+        world.api.approve = held  # type: ignore[method-assign]
+        world.pipeline.after_journal = lambda records: journaled.append(len(records))
+        poll = asyncio.create_task(world.pipeline.poll())
+        try:
+            await wait_for(lambda: len(journaled) >= 3, what="three chunks journaled")
+            await asyncio.sleep(0.3)  # time for the decider to go further, if it could
+            ahead, in_flight = list(journaled), world.pipeline.in_flight
+        finally:
+            release.set()
+            result = await poll
+        assert ahead == [10, 10, 10]
+        assert in_flight == 3
+        assert result.posted == 60
+        assert journaled == [10] * 6
 
     async def test_a_conflict_retry_keeps_what_the_poster_counted(
             self, make_world: Callable[..., World], tmp_path: Path) -> None:
