@@ -368,6 +368,33 @@ class TestJournalBeforePost:
         assert result.posted == 60
         assert journaled == [10] * 6
 
+    async def test_a_failing_poster_posts_nothing_more_and_the_decider_finishes(
+            self, make_world: Callable[..., World], tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        """A bug in a posting worker stops every worker; the decider is not left blocked
+        on the full queue (the poster keeps taking its chunks), the cycle ends as failed
+        and what was not posted stays decided, for the next cycle."""
+        import asyncio
+
+        import cosigner.daemon.pipeline as pipeline_module
+
+        monkeypatch.setattr(pipeline_module, "CHUNK", 10)
+        world = make_world([raw(i, "1") for i in range(1, 61)], concurrency=3)
+        _unlimited(world, tmp_path)
+
+        def broken(outcome: Any) -> None:
+            raise RuntimeError("a bug after a post")
+
+        world.pipeline._settled = broken  # type: ignore[method-assign]
+        result = await asyncio.wait_for(world.pipeline.poll(), timeout=20)
+        assert result.ok is False
+        assert any("a bug after a post" in error for error in result.errors)
+        assert result.decided == 60
+        posted = world.api.posts()
+        assert 1 <= len(posted) <= 3  # the posts in flight when the first one failed
+        states = {r.item_id: r.state for r in world.latest().values()}
+        assert {states[i] for i in range(1, 61) if i not in posted} == {"decided"}
+
     async def test_a_conflict_retry_keeps_what_the_poster_counted(
             self, make_world: Callable[..., World], tmp_path: Path) -> None:
         """Regression: a journal conflict restored the whole cycle's result as it was before
