@@ -5,7 +5,8 @@ under a transaction-level advisory lock, so replicas initialising one empty data
 at once do not race):
 
 ``cosigner_meta``
-    schema version, creation id, creation time.
+    schema version, creation id, creation time; the verification checkpoint
+    (``verified_seq``, ``verified_hash``: the head a leader last verified).
 ``cosigner_head``
     one row: the chain's head (seq, hash) and the leader epoch.  Every write
     transaction starts with ``SELECT ... FOR UPDATE`` on it, so writers are
@@ -388,7 +389,7 @@ class PostgresJournal:
                     if not self._take_lock(conn) and not self.election:
                         raise JournalLockedError(
                             f"journal {self.where} has another writer: {self._holder(conn)}")
-                    self._check_chain(conn, full=True)
+                    self._check_chain(conn)
             except psycopg.Error as exc:
                 self._drop_connection()
                 raise self._unavailable(f"is unreadable ({self._scrub(exc)})") from None
@@ -413,13 +414,22 @@ class PostgresJournal:
             raise self._unavailable("has no creation id")
         return creation_id
 
-    def _check_chain(self, conn: psycopg.Connection[Any], *, full: bool) -> None:
-        """Verify the chain (all of it, or from the last verified head) and the witness."""
+    def _check_chain(self, conn: psycopg.Connection[Any]) -> None:
+        """Verify the chain and the witness, from the furthest point known good: the head
+        this process verified last, or the checkpoint a leader recorded after verifying
+        (``verified_seq``/``verified_hash`` in ``cosigner_meta``, as SQLite keeps in its
+        ``meta``) once its record is checked to be the one verified.  A leader then moves
+        the checkpoint to the head it verified, so a start does not walk the whole chain
+        again (``cosigner audit verify`` always does)."""
         assert self._journal_id is not None
-        if full or self._verified.seq == 0:
-            result = self._verify(conn)
-        else:
-            result = self._verify(conn, start=self._verified)
+        start = self._verified
+        checkpoint = self._checkpoint(conn)
+        if checkpoint is not None and checkpoint.seq > start.seq:
+            if self._hash_at(conn, checkpoint.seq) != checkpoint.hash:
+                raise self._unavailable(f"does not verify: record seq {checkpoint.seq} is not "
+                                        "the one last verified; run `cosigner audit verify`")
+            start = checkpoint
+        result = self._verify(conn, start=start if start.seq else None)
         if not result.ok:
             raise self._unavailable(f"does not verify: {result.problem}; run "
                                     "`cosigner audit verify`")
@@ -428,6 +438,33 @@ class PostgresJournal:
             check_head(self.where, self.witness.read(), self._journal_id, head,
                        lambda seq: self._hash_at(conn, seq), self.witness)
         self._verified = head
+        if self._leading and head.seq > (checkpoint.seq if checkpoint else 0):
+            self._save_checkpoint(conn, head)
+
+    def _checkpoint(self, conn: psycopg.Connection[Any]) -> Head | None:
+        """The verified checkpoint a leader recorded (None: none yet)."""
+        meta = self._meta(conn)
+        if "verified_seq" not in meta:
+            return None
+        try:
+            seq = int(meta["verified_seq"])
+        except ValueError:
+            seq = -1
+        hash_text = meta.get("verified_hash", "")
+        if seq < 0 or len(hash_text) != 64:
+            raise self._unavailable("has a malformed verification checkpoint; run "
+                                    "`cosigner audit verify`")
+        return Head(seq, hash_text)
+
+    def _save_checkpoint(self, conn: psycopg.Connection[Any], head: Head) -> None:
+        """Record ``head`` as verified, if this process still leads (the epoch fences it)."""
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO cosigner_meta (key, value) SELECT k, v FROM (VALUES "
+                "('verified_seq', %s), ('verified_hash', %s)) AS t (k, v) WHERE EXISTS "
+                "(SELECT 1 FROM cosigner_head WHERE id = 1 AND leader_epoch = %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                (str(head.seq), head.hash, self._epoch))
 
     def close(self) -> None:
         """Release the leader lock and close the connection (idempotent).
@@ -567,7 +604,7 @@ class PostgresJournal:
             try:
                 if not self._take_lock(conn):
                     return False
-                self._check_chain(conn, full=False)
+                self._check_chain(conn)
             except psycopg.Error as exc:
                 self._drop_connection()
                 raise self._unavailable(f"cannot be reached ({self._scrub(exc)})") from None

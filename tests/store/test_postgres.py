@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -338,6 +339,100 @@ class TestWitness:
         witness.write(state.journal_id, type(state.head)(5, state.head.hash))
         with pytest.raises(JournalUnavailableError, match="behind its witness"):
             PostgresJournal(url, writer=True, witness=witness).open()
+
+
+class TestCheckpoint:
+    """A start verifies the chain from the checkpoint a leader recorded, not from seq 1."""
+
+    @staticmethod
+    def _meta(url: str) -> dict[str, str]:
+        with psycopg.connect(url, autocommit=True) as conn:
+            return dict(conn.execute("SELECT key, value FROM cosigner_meta").fetchall())
+
+    @staticmethod
+    def _edit(url: str, sql: str) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE cosigner_entries DISABLE TRIGGER USER")
+            conn.execute(sql)
+            conn.execute("ALTER TABLE cosigner_entries ENABLE TRIGGER USER")
+
+    def _two_starts(self, url: str) -> str:
+        """Three decisions, a start that verifies them (checkpoint at 3), two more."""
+        first = PostgresJournal(url, writer=True)
+        first.init()
+        first.open()
+        first.record_decisions([decision(i) for i in range(1, 4)])
+        first.close()
+        second = PostgresJournal(url, writer=True)
+        second.open()
+        try:
+            checkpoint = second.head()
+            second.record_decisions([decision(4), decision(5)])
+        finally:
+            second.close()
+        assert self._meta(url)["verified_seq"] == "3"
+        return checkpoint.hash
+
+    def test_a_start_verifies_from_the_checkpoint_and_moves_it(
+            self, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Regression: every writer's start walked the whole chain (its cost grew with the
+        journal).  It starts from the recorded checkpoint and moves it to the head."""
+        from cosigner.store import postgres as postgres_module
+
+        checkpoint_hash = self._two_starts(url)
+        assert self._meta(url)["verified_hash"] == checkpoint_hash
+        starts: list[tuple[int, str]] = []
+        real = postgres_module.verify_entries
+
+        def spy(entries: Any, head: Any = None, start: Any = (0, "")) -> Any:
+            starts.append(tuple(start))
+            return real(entries, head, start=start)
+
+        monkeypatch.setattr(postgres_module, "verify_entries", spy)
+        third = PostgresJournal(url, writer=True)
+        third.open()
+        try:
+            assert starts == [(3, checkpoint_hash)]
+            assert third.verify().ok  # audit verify still walks everything
+            assert starts[-1][0] == 0
+            head = third.head()
+        finally:
+            third.close()
+        assert {"verified_seq": "5", "verified_hash": head.hash}.items() <= self._meta(url).items()
+
+    def test_an_edit_after_the_checkpoint_is_refused_at_start(self, url: str) -> None:
+        self._two_starts(url)
+        self._edit(url, "UPDATE cosigner_entries SET amount_text = '0.01' WHERE seq = 4")
+        with pytest.raises(JournalUnavailableError, match="does not verify"):
+            PostgresJournal(url, writer=True).open()
+
+    def test_a_rewritten_checkpoint_record_is_refused_at_start(self, url: str) -> None:
+        """The record at the checkpoint must be the one verified (its hash), and a
+        checkpoint beyond the head (a truncated chain) is refused too."""
+        self._two_starts(url)
+        self._edit(url, "UPDATE cosigner_entries SET record_hash = repeat('0', 64) "
+                        "WHERE seq = 3")
+        with pytest.raises(JournalUnavailableError, match="record seq 3 is not the one "
+                                                          "last verified"):
+            PostgresJournal(url, writer=True).open()
+
+    def test_a_malformed_checkpoint_is_refused(self, url: str) -> None:
+        self._two_starts(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE cosigner_meta SET value = 'x' WHERE key = 'verified_seq'")
+        with pytest.raises(JournalUnavailableError, match="malformed verification checkpoint"):
+            PostgresJournal(url, writer=True).open()
+
+    def test_a_standby_does_not_move_the_checkpoint(self, writer: PostgresJournal,
+                                                    url: str) -> None:
+        writer.record_decisions([decision(1), decision(2)])
+        standby = PostgresJournal(url, writer=True, election=True)
+        standby.open()
+        try:
+            assert not standby.lock_held()
+            assert "verified_seq" not in self._meta(url)
+        finally:
+            standby.close()
 
 
 class TestCopy:
