@@ -416,6 +416,30 @@ class TestCheckpoint:
                                                           "last verified"):
             PostgresJournal(url, writer=True).open()
 
+    def test_a_checkpoint_past_the_head_is_refused_at_start(self, url: str) -> None:
+        self._two_starts(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE cosigner_meta SET value = '99' WHERE key = 'verified_seq'")
+        with pytest.raises(JournalUnavailableError, match="record seq 99 is not the one "
+                                                          "last verified"):
+            PostgresJournal(url, writer=True).open()
+
+    def test_without_its_rows_a_start_walks_the_chain_and_records_a_new_one(
+            self, url: str) -> None:
+        """The runbook's way out once `audit verify` has passed: delete the two rows."""
+        self._two_starts(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DELETE FROM cosigner_meta WHERE key IN ('verified_seq', "
+                         "'verified_hash')")
+        journal = PostgresJournal(url, writer=True)
+        journal.open()
+        try:
+            head = journal.head()
+        finally:
+            journal.close()
+        assert head.seq == 5
+        assert {"verified_seq": "5", "verified_hash": head.hash}.items() <= self._meta(url).items()
+
     def test_a_malformed_checkpoint_is_refused(self, url: str) -> None:
         self._two_starts(url)
         with psycopg.connect(url, autocommit=True) as conn:
