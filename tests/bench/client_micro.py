@@ -1,13 +1,17 @@
 """Micro-benchmark of the API client's per-post CPU: never a pass/fail test.
 
-    python -m tests.bench.client_micro [--runs 7] [--approves 2000] [--no-sandbox]
+    python -m tests.bench.client_micro [--runs 7] [--approves 2000] [--concurrency 1]
+                                       [--no-sandbox]
 
 Prints the median (and min/max) µs per call, over ``--runs`` runs, of each piece of
 an approve's post (``encode_body``, ``SignAuth.signed_headers``, ``compute_sign``,
 the wire message, parsing a uvicorn answer in the lean transport, ``_envelope`` of
 the success answer), then the client CPU per whole ``ApiClient.approve`` against a
 sandbox process on 127.0.0.1 (items pre-signed, so only the post is measured;
-CPU of this process only, the sandbox runs in its own).
+CPU of this process only, the sandbox runs in its own), and the same posts made by
+the bench ceiling's hand-formatted wire (``cosigner.tools.bench._Wire``), with the
+sandbox's CPU per post for both.  ``--concurrency C``: C posts in flight (default
+1; the daemon's default is 8).
 """
 
 from __future__ import annotations
@@ -92,7 +96,46 @@ def micro(runs: int) -> dict[str, list[float]]:
 
 # -- a whole approve against a sandbox process ------------------------------------------
 
-async def _sandbox_approves(runs: int, count: int) -> list[float]:
+Post = tuple[dict[str, Any], str]
+
+
+async def _approves(client: ApiClient, posts: list[Post], concurrency: int) -> None:
+    feed = iter(posts)
+
+    async def worker() -> None:
+        for fields, data in feed:
+            await client.approve(fields, data)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def _wire_posts(url: str, secret: str, posts: list[Post], concurrency: int) -> None:
+    """The same posts as the bench ceiling makes them: hand-formatted, one connection each."""
+    from cosigner.api.auth import new_nonce, timestamp_ms
+    from cosigner.tools.bench import API_KEY, MERCHANT_NO, _Wire
+
+    host, port = url.removeprefix("http://").split(":")
+    fixed = {"MerchantNo": MERCHANT_NO, "SignType": "1", "Lang": "en", "ApiKey": API_KEY}
+    feed = iter(posts)
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        wire = _Wire(reader, writer, f"{host}:{port}".encode())
+        try:
+            for fields, data in feed:
+                body = {**fields, "data": data}
+                headers = {"Nonce": new_nonce(), "TimeStamp": str(timestamp_ms()), **fixed}
+                headers["Sign"] = compute_sign({**body, **headers}, secret)
+                answer = await wire.post(b"/api/transaction/approve", body, headers)
+                assert answer.startswith(b'{"code":200'), answer[:80]
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def _sandbox_approves(runs: int, count: int, concurrency: int = 1
+                            ) -> dict[str, list[float]]:
     from cosigner.sandbox import SandboxAdmin
     from cosigner.signing import load_shard
     from cosigner.signing.objects import approval_sign_object
@@ -100,45 +143,56 @@ async def _sandbox_approves(runs: int, count: int) -> list[float]:
     from cosigner.tools.bench import (
         API_KEY,
         MERCHANT_NO,
+        _cpu_of,
         _generate,
         _wait_ready,
         start_sandbox,
         stop_sandbox,
     )
 
+    figures: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="cosigner-micro-") as tmp:
         work = Path(tmp)
         secret, password, proc, url = start_sandbox(work, count, "micro")
-        figures: list[float] = []
         try:
             await _wait_ready(url, proc)
-            async with ApiClient(url, MERCHANT_NO, API_KEY, secret, max_connections=1,
+            async with ApiClient(url, MERCHANT_NO, API_KEY, secret,
+                                 max_connections=concurrency,
                                  timeout=30) as client, SandboxAdmin(url, timeout=120) as admin:
-                items = (await client.pending()).items
                 signer = BatchSigner(load_shard(work / "shard.pfx", password))
-                datas = signer.sign_inline([approval_sign_object(
-                    i.id or 0, i.from_address or "", i.to_address or "", i.amount_text or "",
-                    i.chain_id or "", 1) for i in items])
-                posts = [({"id": i.id, "from": i.from_address, "to": i.to_address,
-                           "value": i.amount_text, "chainId": i.chain_id, "status": 1}, d)
-                         for i, d in zip(items, datas, strict=True) if isinstance(d, str)]
-                for run in range(runs):
-                    if run:
-                        await admin.reset()
-                        await _generate(url, count)
-                    cpu0 = time.process_time()
-                    for fields, data in posts:
-                        await client.approve(fields, data)
-                    figures.append((time.process_time() - cpu0) / len(posts) * 1e6)
-                decisions = await admin.decisions()
-                assert all(d["verified"] for d in decisions), "a post was not verified"
+                for _ in range(runs):
+                    for name in ("approve", "ceiling wire"):
+                        if figures:
+                            await admin.reset()
+                            await _generate(url, count)
+                        items = (await client.pending()).items
+                        datas = signer.sign_inline([approval_sign_object(
+                            i.id or 0, i.from_address or "", i.to_address or "",
+                            i.amount_text or "", i.chain_id or "", 1) for i in items])
+                        posts = [({"id": i.id, "from": i.from_address, "to": i.to_address,
+                                   "value": i.amount_text, "chainId": i.chain_id,
+                                   "status": 1}, d)
+                                 for i, d in zip(items, datas, strict=True) if isinstance(d, str)]
+                        cpu0, sandbox0 = time.process_time(), _cpu_of(proc.pid)
+                        if name == "approve":
+                            await _approves(client, posts, concurrency)
+                        else:
+                            await _wire_posts(url, secret, posts, concurrency)
+                        cpu, sandbox1 = time.process_time() - cpu0, _cpu_of(proc.pid)
+                        figures.setdefault(f"{name} (client CPU)", []).append(
+                            cpu / len(posts) * 1e6)
+                        if sandbox0 is not None and sandbox1 is not None:
+                            figures.setdefault(f"{name} (sandbox CPU)", []).append(
+                                (sandbox1 - sandbox0) / len(posts) * 1e6)
+                        decisions = await admin.decisions()
+                        assert all(d["verified"] for d in decisions), "a post was not verified"
         finally:
             stop_sandbox(proc)
     return figures
 
 
 def _line(name: str, values: list[float]) -> str:
-    return (f"{name:<22} median {statistics.median(values):8.2f} µs   "
+    return (f"{name:<28} median {statistics.median(values):8.2f} µs   "
             f"(min {min(values):.2f}, max {max(values):.2f}, n={len(values)})")
 
 
@@ -146,13 +200,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--approves", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--no-sandbox", action="store_true")
     args = parser.parse_args(argv)
     for name, values in micro(args.runs).items():
         print(_line(name, values))
     if not args.no_sandbox:
-        values = asyncio.run(_sandbox_approves(args.runs, args.approves))
-        print(_line("approve (client CPU)", values))
+        figures = asyncio.run(_sandbox_approves(args.runs, args.approves,
+                                                max(1, args.concurrency)))
+        for name, values in figures.items():
+            print(_line(name, values))
 
 
 if __name__ == "__main__":
