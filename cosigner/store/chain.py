@@ -120,6 +120,30 @@ _canonical = one_shot(json.JSONEncoder(sort_keys=True, separators=(",", ":"),
                                        ensure_ascii=False, allow_nan=False))
 
 
+def verified_checkpoint(meta: Mapping[str, str], hash_at: Callable[[int], str | None]
+                        ) -> tuple[int, str]:
+    """Where a start verifies the chain from: the ``(seq, hash)`` a writer recorded after
+    its last verification (``verified_seq``/``verified_hash`` in the store's meta), once
+    the record at that seq is checked to be the one verified; ``(0, GENESIS_HASH)``
+    without one (or at seq 0).
+
+    Raises:
+        ValueError: the checkpoint is malformed, or its record is not the one verified (an
+            edit, or a chain cut shorter than it): the text says which.
+    """
+    if "verified_seq" not in meta:
+        return 0, GENESIS_HASH
+    text, hash_text = meta["verified_seq"], meta.get("verified_hash", "")
+    if not text.isascii() or not text.isdigit() or len(hash_text) != 64:
+        raise ValueError("a malformed verification checkpoint")
+    seq = int(text)
+    if seq == 0:
+        return 0, GENESIS_HASH
+    if hash_at(seq) != hash_text:
+        raise ValueError(f"record seq {seq} is not the one last verified")
+    return seq, hash_text
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEntry:
     """An entry as read back from a store, for verification."""

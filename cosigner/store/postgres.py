@@ -80,6 +80,7 @@ from cosigner.store.chain import (
     StoredEntry,
     parse_timestamp,
     timestamp_text,
+    verified_checkpoint,
     verify_entries,
 )
 from cosigner.store.records import (
@@ -423,11 +424,13 @@ class PostgresJournal:
         again (``cosigner audit verify`` always does)."""
         assert self._journal_id is not None
         start = self._verified
-        checkpoint = self._checkpoint(conn)
-        if checkpoint is not None and checkpoint.seq > start.seq:
-            if self._hash_at(conn, checkpoint.seq) != checkpoint.hash:
-                raise self._unavailable(f"does not verify: record seq {checkpoint.seq} is not "
-                                        "the one last verified; run `cosigner audit verify`")
+        try:
+            checkpoint = Head(*verified_checkpoint(self._meta(conn),
+                                                   lambda seq: self._hash_at(conn, seq)))
+        except ValueError as exc:
+            raise self._unavailable(f"does not verify: {exc}; run `cosigner audit verify`"
+                                    ) from None
+        if checkpoint.seq > start.seq:
             start = checkpoint
         result = self._verify(conn, start=start if start.seq else None)
         if not result.ok:
@@ -438,23 +441,8 @@ class PostgresJournal:
             check_head(self.where, self.witness.read(), self._journal_id, head,
                        lambda seq: self._hash_at(conn, seq), self.witness)
         self._verified = head
-        if self._leading and head.seq > (checkpoint.seq if checkpoint else 0):
+        if self._leading and head.seq > checkpoint.seq:
             self._save_checkpoint(conn, head)
-
-    def _checkpoint(self, conn: psycopg.Connection[Any]) -> Head | None:
-        """The verified checkpoint a leader recorded (None: none yet)."""
-        meta = self._meta(conn)
-        if "verified_seq" not in meta:
-            return None
-        try:
-            seq = int(meta["verified_seq"])
-        except ValueError:
-            seq = -1
-        hash_text = meta.get("verified_hash", "")
-        if seq < 0 or len(hash_text) != 64:
-            raise self._unavailable("has a malformed verification checkpoint; run "
-                                    "`cosigner audit verify`")
-        return Head(seq, hash_text)
 
     def _save_checkpoint(self, conn: psycopg.Connection[Any], head: Head) -> None:
         """Record ``head`` as verified, if this process still leads (the epoch fences it)."""

@@ -52,6 +52,7 @@ from cosigner.store.base import (
 from cosigner.store.chain import (
     parse_timestamp,
     timestamp_text,
+    verified_checkpoint,
     verify_entries,
 )
 from cosigner.store.records import (
@@ -537,11 +538,12 @@ class SqliteJournal:
         """Walk the chain, from the start or from the checkpoint, and move the checkpoint."""
         meta = dict(conn.execute("SELECT key, value FROM meta"))
         start_seq, start_hash = 0, GENESIS_HASH
-        if not full and "verified_seq" in meta:
-            start_seq, start_hash = int(meta["verified_seq"]), meta["verified_hash"]
-            if start_seq > 0 and self._hash_at(conn, start_seq) != start_hash:
-                return VerifyResult(False, 0, start_seq,
-                                    f"record seq {start_seq} is not the one last verified")
+        if not full:
+            try:
+                start_seq, start_hash = verified_checkpoint(
+                    meta, lambda seq: self._hash_at(conn, seq))
+            except ValueError as exc:
+                return VerifyResult(False, 0, 0, str(exc))
         try:
             head = (int(meta["head_seq"]), meta["head_hash"])
         except (KeyError, ValueError):

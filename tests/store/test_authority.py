@@ -485,6 +485,23 @@ class TestIntegrityAtStart:
         finally:
             journal.close()
 
+    @pytest.mark.parametrize(("seq", "hash_text"), [("x", "0" * 64), ("-1", "0" * 64),
+                                                    ("1", "abc")])
+    def test_a_malformed_checkpoint_refuses_the_start(self, writer: SqliteJournal,
+                                                      db_path: Path, seq: str,
+                                                      hash_text: str) -> None:
+        """Regression: a malformed ``verified_seq`` escaped ``open`` as a bare ValueError;
+        it is a journal that does not verify now (the reading PostgreSQL shares)."""
+        writer.record_decisions([decision(1)])
+        writer.close()
+        with sqlite3.connect(db_path) as conn:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'verified_seq'", (seq,))
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'verified_hash'", (hash_text,))
+        conn.close()
+        with pytest.raises(JournalUnavailableError,
+                           match="does not verify: a malformed verification checkpoint"):
+            SqliteJournal(db_path, writer=True).open()
+
     def test_start_up_verification_is_incremental(self, db_path: Path) -> None:
         """Opening a big journal again does not walk it all again (checkpointed)."""
         journal = new_journal(db_path)
