@@ -444,17 +444,21 @@ class _Wire:
         return await self.reader.readexactly(int(match.group(1)))
 
 
+_FIXED_HEADERS = {"MerchantNo": MERCHANT_NO, "SignType": "1", "Lang": "en", "ApiKey": API_KEY}
+
+
+def public_headers(fields: dict[str, Any], secret: str) -> dict[str, str]:
+    """The ceiling's public headers of one request, ``Sign`` over ``fields`` included."""
+    headers = {"Nonce": new_nonce(), "TimeStamp": str(timestamp_ms()), **_FIXED_HEADERS}
+    headers["Sign"] = compute_sign({**fields, **headers}, secret)
+    return headers
+
+
 async def _ceiling(url: str, signer: BatchSigner, secret: str, page_size: int,
                    concurrency: int, sandbox_pid: int, progress: Progress | None
                    ) -> _CeilingFigures:
     """Read the pending list, then sign and post an approve for every item, nothing else."""
     host, port = url.removeprefix("http://").split(":")
-    fixed = {"MerchantNo": MERCHANT_NO, "SignType": "1", "Lang": "en", "ApiKey": API_KEY}
-
-    def public(fields: dict[str, Any]) -> dict[str, str]:
-        headers = {"Nonce": new_nonce(), "TimeStamp": str(timestamp_ms()), **fixed}
-        headers["Sign"] = compute_sign({**fields, **headers}, secret)
-        return headers
 
     async def connect() -> _Wire:
         reader, writer = await asyncio.open_connection(host, int(port))
@@ -470,7 +474,7 @@ async def _ceiling(url: str, signer: BatchSigner, secret: str, page_size: int,
     while True:
         fields = {"pageNum": page, "pageSize": page_size}
         data = loads_exact(await first.post(b"/api/transaction/pending", fields,
-                                            public(fields)))["data"]
+                                            public_headers(fields, secret)))["data"]
         pending += data["list"]
         if not data["list"] or len(pending) >= data["total"]:
             break
@@ -503,7 +507,8 @@ async def _ceiling(url: str, signer: BatchSigner, secret: str, page_size: int,
             fields = {"id": item["id"], "from": item["fromAddress"], "to": item["toAddress"],
                       "value": str(item["amount"]), "chainId": item["chainId"], "status": 1,
                       "data": data}
-            answer = await wire.post(b"/api/transaction/approve", fields, public(fields))
+            answer = await wire.post(b"/api/transaction/approve", fields,
+                                    public_headers(fields, secret))
             if answer.startswith(b'{"code":200'):
                 posted += 1
             if progress is not None:

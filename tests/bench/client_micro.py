@@ -111,11 +111,9 @@ async def _approves(client: ApiClient, posts: list[Post], concurrency: int) -> N
 
 async def _wire_posts(url: str, secret: str, posts: list[Post], concurrency: int) -> None:
     """The same posts as the bench ceiling makes them: hand-formatted, one connection each."""
-    from cosigner.api.auth import new_nonce, timestamp_ms
-    from cosigner.tools.bench import API_KEY, MERCHANT_NO, _Wire
+    from cosigner.tools.bench import _Wire, public_headers
 
     host, port = url.removeprefix("http://").split(":")
-    fixed = {"MerchantNo": MERCHANT_NO, "SignType": "1", "Lang": "en", "ApiKey": API_KEY}
     feed = iter(posts)
 
     async def worker() -> None:
@@ -124,9 +122,8 @@ async def _wire_posts(url: str, secret: str, posts: list[Post], concurrency: int
         try:
             for fields, data in feed:
                 body = {**fields, "data": data}
-                headers = {"Nonce": new_nonce(), "TimeStamp": str(timestamp_ms()), **fixed}
-                headers["Sign"] = compute_sign({**body, **headers}, secret)
-                answer = await wire.post(b"/api/transaction/approve", body, headers)
+                answer = await wire.post(b"/api/transaction/approve", body,
+                                         public_headers(body, secret))
                 assert answer.startswith(b'{"code":200'), answer[:80]
         finally:
             writer.close()
