@@ -66,6 +66,7 @@ _ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR})
 Signed = tuple[DecisionRecord, "str | SigningError"]
 
 CHUNK = 500  # items decided, journaled (one commit) and signed together
+DECIDE_SLICE = 32
 OUTCOME_BATCH = 128  # outcomes recorded in one commit at most ...
 OUTCOME_DELAY = 0.1  # ... or after this many seconds, whichever comes first
 #: How long a record settled as ``gone`` counts in ``cosigner_decided_unposted_items``.
@@ -170,17 +171,30 @@ class OutcomeWriter:
         self._lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._due = False  # a commit task is started and has not taken the queue yet
 
     async def add(self, outcome: NewOutcome) -> None:
-        """Queue an outcome (after its post); commit when the batch is full."""
-        self._pending.append(outcome)
-        if len(self._pending) >= self.batch:
-            await self.flush()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.delay, self._on_timer)
+        """Queue an outcome (after its post); commit when the batch is full.
 
-    def _on_timer(self) -> None:
+        The commit of a full batch runs as a task of its own, so the poster that filled it
+        goes on posting. Only when the journal is a whole batch behind (the commit before
+        is still running) does the poster wait for it: the queue stays about a batch long.
+        """
+        self._pending.append(outcome)
+        if len(self._pending) < self.batch:
+            if self._timer is None and not self._due:
+                self._timer = asyncio.get_running_loop().call_later(self.delay,
+                                                                    self._flush_soon)
+        elif self._due or self._lock.locked():
+            await self.flush()
+        else:
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         self._timer = None
+        self._due = True
         task = asyncio.create_task(self.flush())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -192,6 +206,7 @@ class OutcomeWriter:
             self._timer = None
         async with self._lock:
             batch, self._pending = self._pending, []
+            self._due = False
             if not batch:
                 return
             try:
@@ -450,7 +465,9 @@ class Pipeline:
         paused = self.paused()
         new: list[tuple[NewDecision, Outcome]] = []
         to_post: list[DecisionRecord] = []
-        for item in _once_each(chunk, conflicting, seen):
+        for n, item in enumerate(_once_each(chunk, conflicting, seen), 1):
+            if not n % DECIDE_SLICE:
+                await asyncio.sleep(0)
             view = views.get(item.id) if item.id is not None else None
             outcome = decide(item, view, policy, ledger, now, paused=paused, mode=self.mode,
                              conflicting=item.id in conflicting, pending=pending)
