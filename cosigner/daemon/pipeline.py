@@ -66,7 +66,8 @@ _ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR})
 Signed = tuple[DecisionRecord, "str | SigningError"]
 
 CHUNK = 500  # items decided, journaled (one commit) and signed together
-DECIDE_SLICE = 32
+DECIDE_SLICE = 32  # items decided (or counted) between two turns of the event loop
+SIGN_SLICE = 128  # payloads built between two turns of the event loop
 OUTCOME_BATCH = 128  # outcomes recorded in one commit at most ...
 OUTCOME_DELAY = 0.1  # ... or after this many seconds, whichever comes first
 #: How long a record settled as ``gone`` counts in ``cosigner_decided_unposted_items``.
@@ -502,13 +503,15 @@ class Pipeline:
                           now: datetime, result: PollResult) -> list[DecisionRecord]:
         """Journal new decisions, count them; the records to post."""
         records = await self._record(new, policy, now, result)
-        to_post = []
-        for record, (_, outcome) in zip(records, new, strict=True):
+        to_post = [record for record, (_, outcome) in zip(records, new, strict=True)
+                   if outcome.post]
+        if self._unposted is not None:
+            for record in to_post:
+                self._unposted[record.item_id] = record.seq
+        for n, (record, (_, outcome)) in enumerate(zip(records, new, strict=True), 1):
+            if not n % DECIDE_SLICE:
+                await asyncio.sleep(0)  # the posts go on meanwhile
             self._count(record, outcome, result)
-            if outcome.post:
-                to_post.append(record)
-                if self._unposted is not None:
-                    self._unposted[record.item_id] = record.seq
         if records and self.after_journal is not None:
             self.after_journal(records)
         return to_post
@@ -656,7 +659,9 @@ class Pipeline:
     async def _sign(self, records: list[DecisionRecord]) -> list[Signed]:
         """The ``data`` of each record's decision (signed off the loop for big chunks)."""
         payloads: list[bytes] = []
-        for record in records:
+        for n, record in enumerate(records, 1):
+            if not n % SIGN_SLICE:
+                await asyncio.sleep(0)  # the posts go on meanwhile
             status = record.action.status
             assert status is not None
             payloads.append(approval_sign_object(

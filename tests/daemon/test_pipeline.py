@@ -410,6 +410,52 @@ class TestJournalBeforePost:
             assert posted_meanwhile, f"no post while the chunk from {first_id} was decided"
             assert all(v < first_id for v in posted_meanwhile)
 
+    async def test_the_posts_go_on_while_a_chunk_is_counted_and_its_payloads_built(
+            self, make_world: Callable[..., World], tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        """Regression (issue 12): once a chunk was journaled, counting its decisions (the
+        metrics, the log, the events) and building the payloads to sign ran in one
+        stretch of the event loop (~6 ms a chunk of 500 under load).  Both now hand the
+        loop back as the deciding does: the posts of the chunk before go on."""
+        import asyncio
+        import time
+
+        import cosigner.daemon.pipeline as pipeline_module
+
+        monkeypatch.setattr(pipeline_module, "CHUNK", 300)
+        world = make_world([raw(i, "1") for i in range(1, 601)], concurrency=2)
+        _unlimited(world, tmp_path)
+        approve = world.api.approve
+        sign_object = pipeline_module.approval_sign_object
+
+        def slow_sign_object(item_id: int, *args: Any) -> bytes:
+            world.api.timeline.append(("payload", item_id))
+            time.sleep(0.0002)
+            return sign_object(item_id, *args)
+
+        def slow_event(event: DecisionEvent) -> None:
+            if event.state == "decided":
+                world.api.timeline.append(("counted", event.item_id))
+                time.sleep(0.0002)
+
+        async def post(fields: dict[str, Any], data: str) -> None:
+            await asyncio.sleep(0.001)
+            await approve(fields, data)
+
+        monkeypatch.setattr(pipeline_module, "approval_sign_object", slow_sign_object)
+        world.pipeline.listeners.append(slow_event)
+        world.api.approve = post  # type: ignore[method-assign]
+        result = await world.pipeline.poll()
+
+        assert result.posted == 600
+        steps = [(kind, value) for kind, value in world.api.timeline
+                 if kind in ("payload", "counted", "approve")]
+        for kind in ("counted", "payload"):  # the second chunk's, while the first posts
+            start, end = steps.index((kind, 301)), steps.index((kind, 600))
+            posted_meanwhile = [v for k, v in steps[start:end] if k == "approve"]
+            assert posted_meanwhile, f"no post while the second chunk was {kind}"
+            assert all(v <= 300 for v in posted_meanwhile)
+
     async def test_a_failing_poster_posts_nothing_more_and_the_decider_finishes(
             self, make_world: Callable[..., World], tmp_path: Path,
             monkeypatch: pytest.MonkeyPatch) -> None:
