@@ -422,24 +422,27 @@ class TestJournalBeforePost:
 
         import cosigner.daemon.pipeline as pipeline_module
 
-        monkeypatch.setattr(pipeline_module, "CHUNK", 300)
-        world = make_world([raw(i, "1") for i in range(1, 601)], concurrency=2)
+        # Four payload slices a chunk: a post that falls due during one slice is sent
+        # once the slice after it has run, so it lands inside the chunk's stretch.
+        size = 4 * pipeline_module.SIGN_SLICE
+        monkeypatch.setattr(pipeline_module, "CHUNK", size)
+        world = make_world([raw(i, "1") for i in range(1, 2 * size + 1)], concurrency=4)
         _unlimited(world, tmp_path)
         approve = world.api.approve
         sign_object = pipeline_module.approval_sign_object
 
         def slow_sign_object(item_id: int, *args: Any) -> bytes:
             world.api.timeline.append(("payload", item_id))
-            time.sleep(0.0002)
+            time.sleep(0.0001)
             return sign_object(item_id, *args)
 
         def slow_event(event: DecisionEvent) -> None:
             if event.state == "decided":
                 world.api.timeline.append(("counted", event.item_id))
-                time.sleep(0.0002)
+                time.sleep(0.0001)
 
         async def post(fields: dict[str, Any], data: str) -> None:
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.004)  # the first chunk posts while the second is prepared
             await approve(fields, data)
 
         monkeypatch.setattr(pipeline_module, "approval_sign_object", slow_sign_object)
@@ -447,14 +450,14 @@ class TestJournalBeforePost:
         world.api.approve = post  # type: ignore[method-assign]
         result = await world.pipeline.poll()
 
-        assert result.posted == 600
+        assert result.posted == 2 * size
         steps = [(kind, value) for kind, value in world.api.timeline
                  if kind in ("payload", "counted", "approve")]
         for kind in ("counted", "payload"):  # the second chunk's, while the first posts
-            start, end = steps.index((kind, 301)), steps.index((kind, 600))
+            start, end = steps.index((kind, size + 1)), steps.index((kind, 2 * size))
             posted_meanwhile = [v for k, v in steps[start:end] if k == "approve"]
             assert posted_meanwhile, f"no post while the second chunk was {kind}"
-            assert all(v <= 300 for v in posted_meanwhile)
+            assert all(v <= size for v in posted_meanwhile)
 
     async def test_a_failing_poster_posts_nothing_more_and_the_decider_finishes(
             self, make_world: Callable[..., World], tmp_path: Path,
