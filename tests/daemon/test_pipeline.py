@@ -817,14 +817,21 @@ class TestIssue10Defects:
         assert world.api.timeline == []
 
     async def test_a_poster_goes_on_posting_while_a_full_batch_is_committed(
-            self, make_world: Callable[..., World], tmp_path: Path) -> None:
+            self, make_world: Callable[..., World], tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> None:
         """Regression (issue 12): the poster whose outcome filled a batch waited for the
         journal's commit of it (a thread hop, an fsync), one post slot idle meanwhile.
         The commit now runs on its own and the poster goes on; it waits only when the
         journal is a whole batch behind, so the outcomes queued stay about a batch."""
         import asyncio
+        import functools
         import time
 
+        import cosigner.daemon.pipeline as pipeline_module
+
+        # Only full batches commit (no timer): the first commit is a full batch's.
+        monkeypatch.setattr(pipeline_module, "OutcomeWriter",
+                            functools.partial(pipeline_module.OutcomeWriter, delay=60.0))
         count = 3 * OUTCOME_BATCH
         world = make_world([raw(i, "1") for i in range(1, count + 1)], concurrency=1)
         _unlimited(world, tmp_path)
@@ -836,7 +843,7 @@ class TestIssue10Defects:
             record_outcomes(outcomes)
 
         async def post(fields: dict[str, Any], data: str) -> None:
-            await asyncio.sleep(0)  # a post hands the loop over, as a real one does
+            await asyncio.sleep(0.001)  # a post takes a while and hands the loop over
             await approve(fields, data)
 
         approve = world.api.approve
