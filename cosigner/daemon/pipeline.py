@@ -178,16 +178,19 @@ class OutcomeWriter:
         """Queue an outcome (after its post); commit when the batch is full.
 
         The commit of a full batch runs as a task of its own, so the poster that filled it
-        goes on posting. Only when the journal is a whole batch behind (the commit before
-        is still running) does the poster wait for it: the queue stays about a batch long.
+        goes on posting.  Only when the journal is a whole batch behind (a commit is still
+        running and a batch has queued up since) does a poster wait for it, so the queue
+        stays within about two batches.
         """
         self._pending.append(outcome)
         if len(self._pending) < self.batch:
             if self._timer is None and not self._due:
                 self._timer = asyncio.get_running_loop().call_later(self.delay,
                                                                     self._flush_soon)
-        elif self._due or self._lock.locked():
+        elif self._lock.locked():
             await self.flush()
+        elif self._due:
+            await asyncio.sleep(0)  # the commit's task, due first, takes the queue now
         else:
             self._flush_soon()
 
