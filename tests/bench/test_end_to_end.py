@@ -60,6 +60,26 @@ class TestEndToEndBench:
         assert figures["items"] == 30
 
 
+class TestStallsTool:
+    def test_stalls_prints_both_timelines_and_the_long_steps(self, cosigner_env: Any) -> None:
+        """``python -m tests.bench.stalls`` (a diagnostic that hooks the bench's private
+        pieces: the latency listener, the ceiling's wire, the loop's handles) still finds
+        them and reports a timeline for each loop."""
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        root = str(Path(__file__).resolve().parents[2])  # run from the empty directory
+        done = subprocess.run([sys.executable, "-m", "tests.bench.stalls", "--items", "60"],
+                              env={**os.environ, "PYTHONPATH": root}, capture_output=True,
+                              text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "daemon : 60 posts over" in done.stdout
+        assert "ceiling: 60 posts over" in done.stdout
+        assert "the daemon's loop steps over 1 ms" in done.stdout
+
+
 class TestProgress:
     def test_bar_shows_done_of_total(self) -> None:
         """The bar draws items done of the total on one line, ending with a newline."""
